@@ -1,0 +1,50 @@
+"""dynq-client: talk to a dynq cluster.
+
+>>> from dynq_client import Client
+>>> with Client(seeds=["tcp://127.0.0.1:7100"]) as db:          # doctest: +SKIP
+...     db.put(b"cart:1", b"apples")
+...     got = db.get(b"cart:1")
+...     db.put(b"cart:1", b"apples,pears", context=got.context)
+"""
+
+from __future__ import annotations
+
+from .client import AsyncClient, Client, GetResult
+from .errors import (
+    DynqError,
+    InternalError,
+    InvalidContext,
+    InvalidRequest,
+    KeyTooLarge,
+    ProtocolError,
+    QuorumError,
+    QuorumTimeout,
+    StorageError,
+    Timeout,
+    TooManySiblings,
+    Unavailable,
+    UnknownOp,
+    ValueTooLarge,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "DynqError",
+    "GetResult",
+    "InternalError",
+    "InvalidContext",
+    "InvalidRequest",
+    "KeyTooLarge",
+    "ProtocolError",
+    "QuorumError",
+    "QuorumTimeout",
+    "StorageError",
+    "Timeout",
+    "TooManySiblings",
+    "Unavailable",
+    "UnknownOp",
+    "ValueTooLarge",
+]

@@ -1,0 +1,432 @@
+"""The dynq client: routes and coordinates requests itself from a cached routing table.
+
+* Reads go straight to the key's N primary replicas and complete at R replies; the
+  replies are merged (siblings kept) and returned with an opaque context.
+* Writes go to the first reachable primary of the key, which coordinates the write
+  (it mints the new version's dot); if a primary cannot be reached at all (the send
+  fails before anything is delivered) the next one is tried.
+* Every reply carries the responder's ring epoch; a newer epoch makes the client fetch
+  the routing table again in the background.
+
+Only requests that are safe to repeat are retried: routing-table fetches and reads.
+A write whose outcome is unknown (a timeout after it was sent) raises :class:`Timeout`.
+
+:class:`AsyncClient` is the asyncio API; :class:`Client` runs one on a private event
+loop for synchronous code (one :class:`Client` per thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Coroutine, Iterable, TypeVar
+
+import tenacity
+
+from .errors import (
+    DynqError,
+    InvalidRequest,
+    KeyTooLarge,
+    ProtocolError,
+    QuorumError,
+    Timeout,
+    Unavailable,
+    ValueTooLarge,
+    error_from_wire,
+)
+from .protocol import (
+    DEFAULT_LIMITS,
+    OP_DELETE,
+    OP_GET,
+    OP_PUT,
+    OP_ROUTING_TABLE,
+    Limits,
+    Reply,
+)
+from .quorum import QuorumState, ReadQuorum
+from .routing import RoutingTable
+from .transport import RequestMux
+from .versions import VersionedObject, decode_reply_object, encode_context
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+KeyLike = bytes | str
+
+
+@dataclass(frozen=True)
+class GetResult:
+    """What a read returns.
+
+    ``values`` holds every live sibling (more than one means concurrent writes that the
+    application should resolve); ``context`` is opaque and must be passed to the next
+    ``put``/``delete`` of this key so that it supersedes exactly these siblings.
+    """
+
+    values: list[bytes]
+    context: bytes
+    found: bool
+
+    @property
+    def value(self) -> bytes | None:
+        """The single value, or None if the key is not found; raises if there are siblings."""
+        if len(self.values) > 1:
+            raise ValueError(f"key has {len(self.values)} siblings; resolve them via .values")
+        return self.values[0] if self.values else None
+
+
+def _key_bytes(key: KeyLike) -> bytes:
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    raise InvalidRequest(f"key must be bytes or str, got {type(key).__name__}")
+
+
+def _value_bytes(value: object) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise InvalidRequest(f"value must be bytes, got {type(value).__name__} (encode it first)")
+
+
+def _only_unreachable(exc: BaseException) -> bool:
+    """A read that failed only because replicas could not be reached (nothing was sent to
+    them) is worth one more try: connections to restarting nodes come back by themselves."""
+    return isinstance(exc, QuorumError) and all(e.startswith("unavailable") for e in exc.errors.values())
+
+
+def result_from_object(obj: VersionedObject | None) -> GetResult:
+    if obj is None:
+        return GetResult([], encode_context({}), False)
+    return GetResult(obj.values, encode_context(obj.clock), obj.found)
+
+
+class AsyncClient:
+    """asyncio client for a dynq cluster. Use ``async with AsyncClient(seeds=[...]) as db``."""
+
+    def __init__(
+        self,
+        seeds: Iterable[str],
+        timeout: float = 5.0,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.seeds = [s for s in seeds]
+        if not self.seeds:
+            raise ValueError("at least one seed address is needed")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.timeout = timeout  # seconds for one whole operation
+        self.limits = limits
+        self.table: RoutingTable | None = None  # cached routing table; None until bootstrap
+        self._mux: RequestMux | None = None
+        self._refreshing: asyncio.Task[None] | None = None  # background table refresh, one at a time
+        self._connect_lock: asyncio.Lock | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Fetch the routing table from the first seed that answers (retried until timeout)."""
+        if self.table is not None:
+            return
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self.table is not None:
+                return
+            mux = self._ensure_mux()
+            async for attempt in tenacity.AsyncRetrying(
+                stop=tenacity.stop_after_delay(self.timeout),
+                wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+                retry=tenacity.retry_if_exception_type((Unavailable, Timeout)),
+                reraise=True,
+            ):
+                with attempt:
+                    table = await self._fetch_table_from_seeds(mux)
+            self._install(table)
+
+    async def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        if self._mux is not None:
+            self._mux.close()
+            self._mux = None
+
+    def _ensure_mux(self) -> RequestMux:
+        if self._mux is None:
+            self._mux = RequestMux(
+                asyncio.get_running_loop(), limits=self.limits, on_reply=self._observe_reply
+            )
+        return self._mux
+
+    async def _fetch_table_from_seeds(self, mux: RequestMux) -> RoutingTable:
+        errors: list[str] = []
+        for seed in self.seeds:
+            name = f"seed:{seed}"
+            mux.connect(name, seed)
+            try:
+                reply = await self._call(name, OP_ROUTING_TABLE, {}, min(self.timeout, 2.0))
+                return RoutingTable.from_wire(reply.body.get("table"))
+            except (Unavailable, Timeout, ProtocolError) as exc:
+                errors.append(f"{seed}: {exc}")
+            finally:
+                mux.disconnect(name)
+        raise Unavailable("no seed answered: " + "; ".join(errors))
+
+    def _install(self, table: RoutingTable) -> None:
+        mux = self._ensure_mux()
+        names = {m.name for m in table.ring.members}
+        for member in table.ring.members:
+            mux.connect(member.name, member.address)
+        for name in mux.connected_names():
+            if name not in names and not name.startswith("seed:"):
+                mux.disconnect(name)
+        old = self.table
+        self.table = table
+        if old is not None and old.epoch != table.epoch:
+            log.info("routing table refreshed: epoch %d -> %d", old.epoch, table.epoch)
+
+    # --- routing-table refresh -----------------------------------------------------------
+
+    def _observe_reply(self, node: str, reply: Reply) -> None:
+        table = self.table
+        if table is not None and reply.epoch > table.epoch and self._refreshing is None:
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_from(node))
+
+    async def _refresh_from(self, node: str) -> None:
+        try:
+            reply = await self._call(node, OP_ROUTING_TABLE, {}, self.timeout)
+            table = RoutingTable.from_wire(reply.body.get("table"))
+            if self.table is None or table.epoch > self.table.epoch:
+                self._install(table)
+        except DynqError as exc:
+            log.warning("routing table refresh from %s failed: %s", node, exc)
+        finally:
+            self._refreshing = None
+
+    async def refresh(self) -> None:
+        """Fetch the routing table now (from the members it names, then the seeds)."""
+        await self.connect()
+        assert self.table is not None and self._mux is not None
+        for member in self.table.ring.members:
+            try:
+                reply = await self._call(member.name, OP_ROUTING_TABLE, {}, min(self.timeout, 2.0))
+                self._install(RoutingTable.from_wire(reply.body.get("table")))
+                return
+            except (Unavailable, Timeout, ProtocolError):
+                continue
+        self._install(await self._fetch_table_from_seeds(self._mux))
+
+    # --- one request to one node -----------------------------------------------------------
+
+    def _call(self, node: str, op: str, body: dict[str, Any], timeout: float) -> asyncio.Future[Reply]:
+        """Send one request; the future fails with the node's error if it answers with one."""
+        assert self._mux is not None
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def done(reply: Reply | None, error: DynqError | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            elif reply is not None and not reply.ok:
+                future.set_exception(error_from_wire(reply.error))
+            else:
+                future.set_result(reply)  # type: ignore[arg-type]
+
+        self._mux.request(node, op, body, timeout, done)
+        return future
+
+    async def call(self, node: str, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send an arbitrary op to one named node and return its reply body (admin tools)."""
+        await self.connect()
+        reply = await self._call(node, op, body or {}, self.timeout)
+        return reply.body
+
+    # --- the public API ------------------------------------------------------------------
+
+    def _check_key(self, key: KeyLike) -> bytes:
+        raw = _key_bytes(key)
+        limit = self.table.max_key_bytes if self.table else self.limits.max_key_bytes
+        if not raw:
+            raise InvalidRequest("key must not be empty")
+        if len(raw) > limit:
+            raise KeyTooLarge(f"key is {len(raw)} bytes; the limit is {limit}")
+        return raw
+
+    def _quorum(self, value: int | None, default: int, n: int, name: str) -> int:
+        if value is None:
+            return min(default, n)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= n:
+            raise InvalidRequest(f"{name} must be an integer between 1 and {n}, got {value!r}")
+        return value
+
+    async def get(self, key: KeyLike, r: int | None = None) -> GetResult:
+        """Read ``key`` from R of its replicas; all siblings are returned."""
+        await self.connect()
+        raw = self._check_key(key)
+        async for attempt in tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(2),
+            wait=tenacity.wait_fixed(0.05),
+            retry=tenacity.retry_if_exception(_only_unreachable),
+            reraise=True,
+        ):
+            with attempt:
+                obj = await self._coordinate_get(raw, r)
+        return result_from_object(obj)
+
+    async def get_object(self, key: KeyLike, r: int | None = None) -> VersionedObject | None:
+        """The merged object itself (version vector, dots, tombstones): for tools and tests."""
+        await self.connect()
+        return await self._coordinate_get(self._check_key(key), r)
+
+    async def _coordinate_get(self, key: bytes, r: int | None) -> VersionedObject | None:
+        table = self.table
+        assert table is not None and self._mux is not None
+        replicas = table.ring.preference_list_for(key).primaries
+        required = self._quorum(r, table.r, len(replicas), "r")
+        tally = ReadQuorum(replicas, required)
+        future: asyncio.Future[VersionedObject | None] = asyncio.get_running_loop().create_future()
+        timed_out = False
+
+        def settle() -> None:
+            if future.done() or tally.state is QuorumState.PENDING:
+                return
+            if tally.state is QuorumState.SUCCEEDED:
+                future.set_result(tally.merged)
+            else:
+                future.set_exception(tally.error("get", timed_out=timed_out))
+
+        def on_reply(replica: str, reply: Reply | None, error: DynqError | None) -> None:
+            nonlocal timed_out
+            if error is not None:
+                timed_out = timed_out or isinstance(error, Timeout)
+                tally.failure(replica, f"{error.code}: {error.message}")
+            elif reply is not None and not reply.ok:
+                remote = error_from_wire(reply.error)
+                tally.failure(replica, f"{remote.code}: {remote.message}")
+            else:
+                assert reply is not None
+                try:
+                    obj = decode_reply_object(reply.body, self.limits)
+                except ProtocolError as exc:
+                    tally.failure(replica, f"protocol: {exc.message}")
+                else:
+                    tally.reply(replica, obj)
+            settle()
+
+        body = {"k": key, "local": True}
+        for replica in replicas:
+            self._mux.request(
+                replica,
+                OP_GET,
+                body,
+                self.timeout,
+                lambda reply, error, replica=replica: on_reply(replica, reply, error),
+            )
+        return await future
+
+    async def put(
+        self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None
+    ) -> None:
+        """Write ``value``; with the ``context`` of a get it supersedes the siblings that get saw."""
+        raw_value = _value_bytes(value)
+        await self.connect()
+        assert self.table is not None
+        if len(raw_value) > self.table.max_value_bytes:
+            raise ValueTooLarge(
+                f"value is {len(raw_value)} bytes; the limit is {self.table.max_value_bytes}"
+            )
+        await self._write(OP_PUT, key, {"v": raw_value}, context, w)
+
+    async def delete(self, key: KeyLike, context: bytes | None = None, w: int | None = None) -> None:
+        """Delete ``key`` (write a tombstone). Without a context the coordinator reads the
+        key first and deletes what it found, as Riak does."""
+        await self.connect()
+        await self._write(OP_DELETE, key, {}, context, w)
+
+    async def _write(
+        self, op: str, key: KeyLike, extra: dict[str, Any], context: bytes | None, w: int | None
+    ) -> None:
+        raw = self._check_key(key)
+        table = self.table
+        assert table is not None
+        if context is not None and not isinstance(context, bytes):
+            raise InvalidRequest(f"context must be bytes from a get, got {type(context).__name__}")
+        plist = table.ring.preference_list_for(raw)
+        required = self._quorum(w, table.w, len(plist.primaries), "w")
+        body: dict[str, Any] = {"k": raw, "w": required, "t": int(self.timeout * 1000), **extra}
+        if context:
+            body["ctx"] = context
+        errors: dict[str, str] = {}
+        for node in plist.primaries + plist.fallbacks:
+            try:
+                await self._call(node, op, body, self.timeout)
+                return
+            except Unavailable as exc:  # never delivered: safe to try the next node
+                errors[node] = exc.message
+                continue
+        raise Unavailable(f"{op}: no node of the key's preference list is reachable: {errors}")
+
+
+class Client:
+    """Synchronous client: the :class:`AsyncClient` API on a private event loop.
+
+    Not thread-safe: give each thread its own ``Client``.
+    """
+
+    def __init__(self, seeds: Iterable[str], timeout: float = 5.0, *, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._async = AsyncClient(seeds, timeout, limits=limits)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coro)
+
+    def __enter__(self) -> Client:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def table(self) -> RoutingTable | None:
+        return self._async.table
+
+    def connect(self) -> None:
+        self._run(self._async.connect())
+
+    def refresh(self) -> None:
+        self._run(self._async.refresh())
+
+    def get(self, key: KeyLike, r: int | None = None) -> GetResult:
+        return self._run(self._async.get(key, r))
+
+    def get_object(self, key: KeyLike, r: int | None = None) -> VersionedObject | None:
+        return self._run(self._async.get_object(key, r))
+
+    def put(self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None) -> None:
+        self._run(self._async.put(key, value, context, w))
+
+    def delete(self, key: KeyLike, context: bytes | None = None, w: int | None = None) -> None:
+        self._run(self._async.delete(key, context, w))
+
+    def call(self, node: str, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._run(self._async.call(node, op, body))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._async.close())
+        self._loop.run_until_complete(asyncio.sleep(0))
+        self._loop.close()
+

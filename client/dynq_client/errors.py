@@ -1,0 +1,185 @@
+"""The one exception hierarchy of dynq, shared by the client and the node.
+
+Every error a caller can see is a :class:`DynqError`. Errors that travel over the
+wire carry a stable string ``code`` (see :data:`ERROR_CODES`); the receiving side
+rebuilds the most specific exception from it with :func:`error_from_wire`::
+
+    DynqError
+    ├── InvalidRequest          code "invalid": bad types, sizes, unknown fields
+    │   ├── KeyTooLarge         code "key_too_large"
+    │   ├── ValueTooLarge       code "value_too_large"
+    │   └── InvalidContext      code "bad_context": a context that is not one dynq made
+    ├── UnknownOp               code "unknown_op"
+    ├── ProtocolError           code "protocol": malformed frame, wrong protocol version
+    ├── TooManySiblings         code "siblings": the key has too many concurrent versions
+    ├── StorageError            code "storage": the replica could not make the write durable
+    ├── Unavailable             code "unavailable": no node could be reached
+    ├── Timeout                 code "timeout": no answer in time; the outcome is unknown
+    ├── QuorumError             code "quorum": fewer than R/W replicas succeeded
+    │   └── QuorumTimeout       code "quorum_timeout": ... because the deadline passed
+    │                           (also a Timeout)
+    └── InternalError           code "internal": a bug on the server; the message says more
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+class DynqError(Exception):
+    """Base class of every error dynq raises."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_wire(self) -> dict[str, Any]:
+        """The error as a plain map, for an error reply."""
+        return {"code": self.code, "msg": self.message}
+
+
+class InvalidRequest(DynqError):
+    """The request is malformed: wrong types, missing fields, bad sizes."""
+
+    code = "invalid"
+
+
+class KeyTooLarge(InvalidRequest):
+    code = "key_too_large"
+
+
+class ValueTooLarge(InvalidRequest):
+    code = "value_too_large"
+
+
+class InvalidContext(InvalidRequest):
+    """The context bytes were not produced by dynq (or are corrupt)."""
+
+    code = "bad_context"
+
+
+class UnknownOp(DynqError):
+    code = "unknown_op"
+
+
+class ProtocolError(DynqError):
+    """A frame that is not a valid dynq message, or an unsupported protocol version."""
+
+    code = "protocol"
+
+
+class TooManySiblings(DynqError):
+    """A write refused because the key already holds the maximum number of siblings.
+
+    Resolve the siblings: read the key, merge its values, and write back with the context.
+    """
+
+    code = "siblings"
+
+
+class StorageError(DynqError):
+    """A replica failed to commit (disk full, I/O error); nothing was acknowledged."""
+
+    code = "storage"
+
+
+class Unavailable(DynqError):
+    """No node of the cluster (or of the key's preference list) could be reached."""
+
+    code = "unavailable"
+
+
+class Timeout(DynqError):
+    """No answer within the deadline: the operation may or may not have taken effect."""
+
+    code = "timeout"
+
+
+class InternalError(DynqError):
+    code = "internal"
+
+
+class QuorumError(DynqError):
+    """Fewer replicas succeeded than the request required.
+
+    ``errors`` maps each replica that failed (or did not answer) to its error message.
+    """
+
+    code = "quorum"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        required: int,
+        succeeded: int,
+        errors: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.required = required
+        self.succeeded = succeeded
+        self.errors: dict[str, str] = dict(errors or {})
+
+    def __str__(self) -> str:
+        detail = "; ".join(f"{name}: {err}" for name, err in sorted(self.errors.items()))
+        base = f"{self.message} (required {self.required}, succeeded {self.succeeded})"
+        return f"{base}: {detail}" if detail else base
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "msg": self.message,
+            "required": self.required,
+            "succeeded": self.succeeded,
+            "errors": self.errors,
+        }
+
+
+class QuorumTimeout(QuorumError, Timeout):
+    """The deadline passed before enough replicas answered."""
+
+    code = "quorum_timeout"
+
+
+ERROR_CODES: dict[str, type[DynqError]] = {
+    cls.code: cls
+    for cls in (
+        DynqError,
+        InvalidRequest,
+        KeyTooLarge,
+        ValueTooLarge,
+        InvalidContext,
+        UnknownOp,
+        ProtocolError,
+        TooManySiblings,
+        StorageError,
+        Unavailable,
+        Timeout,
+        InternalError,
+        QuorumError,
+        QuorumTimeout,
+    )
+}
+
+
+def error_from_wire(err: object) -> DynqError:
+    """Rebuild the most specific exception from an error map received on the wire."""
+    if not isinstance(err, dict):
+        return ProtocolError(f"malformed error reply: {err!r:.200}")
+    code = err.get("code")
+    msg = err.get("msg")
+    message = msg if isinstance(msg, str) else repr(msg)
+    cls = ERROR_CODES.get(code) if isinstance(code, str) else None
+    if cls is None:
+        return DynqError(f"{code}: {message}")
+    if issubclass(cls, QuorumError):
+        required, succeeded, errors = err.get("required"), err.get("succeeded"), err.get("errors")
+        return cls(
+            message,
+            required=required if isinstance(required, int) else 0,
+            succeeded=succeeded if isinstance(succeeded, int) else 0,
+            errors={str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {},
+        )
+    return cls(message)

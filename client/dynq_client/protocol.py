@@ -1,0 +1,200 @@
+"""The dynq wire protocol: one msgpack map per ZeroMQ message.
+
+A request travels DEALER -> ROUTER as a single frame (the ROUTER adds the sender's
+identity frame in front)::
+
+    {"v": PROTOCOL_VERSION, "id": <int>, "op": <str>, "b": {<op-specific body>}}
+
+and every reply, success or failure, names the request it answers and the ring epoch
+of the node that answered, so a client holding an older routing table learns of it
+on the very next reply::
+
+    {"v": 1, "id": <int>, "e": <epoch>, "ok": true,  "b": {...}}
+    {"v": 1, "id": <int>, "e": <epoch>, "ok": false, "err": {"code": str, "msg": str, ...}}
+
+Keys and values are msgpack ``bin``; op names and node names are ``str``. The protocol
+is append-only: new ops and new optional fields may be added, existing ones never change
+meaning; a new incompatible shape needs a new ``v``.
+
+Decoding is defensive: size limits are applied by the socket (``MAXMSGSIZE``) and again
+by the unpacker (string, binary and container lengths), and every field is type-checked
+by the helpers below before a handler sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from .errors import DynqError, InvalidRequest, ProtocolError
+
+PROTOCOL_VERSION = 1
+
+# Ops, by name. Client-facing first; the rest are spoken between nodes or by the admin CLI.
+OP_PING = "ping"
+OP_ROUTING_TABLE = "routing_table"
+OP_GET = "get"
+OP_PUT = "put"
+OP_DELETE = "delete"
+OP_REPLICA_GET = "replica_get"
+OP_REPLICA_PUT = "replica_put"
+OP_STATS = "stats"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits enforced on every message and request. Defaults match the node config."""
+
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1024 * 1024
+    # Largest single ZeroMQ message either side accepts; also caps a stored object
+    # (all its siblings together), so that any object can always be sent to a replica.
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_siblings: int = 100
+    sibling_warn: int = 25
+    # Entries in a version vector: one per node that ever coordinated a write of the key.
+    max_clock_entries: int = 256
+    max_container_len: int = 100_000
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(slots=True)
+class Request:
+    id: int
+    op: str
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Reply:
+    id: int
+    epoch: int
+    ok: bool
+    body: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+
+
+def packb(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpackb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode msgpack with every length bounded; raise ProtocolError on anything wrong."""
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=limits.max_message_bytes,
+            max_str_len=limits.max_message_bytes,
+            max_array_len=limits.max_container_len,
+            max_map_len=limits.max_container_len,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types (ValueError, StackError, ...)
+        raise ProtocolError(f"malformed msgpack: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+def encode_request(req_id: int, op: str, body: dict[str, Any]) -> bytes:
+    return packb({"v": PROTOCOL_VERSION, "id": req_id, "op": op, "b": body})
+
+
+def encode_reply(req_id: int, epoch: int, body: dict[str, Any]) -> bytes:
+    return packb({"v": PROTOCOL_VERSION, "id": req_id, "e": epoch, "ok": True, "b": body})
+
+
+def encode_error(req_id: int, epoch: int, error: DynqError) -> bytes:
+    return packb({"v": PROTOCOL_VERSION, "id": req_id, "e": epoch, "ok": False, "err": error.to_wire()})
+
+
+class BadRequest(ProtocolError):
+    """A request that could not be decoded. ``request_id`` is set when the id was readable,
+    so the node can still answer with an error instead of dropping the message."""
+
+    def __init__(self, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def decode_request(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
+    try:
+        msg = unpackb(frame, limits)
+    except ProtocolError as exc:
+        raise BadRequest(exc.message) from exc
+    if not isinstance(msg, dict):
+        raise BadRequest(f"request must be a map, got {type(msg).__name__}")
+    req_id = msg.get("id")
+    if not isinstance(req_id, int) or isinstance(req_id, bool):
+        raise BadRequest("request has no integer 'id'")
+    version = msg.get("v")
+    if version != PROTOCOL_VERSION:
+        raise BadRequest(
+            f"unsupported protocol version {version!r}; this node speaks {PROTOCOL_VERSION}", req_id
+        )
+    op = msg.get("op")
+    if not isinstance(op, str):
+        raise BadRequest("request has no string 'op'", req_id)
+    body = msg.get("b", {})
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be a map, got {type(body).__name__}", req_id)
+    return Request(req_id, op, body)
+
+
+def decode_reply(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Reply:
+    msg = unpackb(frame, limits)
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"reply must be a map, got {type(msg).__name__}")
+    req_id, epoch, ok = msg.get("id"), msg.get("e", 0), msg.get("ok")
+    if not isinstance(req_id, int) or not isinstance(epoch, int) or not isinstance(ok, bool):
+        raise ProtocolError("reply lacks a valid 'id', 'e' or 'ok'")
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {msg.get('v')!r} in reply")
+    if ok:
+        body = msg.get("b", {})
+        if not isinstance(body, dict):
+            raise ProtocolError("reply body must be a map")
+        return Reply(req_id, epoch, True, body)
+    err = msg.get("err")
+    return Reply(req_id, epoch, False, {}, err if isinstance(err, dict) else {"code": "protocol"})
+
+
+# --- field helpers: every handler validates its body through these -------------------
+
+
+def get_bytes(body: dict[str, Any], name: str, *, required: bool = True) -> bytes | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"missing field '{name}'")
+        return None
+    if not isinstance(value, bytes):
+        raise InvalidRequest(f"field '{name}' must be bytes, got {type(value).__name__}")
+    return value
+
+
+def get_str(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"missing field '{name}'")
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"field '{name}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def get_int(
+    body: dict[str, Any], name: str, *, lo: int, hi: int, default: int | None = None
+) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"field '{name}' must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"field '{name}' must be between {lo} and {hi}, got {value}")
+    return value

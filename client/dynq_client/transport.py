@@ -1,0 +1,229 @@
+"""Request/reply over ZeroMQ DEALER sockets, driven by an asyncio loop without a task per request.
+
+One :class:`RequestMux` owns a DEALER socket per remote node (connected to that node's
+ROUTER). Each request gets an id, a callback and one deadline timer (``loop.call_later``);
+a reply is matched to its request by id, so a late reply - one whose request already
+timed out - finds nothing and is dropped: it can never be handed to the wrong request.
+
+Why callbacks rather than ``zmq.asyncio`` futures: draining plain sockets from one
+``loop.add_reader`` callback per socket, with a timer handle per request, measured about
+twice the throughput and half the latency of a task awaiting ``asyncio.wait_for`` per
+request (see shared/PERF.md). ZeroMQ's notification fd is edge-triggered, so every
+reader drains until ``EAGAIN``, and after every send we check ``EVENTS`` in case the
+send consumed the edge of a message that is already waiting.
+
+Sockets are created with ``IMMEDIATE`` so that a message to a node that is not
+connected fails at once (``Unavailable``) instead of queueing for a peer that may never
+come back; right after a socket is created the connection is still being made, so a
+send within :attr:`RequestMux.connect_grace` is retried briefly instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any, Callable
+
+import zmq
+
+from .errors import DynqError, ProtocolError, Timeout, Unavailable
+from .protocol import DEFAULT_LIMITS, Limits, Reply, decode_reply, encode_request
+
+log = logging.getLogger(__name__)
+
+ReplyCallback = Callable[[Reply | None, DynqError | None], None]
+"""Called exactly once per request: ``(reply, None)`` or ``(None, error)``."""
+
+_RETRY_SEND_S = 0.005
+
+
+def configure_socket(sock: zmq.Socket[Any], limits: Limits, hwm: int = 10_000) -> None:
+    """The options every dynq socket gets: bounded messages and queues, no linger."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes + 4096)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+
+
+class _Pending:
+    __slots__ = ("callback", "timer", "peer", "frame", "deadline")
+
+    def __init__(
+        self, callback: ReplyCallback, timer: asyncio.TimerHandle, peer: str, frame: bytes, deadline: float
+    ) -> None:
+        self.callback = callback  # who gets the reply or the error
+        self.timer = timer  # fires the deadline
+        self.peer = peer  # node the request went to
+        self.frame = frame  # encoded request, kept only while a send is being retried
+        self.deadline = deadline  # loop time after which the request has failed
+
+
+class _Channel:
+    __slots__ = ("name", "address", "sock", "created")
+
+    def __init__(self, name: str, address: str, sock: zmq.Socket[Any], created: float) -> None:
+        self.name = name  # node name (or a seed address before the name is known)
+        self.address = address  # the node's ROUTER address
+        self.sock = sock  # DEALER connected to it
+        self.created = created  # loop time of creation, for the connect grace period
+
+
+class RequestMux:
+    """Many concurrent requests to many nodes over one DEALER per node."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        context: zmq.Context[Any] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        connect_grace: float = 1.0,
+        on_reply: Callable[[str, Reply], None] | None = None,
+        socket_setup: Callable[[zmq.Socket[Any]], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.context = context or zmq.Context.instance()
+        self.limits = limits
+        self.connect_grace = connect_grace  # seconds a new connection may take before sends fail
+        self.on_reply = on_reply  # observer of every matched reply (epoch tracking, liveness)
+        self.socket_setup = socket_setup  # extra per-socket options (security, later)
+        self._channels: dict[str, _Channel] = {}  # node name -> its DEALER
+        self._pending: dict[int, _Pending] = {}  # request id -> in-flight request
+        self._ids = itertools.count(1)
+        self.late_replies = 0  # replies that arrived after their request was done
+
+    # --- connections -------------------------------------------------------------------
+
+    def connect(self, name: str, address: str) -> None:
+        """Make sure there is a DEALER to ``name`` at ``address`` (replacing a stale one)."""
+        channel = self._channels.get(name)
+        if channel is not None:
+            if channel.address == address:
+                return
+            self.disconnect(name)
+        sock = self.context.socket(zmq.DEALER)
+        configure_socket(sock, self.limits)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if self.socket_setup is not None:
+            self.socket_setup(sock)
+        sock.connect(address)
+        channel = _Channel(name, address, sock, self.loop.time())
+        self._channels[name] = channel
+        self.loop.add_reader(sock.fileno(), self._drain, channel)
+
+    def disconnect(self, name: str) -> None:
+        channel = self._channels.pop(name, None)
+        if channel is None:
+            return
+        self.loop.remove_reader(channel.sock.fileno())
+        channel.sock.close(0)
+        for req_id, pending in list(self._pending.items()):
+            if pending.peer == name:
+                self._fail(req_id, Unavailable(f"{name}: connection closed"))
+
+    def connected_names(self) -> list[str]:
+        return list(self._channels)
+
+    def address_of(self, name: str) -> str | None:
+        channel = self._channels.get(name)
+        return channel.address if channel else None
+
+    def close(self) -> None:
+        for name in list(self._channels):
+            self.disconnect(name)
+        for req_id in list(self._pending):
+            self._fail(req_id, Unavailable("client closed"))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    # --- requests ----------------------------------------------------------------------
+
+    def request(
+        self, peer: str, op: str, body: dict[str, Any], timeout: float, callback: ReplyCallback
+    ) -> int:
+        """Send ``op`` to ``peer``; ``callback`` runs once, from the loop, with the outcome."""
+        req_id = next(self._ids)
+        frame = encode_request(req_id, op, body)
+        deadline = self.loop.time() + timeout
+        timer = self.loop.call_at(deadline, self._on_deadline, req_id)
+        self._pending[req_id] = _Pending(callback, timer, peer, frame, deadline)
+        self._send(req_id)
+        return req_id
+
+    def cancel(self, req_id: int) -> None:
+        """Forget a request; its reply, if one comes, is dropped as late."""
+        pending = self._pending.pop(req_id, None)
+        if pending is not None:
+            pending.timer.cancel()
+
+    def _send(self, req_id: int) -> None:
+        pending = self._pending.get(req_id)
+        if pending is None:
+            return
+        channel = self._channels.get(pending.peer)
+        if channel is None:
+            self._fail(req_id, Unavailable(f"{pending.peer}: unknown node"))
+            return
+        try:
+            channel.sock.send(pending.frame, zmq.NOBLOCK)
+        except zmq.Again:
+            now = self.loop.time()
+            if now - channel.created < self.connect_grace and now + _RETRY_SEND_S < pending.deadline:
+                self.loop.call_later(_RETRY_SEND_S, self._send, req_id)
+            else:
+                self._fail(req_id, Unavailable(f"{pending.peer}: not connected"))
+            return
+        except zmq.ZMQError as exc:
+            self._fail(req_id, Unavailable(f"{pending.peer}: send failed: {exc}"))
+            return
+        pending.frame = b""
+        if int(channel.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self.loop.call_soon(self._drain, channel)
+
+    def _fail(self, req_id: int, error: DynqError) -> None:
+        pending = self._pending.pop(req_id, None)
+        if pending is None:
+            return
+        pending.timer.cancel()
+        self.loop.call_soon(pending.callback, None, error)
+
+    def _on_deadline(self, req_id: int) -> None:
+        pending = self._pending.pop(req_id, None)
+        if pending is not None:
+            pending.callback(None, Timeout(f"{pending.peer}: no reply within the deadline"))
+
+    def _drain(self, channel: _Channel) -> None:
+        sock = channel.sock
+        if sock.closed:
+            return
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:  # socket closed under us
+                log.debug("recv from %s failed: %s", channel.name, exc)
+                return
+            if len(frames) != 1:
+                log.warning("dropping a %d-frame reply from %s", len(frames), channel.name)
+                continue
+            try:
+                reply = decode_reply(frames[0], self.limits)
+            except ProtocolError as exc:
+                log.warning("dropping a malformed reply from %s: %s", channel.name, exc)
+                continue
+            pending = self._pending.pop(reply.id, None)
+            if pending is None or pending.peer != channel.name:
+                if pending is not None:  # not ours: put it back, this reply is forged or misrouted
+                    self._pending[reply.id] = pending
+                self.late_replies += 1
+                continue
+            pending.timer.cancel()
+            if self.on_reply is not None:
+                self.on_reply(channel.name, reply)
+            pending.callback(reply, None)

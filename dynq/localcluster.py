@@ -1,0 +1,239 @@
+"""A cluster of real node processes on one machine: what `dynq up` runs, and what the tests use.
+
+Every node is its own OS process started with the same command systemd runs,
+``dynq node start --config <data-dir>/<node>/dynq.toml``, so an operator can stop one
+node and start it again by hand. Processes are tracked by PID and only those are ever
+signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dynq_client.client import Client
+from dynq_client.errors import DynqError
+from dynq_client.ring import Member
+
+from .config import render_config
+
+
+def node_command(config_path: Path) -> list[str]:
+    """The command line that runs one node: the `dynq` script beside this Python if there
+    is one (as systemd would run it), else ``python -m dynq``."""
+    script = Path(sys.executable).parent / "dynq"
+    if script.exists():
+        return [str(script), "node", "start", "--config", str(config_path)]
+    found = shutil.which("dynq")
+    if found:
+        return [found, "node", "start", "--config", str(config_path)]
+    return [sys.executable, "-m", "dynq", "node", "start", "--config", str(config_path)]
+
+
+@dataclass
+class LocalNode:
+    member: Member
+    config_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.member.name
+
+    @property
+    def address(self) -> str:
+        return self.member.address
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalCluster:
+    """Configs and processes of a cluster whose nodes all run on this machine."""
+
+    data_dir: Path
+    addresses: list[str]
+    n: int = 3
+    q: int = 64
+    r: int = 2
+    w: int = 2
+    synchronous: str = "full"
+    extra_config: str = ""  # appended to every node's TOML (tests use it for limits)
+    nodes: dict[str, LocalNode] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        members = [Member(f"n{i + 1}", address) for i, address in enumerate(self.addresses)]
+        for member in members:
+            node_dir = self.data_dir / member.name
+            self.nodes[member.name] = LocalNode(member, node_dir / "dynq.toml", node_dir / "node.log")
+        self.n = min(self.n, len(members))
+        self.r = min(self.r, self.n)
+        self.w = min(self.w, self.n)
+
+    @classmethod
+    def on_ports(cls, data_dir: Path, nodes: int, base_port: int, host: str = "127.0.0.1", **kw: object) -> LocalCluster:
+        """Nodes at base_port, base_port+10, ... (each node may use the ports after its own)."""
+        addresses = [f"tcp://{host}:{base_port + 10 * i}" for i in range(nodes)]
+        return cls(data_dir, addresses, **kw)  # type: ignore[arg-type]
+
+    @property
+    def members(self) -> list[Member]:
+        return [node.member for node in self.nodes.values()]
+
+    @property
+    def seeds(self) -> list[str]:
+        return [node.address for node in self.nodes.values()]
+
+    def write_configs(self) -> None:
+        for node in self.nodes.values():
+            node.config_path.parent.mkdir(parents=True, exist_ok=True)
+            text = render_config(
+                name=node.name,
+                listen=node.address,
+                data_dir=".",
+                members=self.members,
+                n=self.n,
+                q=self.q,
+                r=self.r,
+                w=self.w,
+                synchronous=self.synchronous,
+            )
+            node.config_path.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
+
+    def start(self, name: str) -> None:
+        node = self.nodes[name]
+        if node.running:
+            return
+        with node.log_path.open("ab") as log:
+            node.process = subprocess.Popen(
+                node_command(node.config_path),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in a terminal reaches `dynq up`, which stops nodes in order
+            )
+
+    def start_all(self) -> None:
+        self.write_configs()
+        for name in self.nodes:
+            self.start(name)
+
+    def signal(self, name: str, sig: int) -> None:
+        node = self.nodes[name]
+        if node.process is not None and node.process.poll() is None:
+            os.kill(node.process.pid, sig)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one node and reap it."""
+        node = self.nodes[name]
+        if node.process is not None and node.process.poll() is None:
+            node.process.kill()
+            node.process.wait()
+
+    def stop(self, name: str, timeout: float = 15.0) -> int | None:
+        """SIGTERM one node and wait for it to exit (SIGKILL after ``timeout``)."""
+        node = self.nodes[name]
+        if node.process is None:
+            return None
+        if node.process.poll() is None:
+            node.process.terminate()
+            try:
+                node.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+        return node.process.returncode
+
+    def stop_all(self, timeout: float = 15.0) -> None:
+        for node in self.nodes.values():
+            if node.running:
+                assert node.process is not None
+                node.process.terminate()
+        for name in self.nodes:
+            self.stop(name, timeout)
+
+    def wait_ready(self, names: list[str] | None = None, timeout: float = 30.0) -> None:
+        """Block until every named node answers a ping (raise with its log tail if not)."""
+        deadline = time.monotonic() + timeout
+        for name in names or list(self.nodes):
+            node = self.nodes[name]
+            while True:
+                if node.process is not None and node.process.poll() is not None:
+                    raise RuntimeError(
+                        f"node {name} exited with code {node.process.returncode}:\n{node.log_tail()}"
+                    )
+                try:
+                    with Client([node.address], timeout=1.0) as client:
+                        client.call(name, "ping")
+                    break
+                except DynqError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"node {name} not ready after {timeout}s:\n{node.log_tail()}")
+                    time.sleep(0.1)
+
+    def exited(self) -> list[tuple[str, int]]:
+        """Nodes whose process has exited, with their exit codes."""
+        out = []
+        for node in self.nodes.values():
+            if node.process is not None and node.process.poll() is not None:
+                out.append((node.name, node.process.returncode))
+        return out
+
+
+def run_up(nodes: int, data_dir: Path, base_port: int, host: str = "127.0.0.1", echo: object = print) -> int:
+    """Start a local cluster and stay in the foreground until SIGINT/SIGTERM (`dynq up`)."""
+    say = echo if callable(echo) else print
+    cluster = LocalCluster.on_ports(data_dir, nodes, base_port, host)
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    old_int = signal.signal(signal.SIGINT, request_stop)
+    old_term = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        cluster.start_all()
+        try:
+            cluster.wait_ready(timeout=30)
+        except RuntimeError as exc:
+            say(f"dynq up: {exc}")
+            cluster.stop_all()
+            return 1
+        say(f"dynq: {nodes} nodes up (N={cluster.n}, R={cluster.r}, W={cluster.w}, Q={cluster.q}); data in {cluster.data_dir}")
+        for node in cluster.nodes.values():
+            say(f"  {node.name}  {node.address}  pid {node.process.pid if node.process else '-'}  log {node.log_path}")
+        say(f"try:  dynq put hello world --seed {cluster.seeds[0]}   (Ctrl-C stops the cluster)")
+        reported: set[str] = set()
+        while not stop_requested:
+            for name, code in cluster.exited():
+                if name not in reported:
+                    reported.add(name)
+                    say(f"dynq up: node {name} exited with code {code}; not restarting it. Log tail:")
+                    say(cluster.nodes[name].log_tail(10))
+                    say(f"  restart it by hand: {' '.join(node_command(cluster.nodes[name].config_path))}")
+            time.sleep(0.3)
+        say("dynq: stopping nodes...")
+        cluster.stop_all()
+        for name, code in cluster.exited():
+            say(f"  {name} stopped (exit code {code})")
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)

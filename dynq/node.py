@@ -1,0 +1,513 @@
+"""A dynq node: one process, one asyncio loop, one ROUTER for requests, a DEALER per peer.
+
+Messages are drained from the ROUTER by one ``add_reader`` callback (no task per
+request), decoded, and dispatched by op name through :attr:`Node.handlers`. Every
+request gets exactly one reply through a :class:`Responder`; malformed requests get a
+structured error when their id is readable and are dropped (and counted) otherwise, so
+no input can take the node down.
+
+Writes go through the storage's group commit; coordination of client requests is done
+by the state machines in :mod:`dynq.coordinator`; replica-to-replica requests go over
+the :class:`~dynq_client.transport.RequestMux` of peer DEALER sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import signal
+import time
+from typing import Any, Callable
+
+import zmq
+
+from dynq_client import protocol as p
+from dynq_client.errors import (
+    DynqError,
+    InternalError,
+    InvalidRequest,
+    KeyTooLarge,
+    StorageError,
+    TooManySiblings,
+    Unavailable,
+    UnknownOp,
+    ValueTooLarge,
+    error_from_wire,
+)
+from dynq_client.protocol import Reply, Request
+from dynq_client.ring import Ring, RingError, new_ring
+from dynq_client.routing import RoutingTable
+from dynq_client.transport import RequestMux, configure_socket
+from dynq_client.versions import (
+    VersionedObject,
+    decode_context,
+    decode_object,
+    encode_object,
+    merge,
+    update,
+)
+
+from .config import ConfigError, NodeConfig
+from .coordinator import GetCoordinator, PutCoordinator
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Responder", Request], None]
+
+
+class Responder:
+    """The one reply a request gets. Replying twice is a bug and is ignored (and logged)."""
+
+    __slots__ = ("node", "ident", "req_id", "op", "started", "done")
+
+    def __init__(self, node: Node, ident: bytes, req_id: int, op: str) -> None:
+        self.node = node
+        self.ident = ident  # ROUTER identity of the sender
+        self.req_id = req_id
+        self.op = op
+        self.started = time.perf_counter()
+        self.done = False
+
+    def ok(self, body: dict[str, Any]) -> None:
+        if self._finish():
+            self.node._send_reply(self.ident, p.encode_reply(self.req_id, self.node.ring.epoch, body))
+
+    def fail(self, error: DynqError) -> None:
+        if self._finish():
+            self.node.stats.errors[error.code] += 1
+            self.node._send_reply(self.ident, p.encode_error(self.req_id, self.node.ring.epoch, error))
+
+    def outcome(self, body: dict[str, Any] | None, error: DynqError | None) -> None:
+        if error is not None:
+            self.fail(error)
+        else:
+            self.ok(body or {})
+
+    def _finish(self) -> bool:
+        if self.done:
+            log.error("second reply to request %d (%s) suppressed", self.req_id, self.op)
+            return False
+        self.done = True
+        self.node.in_flight -= 1
+        return True
+
+
+class Stats:
+    """Counters exposed by the ``stats`` op."""
+
+    def __init__(self) -> None:
+        self.requests: collections.Counter[str] = collections.Counter()  # per op
+        self.errors: collections.Counter[str] = collections.Counter()  # per error code
+        self.dropped_frames = 0  # undecodable messages without a readable id
+        self.dropped_replies = 0  # replies the ROUTER could not queue (client gone / HWM)
+        self.sibling_warnings = 0
+
+
+class Node:
+    """One dynq node. ``asyncio.run(Node(config).serve())`` runs it until SIGTERM."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.limits = config.limits
+        self.storage = Storage(config.db_path, synchronous=config.synchronous)
+        self.actor = self.storage.actor_id(config.name)  # the identity this node mints dots with
+        self.ring = self._load_ring()
+        self.stats = Stats()
+        self.in_flight = 0  # requests received and not yet answered
+        self.started = time.time()
+        self.handlers: dict[str, Handler] = {
+            p.OP_PING: self.handle_ping,
+            p.OP_ROUTING_TABLE: self.handle_routing_table,
+            p.OP_GET: self.handle_get,
+            p.OP_PUT: self.handle_put,
+            p.OP_DELETE: self.handle_delete,
+            p.OP_REPLICA_GET: self.handle_replica_get,
+            p.OP_REPLICA_PUT: self.handle_replica_put,
+            p.OP_STATS: self.handle_stats,
+        }
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.context: zmq.Context[Any] | None = None
+        self.router: zmq.Socket[Any] | None = None
+        self.peers: RequestMux | None = None
+        self._stopping: asyncio.Event | None = None
+
+    # --- ring --------------------------------------------------------------------------
+
+    def _load_ring(self) -> Ring:
+        """The ring from the config's members, keeping the stored ring's epoch history.
+
+        A changed member list yields a new ring with a bigger epoch that moves as few
+        partitions as possible; Q is fixed at cluster creation.
+        """
+        members = self.config.members
+        stored_raw = self.storage.get_meta("ring")
+        ring: Ring
+        if stored_raw is None:
+            ring = new_ring(members, q=self.config.q, n=self.config.n)
+        else:
+            try:
+                stored = Ring.from_wire(p.unpackb(stored_raw))
+            except (RingError, DynqError) as exc:
+                raise ConfigError(f"stored ring in {self.config.db_path} is unreadable: {exc}") from exc
+            if stored.q != self.config.q:
+                raise ConfigError(
+                    f"{self.config.source}: 'cluster.q' is {self.config.q} but this node's data was "
+                    f"created with q = {stored.q}; the ring size cannot change"
+                )
+            if set(stored.members) == set(members) and stored.n == self.config.n:
+                ring = stored
+            else:
+                ring = stored.with_members(members)
+                if stored.n != self.config.n:
+                    ring = Ring(ring.epoch, ring.q, self.config.n, ring.members, ring.owners)
+                log.info("membership changed: ring epoch %d -> %d", stored.epoch, ring.epoch)
+        self.storage.set_meta("ring", p.packb(ring.to_wire()))
+        return ring
+
+    def routing_table(self) -> RoutingTable:
+        return RoutingTable(
+            ring=self.ring,
+            r=self.config.r,
+            w=self.config.w,
+            max_key_bytes=self.limits.max_key_bytes,
+            max_value_bytes=self.limits.max_value_bytes,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def serve(self, ready: Callable[[], None] | None = None) -> None:
+        """Bind, connect to peers, and serve until :meth:`stop` (or SIGTERM/SIGINT)."""
+        self.loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self.context = zmq.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        configure_socket(self.router, self.limits)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        try:
+            self.router.bind(self.config.listen)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"cannot listen on {self.config.listen}: {exc}") from exc
+        self.peers = RequestMux(self.loop, context=self.context, limits=self.limits, connect_grace=2.0)
+        for member in self.ring.members:
+            if member.name != self.name:
+                self.peers.connect(member.name, member.address)
+        self.loop.add_reader(self.router.fileno(), self._drain_router)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests in-process)
+                pass
+        log.info(
+            "node %s (actor %s) serving on %s; ring epoch %d, %d members, n=%d q=%d",
+            self.name, self.actor, self.config.listen, self.ring.epoch, len(self.ring.members),
+            self.ring.n, self.ring.q,
+        )
+        if ready is not None:
+            ready()
+        await self._stopping.wait()
+        await self._shutdown()
+
+    def stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        """Stop taking requests, let those in flight finish (bounded), flush, close."""
+        assert self.loop is not None and self.router is not None and self.context is not None
+        log.info("node %s stopping: %d requests in flight", self.name, self.in_flight)
+        self.loop.remove_reader(self.router.fileno())
+        deadline = self.loop.time() + self.config.request_timeout_ms / 1000
+        while self.in_flight > 0 and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.storage.flush()
+        if self.peers is not None:
+            self.peers.close()
+        self.router.close(0)
+        self.storage.close()
+        self.context.term()
+        log.info("node %s stopped", self.name)
+
+    # --- the ROUTER ----------------------------------------------------------------------
+
+    def _drain_router(self) -> None:
+        router = self.router
+        assert router is not None
+        while True:
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                log.warning("router recv failed: %s", exc)
+                return
+            if len(frames) != 2:
+                self.stats.dropped_frames += 1
+                if len(frames) > 2:  # the sender is reachable: tell it what went wrong
+                    self._send_reply(frames[0], p.encode_error(0, self.ring.epoch, p.BadRequest(
+                        f"a request is one frame; got {len(frames) - 1}")))
+                continue
+            self._dispatch(frames[0], frames[1])
+
+    def _dispatch(self, ident: bytes, frame: bytes) -> None:
+        try:
+            request = p.decode_request(frame, self.limits)
+        except p.BadRequest as exc:
+            if exc.request_id is None:
+                self.stats.dropped_frames += 1
+                log.debug("dropping undecodable frame: %s", exc)
+            else:
+                self.stats.errors[exc.code] += 1
+                self._send_reply(ident, p.encode_error(exc.request_id, self.ring.epoch, exc))
+            return
+        self.in_flight += 1
+        responder = Responder(self, ident, request.id, request.op)
+        self.stats.requests[request.op] += 1
+        handler = self.handlers.get(request.op)
+        if handler is None:
+            responder.fail(UnknownOp(f"unknown op {request.op!r:.64}"))
+            return
+        try:
+            handler(responder, request)
+        except DynqError as exc:
+            if not responder.done:
+                responder.fail(exc)
+        except Exception as exc:  # a bug must cost one request, not the node
+            log.exception("handler %s failed", request.op)
+            if not responder.done:
+                responder.fail(InternalError(f"{type(exc).__name__}: {exc}"))
+
+    def _send_reply(self, ident: bytes, frame: bytes) -> None:
+        router = self.router
+        if router is None or router.closed:
+            return
+        try:
+            router.send_multipart([ident, frame], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.stats.dropped_replies += 1
+            return
+        if int(router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            assert self.loop is not None
+            self.loop.call_soon(self._drain_router)
+
+    # --- the Replicas interface used by the coordinators ----------------------------------
+
+    def stage_local(
+        self, key: bytes, obj: VersionedObject, blob: bytes, done: Callable[[StorageError | None], None]
+    ) -> None:
+        assert self.loop is not None
+        self.storage.stage(key, self.ring.partition_for(key), obj, blob, done, self.loop)
+
+    def read_local(self, key: bytes) -> bytes | None:
+        return self.storage.get_blob(key)
+
+    def send(
+        self,
+        replica: str,
+        op: str,
+        body: dict[str, Any],
+        timeout: float,
+        done: Callable[[Reply | None, DynqError | None], None],
+    ) -> None:
+        assert self.peers is not None
+        self.peers.request(replica, op, body, timeout, done)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        assert self.loop is not None
+        return self.loop.call_later(delay, callback)
+
+    # --- validation helpers ----------------------------------------------------------------
+
+    def _key(self, body: dict[str, Any]) -> bytes:
+        key = p.get_bytes(body, "k")
+        assert key is not None
+        if not key:
+            raise InvalidRequest("key must not be empty")
+        if len(key) > self.limits.max_key_bytes:
+            raise KeyTooLarge(f"key is {len(key)} bytes; the limit is {self.limits.max_key_bytes}")
+        return key
+
+    def _timeout(self, body: dict[str, Any]) -> float:
+        """Seconds this node may spend on replicas: a bit less than the caller will wait."""
+        ms = p.get_int(body, "t", lo=1, hi=600_000, default=self.config.request_timeout_ms)
+        assert ms is not None
+        return min(ms, self.config.request_timeout_ms) * 0.9 / 1000
+
+    def _quorum(self, body: dict[str, Any], field: str, default: int) -> int:
+        value = p.get_int(body, field, lo=1, hi=self.ring.n, default=min(default, self.ring.n))
+        assert value is not None
+        return value
+
+    # --- handlers: client-facing ---------------------------------------------------------
+
+    def handle_ping(self, responder: Responder, req: Request) -> None:
+        connected = self.peers.connected_names() if self.peers else []
+        responder.ok({"name": self.name, "actor": self.actor, "epoch": self.ring.epoch, "peers": connected})
+
+    def handle_routing_table(self, responder: Responder, req: Request) -> None:
+        responder.ok({"table": self.routing_table().to_wire()})
+
+    def handle_get(self, responder: Responder, req: Request) -> None:
+        key = self._key(req.body)
+        if req.body.get("local") is True:  # a client coordinating the read itself
+            responder.ok({"ob": self.storage.get_blob(key)})
+            return
+        r = self._quorum(req.body, "r", self.config.r)
+        targets = self.ring.preference_list_for(key).primaries
+
+        def outcome(obj: VersionedObject | None, error: DynqError | None) -> None:
+            if error is not None:
+                responder.fail(error)
+            else:
+                responder.ok({"ob": None if obj is None else encode_object(obj)})
+
+        GetCoordinator(self, key, targets, min(r, len(targets)), self._timeout(req.body), outcome).start()
+
+    def handle_put(self, responder: Responder, req: Request) -> None:
+        key = self._key(req.body)
+        value = p.get_bytes(req.body, "v")
+        assert value is not None
+        if len(value) > self.limits.max_value_bytes:
+            raise ValueTooLarge(f"value is {len(value)} bytes; the limit is {self.limits.max_value_bytes}")
+        context = decode_context(p.get_bytes(req.body, "ctx", required=False), self.limits)
+        self._write(responder, req, key, value, context)
+
+    def handle_delete(self, responder: Responder, req: Request) -> None:
+        key = self._key(req.body)
+        raw_context = p.get_bytes(req.body, "ctx", required=False)
+        if raw_context:
+            self._write(responder, req, key, None, decode_context(raw_context, self.limits))
+            return
+        if self._forward_if_not_primary(responder, req, key):
+            return
+        # No context: read the key first and delete what the read saw, as Riak does.
+        targets = self.ring.preference_list_for(key).primaries
+        r = min(self.config.r, len(targets))
+
+        def after_read(obj: VersionedObject | None, error: DynqError | None) -> None:
+            if error is not None:
+                responder.fail(error)
+            elif obj is None or obj.is_tombstone:
+                responder.ok({"found": False})
+            else:
+                self._write(responder, req, key, None, dict(obj.clock))
+
+        GetCoordinator(self, key, targets, r, self._timeout(req.body), after_read).start()
+
+    def _forward_if_not_primary(self, responder: Responder, req: Request, key: bytes) -> bool:
+        """Writes are coordinated by a primary of the key, so that only the N replicas (not
+        every node) appear as actors in its version vector: metadata stays bounded."""
+        primaries = self.ring.preference_list_for(key).primaries
+        if self.name in primaries:
+            return False
+        timeout = self._timeout(req.body)
+        errors: dict[str, str] = {}
+
+        def attempt(i: int) -> None:
+            if i >= len(primaries):
+                responder.fail(Unavailable(f"no primary of the key is reachable: {errors}"))
+                return
+
+            def relay(reply: Reply | None, error: DynqError | None) -> None:
+                if isinstance(error, Unavailable):
+                    errors[primaries[i]] = error.message
+                    attempt(i + 1)
+                elif error is not None:
+                    responder.fail(error)
+                elif reply is not None and not reply.ok:
+                    responder.fail(error_from_wire(reply.error))
+                else:
+                    responder.ok(reply.body if reply else {})
+
+            self.send(primaries[i], req.op, req.body, timeout, relay)
+
+        attempt(0)
+        return True
+
+    def _write(
+        self,
+        responder: Responder,
+        req: Request,
+        key: bytes,
+        value: bytes | None,
+        context: dict[str, int],
+    ) -> None:
+        if self._forward_if_not_primary(responder, req, key):
+            return
+        targets = self.ring.preference_list_for(key).primaries
+        w = self._quorum(req.body, "w", self.config.w)
+        local = self.storage.current(key)
+        new = update(local, context, self.actor, value, int(time.time() * 1000))
+        if len(new.siblings) > self.limits.max_siblings:
+            raise TooManySiblings(
+                f"key would have {len(new.siblings)} siblings (limit {self.limits.max_siblings}); "
+                "read it, resolve the siblings and write back with the context"
+            )
+        if len(new.siblings) > self.limits.sibling_warn:
+            self.stats.sibling_warnings += 1
+            log.warning("key %r has %d siblings; the application should resolve them", key[:64], len(new.siblings))
+        blob = encode_object(new)
+        if len(blob) > self.limits.max_message_bytes - self.limits.max_key_bytes - 1024:
+            raise ValueTooLarge(
+                f"the object with all its siblings would be {len(blob)} bytes; "
+                f"the limit is {self.limits.max_message_bytes - self.limits.max_key_bytes - 1024}"
+            )
+        PutCoordinator(
+            self, key, new, blob, targets, min(w, len(targets)), self._timeout(req.body), responder.outcome
+        ).start()
+
+    # --- handlers: replica-facing --------------------------------------------------------
+
+    def handle_replica_get(self, responder: Responder, req: Request) -> None:
+        responder.ok({"ob": self.storage.get_blob(self._key(req.body))})
+
+    def handle_replica_put(self, responder: Responder, req: Request) -> None:
+        key = self._key(req.body)
+        blob = p.get_bytes(req.body, "ob")
+        assert blob is not None
+        incoming = decode_object(blob, self.limits)
+        local = self.storage.current(key)
+        merged = merge(local, incoming)
+        # Staged even when nothing changed, so the ack waits for any staged write of the key.
+        merged_blob = blob if merged == incoming else encode_object(merged)
+
+        def committed(error: StorageError | None) -> None:
+            if error is not None:
+                responder.fail(error)
+            else:
+                responder.ok({})
+
+        self.stage_local(key, merged, merged_blob, committed)
+
+    def handle_stats(self, responder: Responder, req: Request) -> None:
+        responder.ok(self.stats_snapshot())
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        storage = self.storage
+        return {
+            "name": self.name,
+            "actor": self.actor,
+            "epoch": self.ring.epoch,
+            "uptime_s": round(time.time() - self.started, 1),
+            "in_flight": self.in_flight,
+            "requests": dict(self.stats.requests),
+            "errors": dict(self.stats.errors),
+            "dropped_frames": self.stats.dropped_frames,
+            "dropped_replies": self.stats.dropped_replies,
+            "late_replies": self.peers.late_replies if self.peers else 0,
+            "sibling_warnings": self.stats.sibling_warnings,
+            "keys": storage.count(),
+            "storage_bytes": storage.size_bytes(),
+            "commits": storage.commits,
+            "rows_committed": storage.rows_committed,
+            "commit_failures": storage.commit_failures,
+            "partitions_owned": len(self.ring.partitions_of(self.name)),
+        }
+
+
+def run_node(config: NodeConfig) -> None:
+    """Run a node in this process until SIGTERM (the body of `dynq node start`)."""
+    node = Node(config)
+    asyncio.run(node.serve())

@@ -1,0 +1,112 @@
+"""The `dynq` command as an operator uses it: `up`, then get/put/delete/ring/stats against it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dynq.config import load_config
+from tests.conftest import free_ports
+
+pytestmark = pytest.mark.integration
+
+
+def dynq(*args: str, seed: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dynq", *args, "--seed", seed],
+        capture_output=True, text=True, timeout=60, check=check,
+    )
+
+
+def base_port() -> int:
+    """A base port whose +0, +10 and +20 are all free right now."""
+    for port in free_ports(20):
+        socks: list[socket.socket] = []
+        try:
+            for offset in (0, 10, 20):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port + offset))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+def test_up_runs_a_cluster_the_cli_can_use_and_stops_it(tmp_path: Path) -> None:
+    """`dynq up` starts one process per node, serves get/put/delete/ring, and stops them all on SIGTERM."""
+    port = base_port()
+    data = tmp_path / "data"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "dynq", "up", "--nodes", "3", "--data-dir", str(data), "--base-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    seed = f"tcp://127.0.0.1:{port}"
+    node_pids: list[int] = []
+    try:
+        assert up.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # bounded: wait for the banner
+            line = up.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("try:"):
+                break
+        assert any("3 nodes up" in line for line in lines), "".join(lines)
+        node_pids = [int(line.split("pid ")[1].split()[0]) for line in lines if " pid " in line]
+        assert len(node_pids) == 3
+        cfg = load_config(data / "n1" / "dynq.toml")
+        assert cfg.listen == seed and len(cfg.members) == 3
+
+        assert dynq("put", "hello", "world", seed=seed).stdout.strip() == "ok"
+        got = dynq("get", "hello", seed=seed)
+        assert got.stdout.strip() == "world"
+        context = got.stderr.split("context: ")[1].split()[0]
+        assert dynq("put", "hello", "there", "--context", context, seed=seed).returncode == 0
+        assert dynq("get", "hello", seed=seed).stdout.strip() == "there"
+        assert dynq("delete", "hello", seed=seed).returncode == 0
+        missing = dynq("get", "hello", seed=seed, check=False)
+        assert missing.returncode == 1 and "(not found)" in missing.stdout
+        ring = dynq("ring", seed=seed).stdout
+        assert "ring epoch 1" in ring and "n1" in ring and "n3" in ring
+        assert '"keys"' in dynq("stats", "--json", seed=seed).stdout
+        bad = dynq("put", "k", "v", "--w", "7", seed=seed, check=False)
+        assert bad.returncode == 2 and "w must be" in bad.stderr
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+        for pid in node_pids:  # the nodes must be gone too
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"node pid {pid} survived `dynq up` stopping")
+    assert up.returncode == 0
+
+
+def test_config_check_names_the_bad_key(tmp_path: Path) -> None:
+    """`dynq config check` exits non-zero and names the offending key."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[node]\nname = "n1"\nlisten = "tcp://127.0.0.1:1"\ndata_dir = "."\n[cluster]\nq = 3\n')
+    result = subprocess.run([sys.executable, "-m", "dynq", "config", "check", str(path)], capture_output=True, text=True)
+    assert result.returncode == 1 and "cluster.q" in result.stderr

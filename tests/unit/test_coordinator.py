@@ -1,0 +1,124 @@
+"""The put/get state machines driven without sockets: replies and deadlines are plain calls."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from dynq.coordinator import GetCoordinator, PutCoordinator, PutState
+from dynq_client.errors import DynqError, QuorumError, QuorumTimeout, StorageError, Timeout
+from dynq_client.protocol import Reply
+from dynq_client.versions import VersionedObject, encode_object, update
+
+
+class FakeTimer:
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeReplicas:
+    """Records what a coordinator asks for; the test plays the network and the disk."""
+
+    name = "a"
+
+    def __init__(self) -> None:
+        self.staged: list[Callable[[StorageError | None], None]] = []
+        self.sent: dict[str, Callable[[Reply | None, DynqError | None], None]] = {}
+        self.sent_ops: list[str] = []
+        self.timers: list[FakeTimer] = []
+        self.local: bytes | None = None
+
+    def stage_local(self, key: bytes, obj: VersionedObject, blob: bytes, done: Callable[[StorageError | None], None]) -> None:
+        self.staged.append(done)
+
+    def read_local(self, key: bytes) -> bytes | None:
+        return self.local
+
+    def send(self, replica: str, op: str, body: dict[str, Any], timeout: float, done: Callable[[Reply | None, DynqError | None], None]) -> None:
+        self.sent[replica] = done
+        self.sent_ops.append(op)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(callback)
+        self.timers.append(timer)
+        return timer
+
+
+def ok(body: dict[str, Any] | None = None) -> Reply:
+    return Reply(1, 1, True, body or {})
+
+
+def make_put(w: int) -> tuple[FakeReplicas, PutCoordinator, list[tuple[Any, Any]]]:
+    fake = FakeReplicas()
+    obj = update(None, {}, "a", b"v", 1)
+    outcomes: list[tuple[Any, Any]] = []
+    put = PutCoordinator(fake, b"k", obj, encode_object(obj), ["a", "b", "c"], w, 1.0,
+                         lambda body, err: outcomes.append((body, err)))
+    put.start()
+    return fake, put, outcomes
+
+
+def test_put_sends_to_remotes_only_after_local_commit() -> None:
+    """The new dot reaches no other replica before it is durable on the coordinator."""
+    fake, put, outcomes = make_put(2)
+    assert fake.sent == {} and put.state is PutState.LOCAL_COMMIT
+    fake.staged[0](None)
+    assert set(fake.sent) == {"b", "c"} and fake.sent_ops == ["replica_put", "replica_put"]
+    fake.sent["c"](ok(), None)
+    assert outcomes == [({}, None)]
+
+
+def test_put_fails_without_sending_when_local_commit_fails() -> None:
+    """A local storage error fails the put and nothing is replicated."""
+    fake, put, outcomes = make_put(1)
+    fake.staged[0](StorageError("disk full"))
+    assert fake.sent == {}
+    assert isinstance(outcomes[0][1], StorageError)
+
+
+def test_put_fails_early_when_quorum_is_impossible() -> None:
+    """W=3 fails as soon as one replica fails, naming it, before the deadline."""
+    fake, put, outcomes = make_put(3)
+    fake.staged[0](None)
+    fake.sent["b"](None, Timeout("b: gone"))
+    (body, err), = outcomes
+    assert isinstance(err, QuorumError) and set(err.errors) == {"b"}
+    fake.sent["c"](ok(), None)  # a late success changes nothing
+    assert len(outcomes) == 1
+
+
+def test_put_deadline_names_pending_replicas() -> None:
+    """At the deadline the error is a QuorumTimeout naming the replicas that never answered."""
+    fake, put, outcomes = make_put(3)
+    fake.staged[0](None)
+    fake.sent["b"](ok(), None)
+    fake.timers[0].callback()
+    (body, err), = outcomes
+    assert isinstance(err, QuorumTimeout) and list(err.errors) == ["c"] and err.succeeded == 2
+
+
+def test_get_merges_replies_into_siblings() -> None:
+    """A read returns the merge of R replies, so concurrent versions come back as siblings."""
+    fake = FakeReplicas()
+    fake.local = encode_object(update(None, {}, "a", b"x", 1))
+    outcomes: list[tuple[Any, Any]] = []
+    get = GetCoordinator(fake, b"k", ["a", "b", "c"], 2, 1.0, lambda obj, err: outcomes.append((obj, err)))
+    get.start()
+    assert outcomes == []
+    fake.sent["b"](ok({"ob": encode_object(update(None, {}, "b", b"y", 2))}), None)
+    (obj, err), = outcomes
+    assert err is None and sorted(obj.values) == [b"x", b"y"]
+
+
+def test_get_counts_a_corrupt_reply_as_a_failure() -> None:
+    """A replica that sends an undecodable object fails; the read does not crash."""
+    fake = FakeReplicas()
+    outcomes: list[tuple[Any, Any]] = []
+    get = GetCoordinator(fake, b"k", ["a", "b", "c"], 3, 1.0, lambda obj, err: outcomes.append((obj, err)))
+    get.start()
+    fake.sent["b"](ok({"ob": b"garbage"}), None)
+    (obj, err), = outcomes
+    assert isinstance(err, QuorumError) and "b" in err.errors
