@@ -23,6 +23,7 @@ rebuilds the most specific exception from it with :func:`error_from_wire`::
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any, Mapping
 
 
@@ -167,19 +168,29 @@ ERROR_CODES: dict[str, type[DynqError]] = {
 def error_from_wire(err: object) -> DynqError:
     """Rebuild the most specific exception from an error map received on the wire."""
     if not isinstance(err, dict):
-        return ProtocolError(f"malformed error reply: {err!r:.200}")
+        return ProtocolError(f"malformed error reply: {_short_repr(err)}")
     code = err.get("code")
     msg = err.get("msg")
-    message = msg if isinstance(msg, str) else repr(msg)
+    message = msg if isinstance(msg, str) else _short_repr(msg)
     cls = ERROR_CODES.get(code) if isinstance(code, str) else None
     if cls is None:
-        return DynqError(f"{code}: {message}")
+        return DynqError(f"{_text(code)}: {message}")
     if issubclass(cls, QuorumError):
         required, succeeded, errors = err.get("required"), err.get("succeeded"), err.get("errors")
         return cls(
             message,
             required=required if isinstance(required, int) else 0,
             succeeded=succeeded if isinstance(succeeded, int) else 0,
-            errors={str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {},
+            errors={_text(k): _text(v) for k, v in errors.items()} if isinstance(errors, dict) else {},
         )
     return cls(message)
+
+
+def _short_repr(value: object) -> str:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, 200, 200
+    return r.repr(value)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else _short_repr(value)

@@ -23,6 +23,7 @@ by the helpers below before a handler sees it.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +129,7 @@ def decode_request(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
     if not isinstance(msg, dict):
         raise BadRequest(f"request must be a map, got {type(msg).__name__}")
     req_id = msg.get("id")
-    if not isinstance(req_id, int) or isinstance(req_id, bool):
+    if type(req_id) is not int:
         raise BadRequest("request has no integer 'id'")
     version = msg.get("v")
     if version != PROTOCOL_VERSION:
@@ -149,7 +150,7 @@ def decode_reply(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Reply:
     if not isinstance(msg, dict):
         raise ProtocolError(f"reply must be a map, got {type(msg).__name__}")
     req_id, epoch, ok = msg.get("id"), msg.get("e", 0), msg.get("ok")
-    if not isinstance(req_id, int) or not isinstance(epoch, int) or not isinstance(ok, bool):
+    if type(req_id) is not int or type(epoch) is not int or not isinstance(ok, bool):
         raise ProtocolError("reply lacks a valid 'id', 'e' or 'ok'")
     if msg.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {msg.get('v')!r} in reply")
@@ -160,6 +161,17 @@ def decode_reply(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Reply:
         return Reply(req_id, epoch, True, body)
     err = msg.get("err")
     return Reply(req_id, epoch, False, {}, err if isinstance(err, dict) else {"code": "protocol"})
+
+
+_short = reprlib.Repr()
+_short.maxlevel = 3
+_short.maxstring = 60
+_short.maxother = 60
+
+
+def short_repr(value: object) -> str:
+    """A bounded repr for error messages: safe on values nested a thousand levels deep."""
+    return _short.repr(value)
 
 
 # --- field helpers: every handler validates its body through these -------------------

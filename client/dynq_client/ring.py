@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
 
 RING_BITS = 128
@@ -41,7 +42,7 @@ RING_BITS = 128
 
 _NODE_PENALTY = 8  # a node twice in one window costs more than two zones meeting
 _ZONE_PENALTY = 1
-_REPAIR_BUDGET = 200_000  # swap evaluations; bounds the fresh-ring polish on huge rings
+_REPAIR_BUDGET = 500_000  # swap candidates looked at; bounds the fresh-ring polish
 
 
 class RingError(ValueError):
@@ -128,36 +129,40 @@ def _targets(members: Sequence[Member], q: int, counts: Mapping[str, int] | None
     """Partitions each member should own: ``q * w / sum(w)`` by largest remainder.
 
     The ``k`` leftover partitions go to the largest remainders, ties by name. With a
-    previous ring (``counts``), members that already hold their rounded-up share are
-    served first: either rounding is equally fair, but keeping the one that matches the
-    current layout is what stops a membership change from shuffling partitions between
-    members it did not touch.
+    previous ring (``counts``) two criteria come first: members that already hold their
+    rounded-up share keep it, then the members holding the fewest partitions per unit
+    of weight (a newcomer holds none). Rounding either way is equally fair, and choosing
+    the one that matches the current layout is what stops a membership change from
+    shuffling partitions between members it did not touch. Without counts every member
+    holds zero, so this is plain largest remainder.
     """
     total = sum(m.weight for m in members)
     targets = {m.name: q * m.weight // total for m in members}
     remainder = {m.name: q * m.weight % total for m in members}
     leftover = q - sum(targets.values())
     held = counts or {}
-    order = sorted(
-        (m.name for m in members if remainder[m.name]),
-        key=lambda name: (held.get(name, 0) <= targets[name], -remainder[name], name),
-    )
-    for name in order[:leftover]:
-        targets[name] += 1
+
+    def rank(m: Member) -> tuple[bool, Fraction, int, str]:
+        have = held.get(m.name, 0)
+        return (have <= targets[m.name], Fraction(have, m.weight), -remainder[m.name], m.name)
+
+    for m in sorted((m for m in members if remainder[m.name]), key=rank)[:leftover]:
+        targets[m.name] += 1
     return targets
 
 
 class _Layout:
     """Mutable owner array plus the spacing rules used while claiming."""
 
-    def __init__(self, owners: list[str | None], n: int, zone_of: dict[str, str], active: int) -> None:
+    def __init__(self, owners: list[str | None], n: int, members: Sequence[Member], active: int) -> None:
         self.owners = owners
         self.q = q = len(owners)
-        self.zone_of = zone_of
+        self.zone_of = _zone_keys(members)
         # Spacing beyond the number of nodes (or zones) that own anything cannot be met,
         # so asking for it would only make every candidate look equally bad.
         node_span = min(n, active) - 1
-        zone_span = min(n, len(set(zone_of.values()))) - 1
+        zones = len(set(self.zone_of.values())) if any(m.zone for m in members) else 1
+        zone_span = min(n, zones) - 1
         self.node_offsets = sorted({d % q for d in range(-node_span, node_span + 1)} - {0})
         self.zone_offsets = sorted({d % q for d in range(-zone_span, zone_span + 1)} - {0})
 
@@ -242,35 +247,49 @@ def _polish(layout: _Layout) -> None:
 
     Pacing leaves a seam where the round-robin wraps from partition ``q - 1`` to ``0``;
     a few swaps usually remove it. Only used without a previous ring, since a swap is
-    a move. The number of evaluations is bounded so huge rings stay fast.
+    a move, and skipped when conflicts are everywhere (a member whose weight is more
+    than ``1/n`` of the total cannot be spaced out): polishing could not fix that.
     """
     owners, q = layout.owners, layout.q
-    reach = max(layout.node_offsets + layout.zone_offsets, key=lambda d: min(d, q - d), default=0)
-    reach = min(reach, q - reach)
-    if not reach:
+    reach = max((min(d, q - d) for d in layout.node_offsets + layout.zone_offsets), default=0)
+    limit = 8 * reach + 8
+    bad = [p for p in range(q) if layout.penalty(p)]
+    if len(bad) > limit:  # zones too unequal to space out: still fix repeated nodes
+        bad = [p for p in bad if layout.penalty(p) >= _NODE_PENALTY]
+    if not bad or len(bad) > limit:
         return
+
+    def cost(name: str | None, p: int) -> int:
+        if name is None:  # pragma: no cover - the layout is complete when polishing
+            return 0
+        same_node, same_zone = layout.conflicts(name, p)
+        return _NODE_PENALTY * same_node + _ZONE_PENALTY * same_zone
+
+    def local(p: int, r: int) -> int:
+        near = {(x + d) % q for x in (p, r) for d in range(-reach, reach + 1)}
+        return sum(layout.penalty(x) for x in near)
+
     budget = _REPAIR_BUDGET
-
-    def local(p: int) -> int:
-        return sum(layout.penalty((p + d) % q) for d in range(-reach, reach + 1))
-
-    for _ in range(2):
+    for _ in range(3):
         improved = False
-        for p in range(q):
-            if not layout.penalty(p):
+        for p in bad:
+            x = owners[p]
+            here = cost(x, p)
+            if not here:
                 continue
             for r in range(q):
-                if owners[r] == owners[p]:
-                    continue
+                y = owners[r]
                 budget -= 1
                 if budget < 0:
                     return
-                before = local(p) + local(r)
-                owners[p], owners[r] = owners[r], owners[p]
-                if local(p) + local(r) < before:
+                if y == x or cost(y, p) + cost(x, r) >= here + cost(y, r):
+                    continue  # cheap estimate says no gain; skip the exact check
+                before = local(p, r)
+                owners[p], owners[r] = y, x
+                if local(p, r) < before:
                     improved = True
                     break
-                owners[p], owners[r] = owners[r], owners[p]
+                owners[p], owners[r] = x, y
         if not improved:
             return
 
@@ -299,7 +318,7 @@ def claim(
     counts = Counter(o for o in owners if o is not None) if previous is not None else None
     targets = _targets(ms, q, counts)
     active = sum(1 for t in targets.values() if t)
-    layout = _Layout(owners, n, _zone_keys(ms), active)
+    layout = _Layout(owners, n, ms, active)
     _fill(layout, targets)
     if previous is None:
         _polish(layout)
@@ -319,6 +338,8 @@ class Ring:
     members: tuple[Member, ...]  # sorted by name
     owners: tuple[str, ...]  # len q; owners[p] = name of the member owning partition p
     _by_name: dict[str, Member] = field(init=False, repr=False, compare=False)
+    _zone_of: dict[str, str] | None = field(init=False, repr=False, compare=False)  # None: no zones
+    _owning: int = field(init=False, repr=False, compare=False)  # members that own a partition
     _plists: dict[int, PreferenceList] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -343,6 +364,9 @@ class Ring:
         object.__setattr__(self, "members", members)
         object.__setattr__(self, "owners", owners)
         object.__setattr__(self, "_by_name", by_name)
+        zoned = any(m.zone for m in members)
+        object.__setattr__(self, "_zone_of", _zone_keys(members) if zoned else None)
+        object.__setattr__(self, "_owning", len(set(owners)))
         object.__setattr__(self, "_plists", {})
 
     def member(self, name: str) -> Member:
@@ -363,8 +387,7 @@ class Ring:
 
     def _walk(self, start: int) -> PreferenceList:
         """Distinct owners clockwise from ``start``: distinct zones first, then any node."""
-        q, owners = self.q, self.owners
-        owning = len(set(owners))
+        q, owners, owning, zone_of = self.q, self.owners, self._owning, self._zone_of
         order: list[str] = []
         seen: set[str] = set()
         for i in range(q):
@@ -376,8 +399,7 @@ class Ring:
                     break
         want = min(self.n, len(self.members))
         primaries: list[str] = []
-        if any(m.zone for m in self.members):
-            zone_of = _zone_keys(self.members)
+        if zone_of is not None:
             zones: set[str] = set()
             for name in order:
                 if len(primaries) == want:

@@ -36,6 +36,7 @@ ReplyCallback = Callable[[Reply | None, DynqError | None], None]
 """Called exactly once per request: ``(reply, None)`` or ``(None, error)``."""
 
 _RETRY_SEND_S = 0.005
+_POLLIN = int(zmq.POLLIN)  # a plain int: enum.Flag arithmetic is slow on the hot path
 
 
 def configure_socket(sock: zmq.Socket[Any], limits: Limits, hwm: int = 10_000) -> None:
@@ -92,6 +93,7 @@ class RequestMux:
         self._pending: dict[int, _Pending] = {}  # request id -> in-flight request
         self._ids = itertools.count(1)
         self.late_replies = 0  # replies that arrived after their request was done
+        self.send_retries = 0  # sends retried because the connection was still being made
 
     # --- connections -------------------------------------------------------------------
 
@@ -174,6 +176,7 @@ class RequestMux:
         except zmq.Again:
             now = self.loop.time()
             if now - channel.created < self.connect_grace and now + _RETRY_SEND_S < pending.deadline:
+                self.send_retries += 1
                 self.loop.call_later(_RETRY_SEND_S, self._send, req_id)
             else:
                 self._fail(req_id, Unavailable(f"{pending.peer}: not connected"))
@@ -182,7 +185,7 @@ class RequestMux:
             self._fail(req_id, Unavailable(f"{pending.peer}: send failed: {exc}"))
             return
         pending.frame = b""
-        if int(channel.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if int(channel.sock.getsockopt(zmq.EVENTS)) & _POLLIN:
             self.loop.call_soon(self._drain, channel)
 
     def _fail(self, req_id: int, error: DynqError) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from .errors import InvalidContext, ProtocolError
-from .protocol import DEFAULT_LIMITS, Limits, packb, unpackb
+from .protocol import DEFAULT_LIMITS, Limits, packb, short_repr, unpackb
 
 Clock = Mapping[str, int]
 """A version vector: actor id -> highest counter of that actor seen."""
@@ -145,7 +145,7 @@ def merge(a: VersionedObject | None, b: VersionedObject | None) -> VersionedObje
     """
     if a is None:
         return b or EMPTY
-    if b is None or a is b:
+    if b is None or a is b or a == b:  # the common case: replicas agree
         return a
     a_dots = {s.dot: s for s in a.siblings}
     b_dots = {s.dot: s for s in b.siblings}
@@ -197,12 +197,11 @@ def _clock_from_pairs(pairs: object, limits: Limits, what: str) -> dict[str, int
             or len(pair) != 2
             or not isinstance(pair[0], str)
             or not 0 < len(pair[0]) <= MAX_ACTOR_LEN
-            or not isinstance(pair[1], int)
-            or isinstance(pair[1], bool)
+            or type(pair[1]) is not int
             or not 0 < pair[1] < 2**63
             or pair[0] in clock
         ):
-            raise ValueError(f"{what} has an invalid entry {pair!r:.100}")
+            raise ValueError(f"{what} has an invalid entry {short_repr(pair)}")
         clock[pair[0]] = pair[1]
     return clock
 
@@ -210,7 +209,7 @@ def _clock_from_pairs(pairs: object, limits: Limits, what: str) -> dict[str, int
 def object_from_wire(data: object, limits: Limits = DEFAULT_LIMITS) -> VersionedObject:
     """Validate and build an object from its plain form; raises ProtocolError."""
     try:
-        if not isinstance(data, list) or len(data) != 3 or data[0] != OBJECT_FORMAT:
+        if not isinstance(data, list) or len(data) != 3 or type(data[0]) is not int or data[0] != OBJECT_FORMAT:
             raise ValueError("not a dynq object")
         clock = _clock_from_pairs(data[1], limits, "object clock")
         raw_siblings = data[2]
@@ -224,14 +223,14 @@ def object_from_wire(data: object, limits: Limits = DEFAULT_LIMITS) -> Versioned
             actor, counter, ts, value = raw
             if (
                 not isinstance(actor, str)
-                or not isinstance(counter, int)
-                or not isinstance(ts, int)
+                or type(counter) is not int
+                or type(ts) is not int
                 or not (value is None or isinstance(value, bytes))
                 or clock.get(actor, 0) < counter
                 or counter <= 0
                 or (actor, counter) in seen
             ):
-                raise ValueError(f"invalid sibling {raw!r:.100}")
+                raise ValueError(f"invalid sibling {short_repr(raw)}")
             seen.add((actor, counter))
             siblings.append(Sibling(actor, counter, ts, value))
     except ValueError as exc:
@@ -264,7 +263,7 @@ def decode_context(context: bytes | None, limits: Limits = DEFAULT_LIMITS) -> di
         return {}
     try:
         data = unpackb(context, limits)
-        if not isinstance(data, list) or len(data) != 2 or data[0] != CONTEXT_FORMAT:
+        if not isinstance(data, list) or len(data) != 2 or type(data[0]) is not int or data[0] != CONTEXT_FORMAT:
             raise ValueError("not a dynq context")
         return _clock_from_pairs(data[1], limits, "context")
     except (ValueError, ProtocolError) as exc:
