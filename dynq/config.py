@@ -88,7 +88,7 @@ class _Reader:
     def _err(self, key: str, what: str) -> ConfigError:
         return ConfigError(f"{self.source}: '{self.section}.{key}' {what}")
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def text(self, key: str, default: str | None = None) -> str:
         value = self.table.get(key, default)
         if value is None:
             raise self._err(key, "is required")
@@ -96,7 +96,7 @@ class _Reader:
             raise self._err(key, f"must be a string, got {value!r}")
         return value
 
-    def int(self, key: str, default: int, lo: int, hi: int) -> int:
+    def number(self, key: str, default: int, lo: int, hi: int) -> int:
         value = self.table.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool):
             raise self._err(key, f"must be an integer, got {value!r}")
@@ -125,22 +125,22 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     timeouts = _Reader(source, "timeouts", data.get("timeouts", {}), _TIMEOUT_KEYS)
     logs = _Reader(source, "log", data.get("log", {}), _LOG_KEYS)
 
-    name = node.str("name")
+    name = node.text("name")
     if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
         raise node._err("name", f"must be 1-64 characters of letters, digits, '-', '_' or '.', got {name!r}")
-    listen = _check_address(node, "listen", node.str("listen"))
-    data_dir = Path(node.str("data_dir"))
+    listen = _check_address(node, "listen", node.text("listen"))
+    data_dir = Path(node.text("data_dir"))
     if not data_dir.is_absolute() and base_dir is not None:
         data_dir = base_dir / data_dir
-    zone = node.str("zone", "")
-    weight = node.int("weight", 1, 1, 1000)
+    zone = node.text("zone", "")
+    weight = node.number("weight", 1, 1, 1000)
 
-    n = cluster.int("n", 3, 1, 16)
-    q = cluster.int("q", 64, 1, 65536)
+    n = cluster.number("n", 3, 1, 16)
+    q = cluster.number("q", 64, 1, 65536)
     if q & (q - 1):
         raise cluster._err("q", f"must be a power of two, got {q}")
-    r = cluster.int("r", 2, 1, n)
-    w = cluster.int("w", 2, 1, n)
+    r = cluster.number("r", 2, 1, n)
+    w = cluster.number("w", 2, 1, n)
     seeds_raw = cluster.table.get("seeds", [])
     if not isinstance(seeds_raw, list) or not all(isinstance(s, str) for s in seeds_raw):
         raise cluster._err("seeds", "must be a list of address strings")
@@ -153,10 +153,10 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
             raise cluster._err("members", f"entry {i} must be a table")
         m = _Reader(source, f"cluster.members[{i}]", raw, _MEMBER_KEYS)
         member = Member(
-            m.str("name"),
-            _check_address(m, "address", m.str("address")),
-            m.str("zone", ""),
-            m.int("weight", 1, 1, 1000),
+            m.text("name"),
+            _check_address(m, "address", m.text("address")),
+            m.text("zone", ""),
+            m.number("weight", 1, 1, 1000),
         )
         if member.name in members:
             raise m._err("name", f"duplicates member {member.name!r}")
@@ -172,17 +172,17 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     limit_values: dict[str, int] = {}
     for f in fields(Limits):
         default = getattr(Limits(), f.name)
-        limit_values[f.name] = limits_in.int(f.name, default, 1, 2**31)
+        limit_values[f.name] = limits_in.number(f.name, default, 1, 2**31)
     limits = Limits(**limit_values)
     if limits.max_value_bytes + limits.max_key_bytes + 1024 > limits.max_message_bytes:
         raise limits_in._err("max_message_bytes", "must exceed max_value_bytes + max_key_bytes + 1024")
     if limits.sibling_warn > limits.max_siblings:
         raise limits_in._err("sibling_warn", "must not exceed max_siblings")
 
-    synchronous = storage.str("synchronous", "full").lower()
+    synchronous = storage.text("synchronous", "full").lower()
     if synchronous not in ("normal", "full"):
         raise storage._err("synchronous", f"must be 'normal' or 'full', got {synchronous!r}")
-    level = logs.str("level", "info").lower()
+    level = logs.text("level", "info").lower()
     if level not in ("debug", "info", "warning", "error"):
         raise logs._err("level", f"must be debug, info, warning or error, got {level!r}")
 
@@ -200,7 +200,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         seeds=tuple(seeds_raw),
         limits=limits,
         synchronous=synchronous,
-        request_timeout_ms=timeouts.int("request_ms", 5000, 10, 600_000),
+        request_timeout_ms=timeouts.number("request_ms", 5000, 10, 600_000),
         log_level=level,
         source=source,
     )

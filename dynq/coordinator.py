@@ -19,6 +19,7 @@ which the node implements with its sockets and storage (and a test with plain ob
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from typing import Any, Callable, Protocol, Sequence
 
@@ -121,7 +122,7 @@ class PutCoordinator:
                     "replica_put",
                     body,
                     self.timeout,
-                    lambda reply, err, target=target: self._on_remote(target, reply, err),
+                    functools.partial(self._on_remote, target),
                 )
         self._check()
 
@@ -185,7 +186,7 @@ class GetCoordinator:
                 "replica_get",
                 body,
                 self.timeout,
-                lambda reply, err, target=target: self._on_remote(target, reply, err),
+                functools.partial(self._on_remote, target),
             )
         if self.replicas.name in self.tally.replicas:
             try:

@@ -18,6 +18,7 @@ loop for synchronous code (one :class:`Client` per thread).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Coroutine, Iterable, TypeVar
@@ -339,7 +340,7 @@ class AsyncClient:
                 OP_GET,
                 body,
                 self.timeout,
-                lambda reply, error, replica=replica: on_reply(replica, reply, error),
+                functools.partial(on_reply, replica),
             )
         return await future
 
