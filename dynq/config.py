@@ -111,6 +111,12 @@ def _check_address(reader: _Reader, key: str, value: str) -> str:
     return value
 
 
+def _check_name(reader: _Reader, key: str, value: str) -> str:
+    if not value or len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
+        raise reader._err(key, f"must be 1-64 characters of letters, digits, '-', '_' or '.', got {value!r}")
+    return value
+
+
 def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> NodeConfig:
     """Build and validate a :class:`NodeConfig` from a parsed TOML document."""
     for section, value in data.items():
@@ -125,9 +131,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     timeouts = _Reader(source, "timeouts", data.get("timeouts", {}), _TIMEOUT_KEYS)
     logs = _Reader(source, "log", data.get("log", {}), _LOG_KEYS)
 
-    name = node.text("name")
-    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
-        raise node._err("name", f"must be 1-64 characters of letters, digits, '-', '_' or '.', got {name!r}")
+    name = _check_name(node, "name", node.text("name"))
     listen = _check_address(node, "listen", node.text("listen"))
     data_dir = Path(node.text("data_dir"))
     if not data_dir.is_absolute() and base_dir is not None:
@@ -153,7 +157,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
             raise cluster._err("members", f"entry {i} must be a table")
         m = _Reader(source, f"cluster.members[{i}]", raw, _MEMBER_KEYS)
         member = Member(
-            m.text("name"),
+            _check_name(m, "name", m.text("name")),
             _check_address(m, "address", m.text("address")),
             m.text("zone", ""),
             m.number("weight", 1, 1, 1000),

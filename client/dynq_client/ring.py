@@ -11,12 +11,16 @@ owner names that every node and client can hold and compare by a single ``epoch`
 Three pure pieces:
 
 * :func:`claim` decides ownership. Each member's target is ``Q * weight / sum(weights)``
-  rounded by largest remainder. Given the previous owners it moves only what must move
-  (partitions of departed members and of members above target), and while placing it
-  prefers spots where the member (and its zone) is not already among the ``n - 1``
-  partitions on either side, so the ``N`` partitions after a key usually belong to ``N``
-  distinct nodes in distinct zones. The ideas, not the code, follow riak_core's
-  ``riak_core_claim`` (targets, "wants" and "spacing") and ``chash``.
+  rounded by largest remainder. Given the previous owners it moves only what must move:
+  partitions of departed members, and partitions of members above target, which go to
+  members below target. So adding a node moves only what the new node takes and
+  removing one moves only what it owned (always with equal weights; with unequal
+  weights, rounding to whole partitions can rarely force one more hand-over). While
+  placing, it prefers spots where the member (and its zone) is not already among the
+  ``n - 1`` partitions on either side, so the ``N`` partitions after a key usually
+  belong to ``N`` distinct nodes in distinct zones; a fresh ring comes out as a
+  weighted round-robin. The ideas, not the code, follow riak_core's
+  ``riak_core_claim`` (targets, "wants", spacing by ``target_n_val``) and ``chash``.
 * :meth:`Ring.preference_list` walks the ring clockwise from a key's partition, taking
   distinct nodes (and, when zones are configured, distinct zones first) until it has
   ``N`` primaries; the rest of the members, in walk order, are fallbacks for a sloppy
@@ -50,7 +54,7 @@ class RingError(ValueError):
 
 
 def key_hash(key: bytes) -> int:
-    """The key's position on the 2**128 ring (MD5, big-endian), as in Dynamo and Riak."""
+    """The key's position on the 2**128 ring: MD5 as in the Dynamo paper; not for security."""
     return int.from_bytes(hashlib.md5(key, usedforsecurity=False).digest(), "big")
 
 
@@ -87,7 +91,7 @@ class PreferenceList:
 
     partition: int
     primaries: tuple[str, ...]  # the N distinct node names (fewer if the cluster has fewer nodes)
-    fallbacks: tuple[str, ...]  # every other member, in clockwise walk order
+    fallbacks: tuple[str, ...]  # every other member: clockwise walk order, then non-owners by name
 
 
 def _is_int(value: object) -> bool:
@@ -300,8 +304,9 @@ def claim(
     """Owner of each of the ``q`` partitions, moving as little as possible from ``previous``.
 
     Deterministic: the result depends only on the member set (not its order), ``q``,
-    ``n`` and ``previous``. Members keep what they own up to their target, so adding a
-    node moves only what the new node takes and removing one moves only what it owned.
+    ``n`` and ``previous``. Members keep what they own up to their target and only
+    members below target receive, so every move is one the new targets force.
+    ``previous`` may name departed members; their partitions are dealt out again.
     """
     ms = _check_members(members)
     _check_q(q)

@@ -42,6 +42,7 @@ def test_defaults_and_self_added_to_members() -> None:
         ({"node": {"listen": "127.0.0.1:7100"}}, "node.listen"),
         ({"bogus": {}}, "[bogus]"),
         ({"cluster": {"members": [{"name": "n2"}]}}, "cluster.members[0].address"),
+        ({"cluster": {"members": [{"name": "", "address": "tcp://127.0.0.1:1"}]}}, "cluster.members[0].name"),
     ],
 )
 def test_errors_name_the_bad_key(patch: dict[str, dict[str, object]], named: str) -> None:
