@@ -37,7 +37,7 @@ from dynq_client.versions import (
 
 ACTORS = ("a", "b", "c")
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --- realistic histories ------------------------------------------------------------------
@@ -194,7 +194,7 @@ def test_merge_result_descends_both_sides(ho: tuple[History, list[VersionedObjec
     assert dots(m) <= dots(a) | dots(b)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(history_and_objects(4))
 def test_merge_all_is_order_independent(ho: tuple[History, list[VersionedObject]]) -> None:
     """merge_all over any permutation of the same objects gives equal objects and equal bytes."""
@@ -204,13 +204,30 @@ def test_merge_all_is_order_independent(ho: tuple[History, list[VersionedObject]
     for perm in itertools.permutations(objs):
         other = merge_all(perm)
         assert other == first
-        assert encode_object(other) == encode_object(first)  # type: ignore[arg-type]
+        assert encode_object(other) == encode_object(first)
+
+
+def test_merge_is_commutative_over_conflicting_copies_of_one_dot() -> None:
+    """Two different siblings claiming one dot (corrupt input) still merge to the same result either way."""
+    clock = {"a": 1}
+    variants = [
+        VersionedObject(clock, (Sibling("a", 1, 5, b"x"),)),
+        VersionedObject(clock, (Sibling("a", 1, 6, b"x"),)),
+        VersionedObject(clock, (Sibling("a", 1, 5, b"y"),)),
+        VersionedObject(clock, (Sibling("a", 1, 5, None),)),
+        VersionedObject(clock, (Sibling("a", 1, 5, b""),)),
+    ]
+    for a, b in itertools.permutations(variants, 2):
+        assert merge(a, b) == merge(b, a)
+        assert encode_object(merge(a, b)) == encode_object(merge(b, a))
+    for a, b, c in itertools.permutations(variants, 3):
+        assert merge(merge(a, b), c) == merge(a, merge(b, c))
 
 
 # --- causality: what survives ---------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(histories(max_ops=20))
 def test_no_acknowledged_write_disappears(h: History) -> None:
     """Every write whose dot no later context covered is still a sibling after all replicas merge."""
@@ -225,7 +242,7 @@ def test_no_acknowledged_write_disappears(h: History) -> None:
         assert written[s.dot] == s
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(histories(), st.data())
 def test_put_with_read_context_supersedes_exactly_what_was_read(h: History, data: st.DataObject) -> None:
     """A put based on a read removes exactly the read's siblings; a write made after the read survives."""
@@ -457,8 +474,9 @@ def test_decode_object_honours_limits() -> None:
         decode_object(blob, Limits(max_siblings=0))
 
 
-# Booleans are ints to Python (True == 1), so without an explicit check they slip through;
-# the decoded object then compares equal to the genuine one but encodes to different bytes.
+# Regression: booleans are ints to Python (True == 1 == 1.0), so without an exact type check
+# they slipped through; the decoded object then compared equal to the genuine one but
+# re-encoded to different bytes (breaking canonical encoding).
 NON_CANONICAL_OBJECTS = {
     "sibling counter bool": _obj([["a", 1]], [["a", True, 0, b"v"]]),
     "sibling timestamp bool": _obj([["a", 1]], [["a", 1, True, b"v"]]),
@@ -467,11 +485,6 @@ NON_CANONICAL_OBJECTS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="object_from_wire accepts bool sibling counters/timestamps and a bool/float format "
-    "marker (True == 1 == 1.0); equal objects then re-encode to different bytes",
-)
 @pytest.mark.parametrize("blob", NON_CANONICAL_OBJECTS.values(), ids=NON_CANONICAL_OBJECTS.keys())
 def test_decode_object_rejects_bools_and_floats_posing_as_ints(blob: bytes) -> None:
     """Wrong-typed integers are rejected, so every accepted object re-encodes to the same bytes."""
@@ -502,6 +515,8 @@ BAD_CONTEXTS = {
     "counter too big": _ctx([["a", 2**63]]),
     "counter bool": _ctx([["a", True]]),
     "counter str": _ctx([["a", "1"]]),
+    "format bool": _ctx([], fmt=True),
+    "format float": _ctx([], fmt=1.0),
     "duplicate actor": _ctx([["a", 1], ["a", 1]]),
     "too many entries": _ctx([[f"n{i}", 1] for i in range(257)]),
 }
@@ -521,11 +536,8 @@ def _deep_list(depth: int) -> bytes:
     return b"\x91" * depth + b"\xc0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="error messages in _clock_from_pairs / object_from_wire use repr() of the offending "
-    "entry; an entry nested ~1000 deep (msgpack allows 1024) makes repr raise RecursionError",
-)
+# Regression: error messages used repr() of the offending entry, and on CPython 3.11 repr of
+# a list nested ~1000 deep (msgpack accepts up to 1024 levels) raises RecursionError.
 @pytest.mark.parametrize("where", ["context entry", "object clock entry", "sibling field"])
 def test_decoders_survive_deeply_nested_invalid_entries(where: str) -> None:
     """A deeply nested (but msgpack-legal) bad entry still gives InvalidContext / ProtocolError."""
@@ -567,7 +579,7 @@ _siblings = st.lists(
 _object_like = st.tuples(st.sampled_from([1, 1, 2, 0]), _pairs | _values, _siblings | _values).map(list)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64))
 def test_fuzz_decode_object_bytes_only_raises_protocol_error(blob: bytes) -> None:
     """decode_object on arbitrary bytes either decodes or raises ProtocolError, nothing else."""
@@ -578,7 +590,7 @@ def test_fuzz_decode_object_bytes_only_raises_protocol_error(blob: bytes) -> Non
     well_formed(obj)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64))
 def test_fuzz_decode_context_bytes_only_raises_invalid_context(blob: bytes) -> None:
     """decode_context on arbitrary bytes either decodes or raises InvalidContext, nothing else."""
@@ -589,7 +601,7 @@ def test_fuzz_decode_context_bytes_only_raises_invalid_context(blob: bytes) -> N
     assert all(isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in clock.items())
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(_object_like | _values)
 def test_fuzz_decode_object_structured(value: object) -> None:
     """Near-miss objects either decode into a well-formed object that round-trips, or raise ProtocolError."""
@@ -601,7 +613,7 @@ def test_fuzz_decode_object_structured(value: object) -> None:
     assert decode_object(encode_object(obj)) == obj
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(st.tuples(st.sampled_from([1, 1, 0]), _pairs | _values).map(list) | _values)
 def test_fuzz_decode_context_structured(value: object) -> None:
     """Near-miss contexts either decode to a valid clock or raise InvalidContext."""
@@ -612,7 +624,7 @@ def test_fuzz_decode_context_structured(value: object) -> None:
     assert decode_context(encode_context(clock)) == clock
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(history_and_objects(1), st.data())
 def test_fuzz_mutated_encodings(ho: tuple[History, list[VersionedObject]], data: st.DataObject) -> None:
     """Flipping, cutting or extending a valid encoding never raises anything but ProtocolError."""
