@@ -44,6 +44,12 @@ class NodeConfig:
     synchronous: str = "full"
     request_timeout_ms: int = 5000
     log_level: str = "info"
+    # hinted handoff and failure detection
+    max_hints: int = 1_000_000
+    replay_batch: int = 100
+    replay_rate: int = 2000
+    replay_interval_ms: int = 500
+    probe_interval_ms: int = 1000
     source: str = "<defaults>"  # where this config was read from, for messages
 
     @property
@@ -64,7 +70,9 @@ _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _STORAGE_KEYS = {"synchronous"}
 _TIMEOUT_KEYS = {"request_ms"}
 _LOG_KEYS = {"level"}
+_HANDOFF_KEYS = {"max_hints", "replay_batch", "replay_rate", "replay_interval_ms", "probe_interval_ms"}
 _SECTIONS = {
+    "handoff": _HANDOFF_KEYS,
     "node": _NODE_KEYS,
     "cluster": _CLUSTER_KEYS,
     "limits": _LIMIT_KEYS,
@@ -130,6 +138,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     storage = _Reader(source, "storage", data.get("storage", {}), _STORAGE_KEYS)
     timeouts = _Reader(source, "timeouts", data.get("timeouts", {}), _TIMEOUT_KEYS)
     logs = _Reader(source, "log", data.get("log", {}), _LOG_KEYS)
+    handoff = _Reader(source, "handoff", data.get("handoff", {}), _HANDOFF_KEYS)
 
     name = _check_name(node, "name", node.text("name"))
     listen = _check_address(node, "listen", node.text("listen"))
@@ -206,6 +215,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         synchronous=synchronous,
         request_timeout_ms=timeouts.number("request_ms", 5000, 10, 600_000),
         log_level=level,
+        max_hints=handoff.number("max_hints", 1_000_000, 1, 2**40),
+        replay_batch=handoff.number("replay_batch", 100, 1, 10_000),
+        replay_rate=handoff.number("replay_rate", 2000, 1, 1_000_000),
+        replay_interval_ms=handoff.number("replay_interval_ms", 500, 10, 600_000),
+        probe_interval_ms=handoff.number("probe_interval_ms", 1000, 10, 600_000),
         source=source,
     )
 

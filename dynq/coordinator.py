@@ -4,8 +4,11 @@ The states follow riak_kv's get/put FSMs; the counting is the pure tally from
 ``dynq_client.quorum``::
 
     put:    PREPARE -> LOCAL_COMMIT -> REMOTE_WAIT -> DONE
-    get:    WAIT -> DONE
+    get:    WAIT -> ANSWERED -> SETTLED (read repair of stale primaries)
     delete: READ (only without a context) -> put of a tombstone
+
+Both go to the first N *healthy* nodes of the key's preference list (sloppy quorum): a
+fallback standing in for a down primary gets the write with a hint naming that primary.
 
 A put is coordinated by a primary replica of the key. It mints the new dot, commits the
 new object *locally first*, and only then sends it to the other primaries: were the
@@ -23,7 +26,7 @@ import functools
 import logging
 from typing import Any, Callable, Protocol, Sequence
 
-from dynq_client.errors import DynqError, StorageError, error_from_wire
+from dynq_client.errors import DynqError, QuorumError, StorageError, error_from_wire
 from dynq_client.protocol import Reply
 from dynq_client.quorum import QuorumState, QuorumTally, ReadQuorum
 from dynq_client.versions import VersionedObject, decode_object, decode_reply_object
@@ -40,8 +43,15 @@ class Replicas(Protocol):
     name: str
 
     def stage_local(
-        self, key: bytes, obj: VersionedObject, blob: bytes, done: Callable[[StorageError | None], None]
+        self,
+        key: bytes,
+        obj: VersionedObject,
+        blob: bytes,
+        done: Callable[[StorageError | None], None],
+        hint_for: str | None = None,
     ) -> None: ...
+
+    def read_repair(self, key: bytes, merged: VersionedObject, stale: list[str]) -> None: ...
 
     def read_local(self, key: bytes) -> bytes | None: ...
 
@@ -75,8 +85,13 @@ class PutState(enum.Enum):
     DONE = "done"
 
 
+Target = tuple[str, "str | None"]
+"""(node, hinted_for): a primary (None) or a fallback standing in for that primary."""
+
+
 class PutCoordinator:
-    """Replicates one new object to the key's primaries and answers at W acknowledgements."""
+    """Replicates one new object to N healthy replicas and answers at W acknowledgements
+    (of which at least ``pw`` from primaries: a strict quorum when the caller asks)."""
 
     def __init__(
         self,
@@ -84,25 +99,45 @@ class PutCoordinator:
         key: bytes,
         obj: VersionedObject,
         blob: bytes,
-        targets: Sequence[str],
+        targets: Sequence[Target],
         w: int,
         timeout: float,
         outcome: Outcome,
+        pw: int = 0,
     ) -> None:
         self.replicas = replicas
         self.key = key
         self.obj = obj  # the new object, already carrying its new dot
         self.blob = blob  # its encoding, sent as is to every replica
-        self.tally = QuorumTally(targets, w)
+        self.hints: dict[str, str | None] = dict(targets)  # target -> primary it stands in for
+        self.tally = QuorumTally([name for name, _ in targets], w)
+        self.pw = pw  # primaries that must acknowledge (0: any replica counts)
+        self.primary_acks = 0
         self.timeout = timeout
         self.outcome = outcome
         self.state = PutState.PREPARE
         self._timer: Any = None  # deadline handle
 
+    @property
+    def hinted(self) -> int:
+        """How many targets are fallbacks carrying a hint."""
+        return sum(1 for hint in self.hints.values() if hint is not None)
+
     def start(self) -> None:
+        primaries = sum(1 for hint in self.hints.values() if hint is None)
+        if primaries < self.pw:
+            self.state = PutState.DONE
+            self.outcome(None, QuorumError(
+                f"put failed: pw={self.pw} primaries must acknowledge but only {primaries} are reachable",
+                required=self.pw, succeeded=0,
+                errors={name: "fallback, not a primary" for name, hint in self.hints.items() if hint},
+            ))
+            return
         self.state = PutState.LOCAL_COMMIT
         self._timer = self.replicas.call_later(self.timeout, self._on_deadline)
-        self.replicas.stage_local(self.key, self.obj, self.blob, self._on_local_commit)
+        self.replicas.stage_local(
+            self.key, self.obj, self.blob, self._on_local_commit, self.hints.get(self.replicas.name)
+        )
 
     def _on_local_commit(self, error: StorageError | None) -> None:
         if error is not None:
@@ -110,26 +145,30 @@ class PutCoordinator:
             self.tally.failure(self.replicas.name, f"{error.code}: {error.message}")
             self._finish(error)
             return
-        self.tally.success(self.replicas.name)
+        self._ack(self.replicas.name)
         if self.state is PutState.DONE:
             return
         self.state = PutState.REMOTE_WAIT
-        body = {"k": self.key, "ob": self.blob}
-        for target in self.tally.replicas:
-            if target != self.replicas.name:
-                self.replicas.send(
-                    target,
-                    "replica_put",
-                    body,
-                    self.timeout,
-                    functools.partial(self._on_remote, target),
-                )
+        for target, hint in self.hints.items():
+            if target == self.replicas.name:
+                continue
+            body: dict[str, Any] = {"k": self.key, "ob": self.blob}
+            if hint is not None:
+                body["h"] = hint
+            self.replicas.send(
+                target, "replica_put", body, self.timeout, functools.partial(self._on_remote, target)
+            )
         self._check()
+
+    def _ack(self, target: str) -> None:
+        if target in self.tally.pending and self.hints.get(target) is None:
+            self.primary_acks += 1
+        self.tally.success(target)
 
     def _on_remote(self, target: str, reply: Reply | None, error: DynqError | None) -> None:
         failure = _describe(reply, error)
         if failure is None:
-            self.tally.success(target)
+            self._ack(target)
         else:
             self.tally.failure(target, failure)
         self._check()
@@ -137,10 +176,18 @@ class PutCoordinator:
     def _check(self) -> None:
         if self.state is PutState.DONE:
             return
-        if self.tally.state is QuorumState.SUCCEEDED:
+        if self.tally.state is QuorumState.SUCCEEDED and self.primary_acks >= self.pw:
             self._finish(None)
         elif self.tally.state is QuorumState.FAILED:
             self._finish(self.tally.error("put"))
+        elif self.pw:
+            possible = self.primary_acks + sum(1 for t in self.tally.pending if self.hints.get(t) is None)
+            if possible < self.pw:
+                error = self.tally.error("put")
+                error.message = f"put failed: {self.primary_acks} of pw={self.pw} required primaries acknowledged"
+                error.required = self.pw
+                error.succeeded = self.primary_acks
+                self._finish(error)
 
     def _on_deadline(self) -> None:
         if self.state is not PutState.DONE:
@@ -156,7 +203,9 @@ class PutCoordinator:
 
 
 class GetCoordinator:
-    """Reads a key from its primaries and answers with the merge of R replies."""
+    """Reads a key from N healthy replicas, answers with the merge of the first R replies,
+    then keeps listening until every replica answered (or the deadline) and sends the
+    merged object to the primaries that turned out stale: read repair."""
 
     def __init__(
         self,
@@ -166,13 +215,15 @@ class GetCoordinator:
         r: int,
         timeout: float,
         outcome: Callable[[VersionedObject | None, DynqError | None], None],
+        primaries: Sequence[str] = (),
     ) -> None:
         self.replicas = replicas
         self.key = key
         self.tally = ReadQuorum(targets, r)
+        self.primaries = set(primaries)  # only these are repaired (a fallback holds hints instead)
         self.timeout = timeout
         self.outcome = outcome
-        self.done = False
+        self.done = False  # the caller has its answer
         self._timer: Any = None
 
     def start(self) -> None:
@@ -182,11 +233,7 @@ class GetCoordinator:
             if target == self.replicas.name:
                 continue
             self.replicas.send(
-                target,
-                "replica_get",
-                body,
-                self.timeout,
-                functools.partial(self._on_remote, target),
+                target, "replica_get", body, self.timeout, functools.partial(self._on_remote, target)
             )
         if self.replicas.name in self.tally.replicas:
             try:
@@ -211,19 +258,31 @@ class GetCoordinator:
         self._check()
 
     def _check(self) -> None:
-        if self.done:
-            return
-        if self.tally.state is QuorumState.SUCCEEDED:
-            self._finish(self.tally.merged, None)
-        elif self.tally.state is QuorumState.FAILED:
-            self._finish(None, self.tally.error("get"))
+        if not self.done:
+            if self.tally.state is QuorumState.SUCCEEDED:
+                self.done = True
+                self.outcome(self.tally.merged, None)
+            elif self.tally.state is QuorumState.FAILED:
+                self.done = True
+                self.outcome(None, self.tally.error("get"))
+        if not self.tally.pending:
+            self._settle()
 
     def _on_deadline(self) -> None:
         if not self.done:
-            self._finish(None, self.tally.error("get", timed_out=True))
+            self.done = True
+            self.outcome(None, self.tally.error("get", timed_out=True))
+        self._settle()
 
-    def _finish(self, obj: VersionedObject | None, error: DynqError | None) -> None:
-        self.done = True
+    def _settle(self) -> None:
+        """Everything that will answer has answered: repair the stale primaries."""
         if self._timer is not None:
             self._timer.cancel()
-        self.outcome(obj, error)
+            self._timer = None
+        else:
+            return  # settled already
+        if self.tally.state is not QuorumState.SUCCEEDED or self.tally.merged is None:
+            return
+        stale = [r for r in self.tally.stale_replicas() if r in self.primaries]
+        if stale:
+            self.replicas.read_repair(self.key, self.tally.merged, stale)

@@ -169,7 +169,8 @@ class LocalCluster:
             self.stop(name, timeout)
 
     def wait_ready(self, names: list[str] | None = None, timeout: float = 30.0) -> None:
-        """Block until every named node answers a ping (raise with its log tail if not)."""
+        """Block until every named node answers a ping and reaches every other running node
+        (raise with its log tail if not)."""
         deadline = time.monotonic() + timeout
         for name in names or list(self.nodes):
             node = self.nodes[name]
@@ -179,9 +180,14 @@ class LocalCluster:
                         f"node {name} exited with code {node.process.returncode}:\n{node.log_tail()}"
                     )
                 try:
-                    with Client([node.address], timeout=1.0) as client:
-                        client.call(name, "ping")
-                    break
+                    with Client([node.address], timeout=2.0) as client:
+                        reply = client.call(name, "ping", {"peers": True})
+                    others = {m for m in self.nodes if m != name and self.nodes[m].running}
+                    if others <= set(reply["reachable"]):
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"node {name} cannot reach {sorted(others - set(reply['reachable']))}")
+                    time.sleep(0.1)
                 except DynqError:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"node {name} not ready after {timeout}s:\n{node.log_tail()}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import gc
 import logging
 import signal
@@ -29,13 +30,16 @@ from dynq_client.errors import (
     InternalError,
     InvalidRequest,
     KeyTooLarge,
+    QuorumError,
     StorageError,
+    Timeout,
     TooManySiblings,
     Unavailable,
     UnknownOp,
     ValueTooLarge,
     error_from_wire,
 )
+from dynq_client.health import Health, PeerState, sloppy_targets
 from dynq_client.protocol import Reply, Request
 from dynq_client.ring import Ring, RingError, new_ring
 from dynq_client.routing import RoutingTable
@@ -51,6 +55,7 @@ from dynq_client.versions import (
 
 from .config import ConfigError, NodeConfig
 from .coordinator import GetCoordinator, PutCoordinator
+from .hinted_handoff import HintedHandoff
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -106,6 +111,11 @@ class Stats:
         self.dropped_frames = 0  # undecodable messages without a readable id
         self.dropped_replies = 0  # replies the ROUTER could not queue (client gone / HWM)
         self.sibling_warnings = 0
+        self.hinted_writes = 0  # puts this node coordinated that used a fallback
+        self.hints_stored = 0  # hinted writes this node took as a fallback
+        self.hints_refused = 0  # hinted writes refused because the hint store was full
+        self.read_repairs = 0  # repairs this node sent as a read coordinator
+        self.read_repairs_received = 0  # repairs clients sent to this node
 
 
 class Node:
@@ -129,6 +139,7 @@ class Node:
             p.OP_DELETE: self.handle_delete,
             p.OP_REPLICA_GET: self.handle_replica_get,
             p.OP_REPLICA_PUT: self.handle_replica_put,
+            p.OP_READ_REPAIR: self.handle_replica_put,
             p.OP_STATS: self.handle_stats,
         }
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -137,6 +148,10 @@ class Node:
         self.peers: RequestMux | None = None
         self._stopping: asyncio.Event | None = None
         self._router_check_scheduled = False  # a _check_router is queued on the loop
+        self.health = Health(timeouts_to_down=2)  # this node's view of its peers
+        self._replica_timeout = config.request_timeout_ms / 1000
+        self.handoff: HintedHandoff | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     # --- ring --------------------------------------------------------------------------
 
@@ -209,6 +224,11 @@ class Node:
             self.name, self.actor, self.config.listen, self.ring.epoch, len(self.ring.members),
             self.ring.n, self.ring.q,
         )
+        self.handoff = HintedHandoff(self)
+        self._background = [
+            self.loop.create_task(self._probe_down_peers()),
+            self.loop.create_task(self.handoff.run()),
+        ]
         if ready is not None:
             ready()
         await self._stopping.wait()
@@ -223,6 +243,8 @@ class Node:
         assert self.loop is not None and self.router is not None and self.context is not None
         log.info("node %s stopping: %d requests in flight", self.name, self.in_flight)
         self.loop.remove_reader(self.router.fileno())
+        for task in self._background:
+            task.cancel()
         deadline = self.loop.time() + self.config.request_timeout_ms / 1000
         while self.in_flight > 0 and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
@@ -309,10 +331,33 @@ class Node:
     # --- the Replicas interface used by the coordinators ----------------------------------
 
     def stage_local(
-        self, key: bytes, obj: VersionedObject, blob: bytes, done: Callable[[StorageError | None], None]
+        self,
+        key: bytes,
+        obj: VersionedObject,
+        blob: bytes,
+        done: Callable[[StorageError | None], None],
+        hint_for: str | None = None,
     ) -> None:
         assert self.loop is not None
-        self.storage.stage(key, self.ring.partition_for(key), obj, blob, done, self.loop)
+        if hint_for is not None:
+            if self.storage.hint_count >= self.config.max_hints:
+                self.stats.hints_refused += 1
+                log.error("hint store full (%d hints): refusing a hinted write for %s",
+                          self.storage.hint_count, hint_for)
+                self.loop.call_soon(done, StorageError(
+                    f"{self.name}: hint store full ({self.config.max_hints} hints); write not taken"))
+                return
+            self.stats.hints_stored += 1
+        self.storage.stage(key, self.ring.partition_for(key), obj, blob, done, self.loop, hint_for)
+
+    def read_repair(self, key: bytes, merged: VersionedObject, stale: list[str]) -> None:
+        blob = encode_object(merged)
+        for target in stale:
+            self.stats.read_repairs += 1
+            if target == self.name:
+                self.stage_local(key, merge(self.storage.current(key), merged), blob, lambda err: None)
+            else:
+                self.send(target, p.OP_REPLICA_PUT, {"k": key, "ob": blob}, self._replica_timeout, _ignore)
 
     def read_local(self, key: bytes) -> bytes | None:
         return self.storage.get_blob(key)
@@ -325,8 +370,35 @@ class Node:
         timeout: float,
         done: Callable[[Reply | None, DynqError | None], None],
     ) -> None:
-        assert self.peers is not None
-        self.peers.request(replica, op, body, timeout, done)
+        assert self.peers is not None and self.loop is not None
+        loop, health = self.loop, self.health
+
+        def observed(reply: Reply | None, error: DynqError | None) -> None:
+            if error is None:
+                health.success(replica, loop.time())
+            elif isinstance(error, Unavailable):
+                health.unreachable(replica, loop.time())
+            elif isinstance(error, Timeout):
+                health.timeout(replica, loop.time())
+            done(reply, error)
+
+        self.peers.request(replica, op, body, timeout, observed)
+
+    def is_up(self, name: str) -> bool:
+        """This node's view: usable for sloppy quorum unless marked down (probes revive it)."""
+        return name == self.name or self.health.state(name) is not PeerState.DOWN
+
+    def targets(self, key: bytes) -> tuple[list[tuple[str, str | None]], tuple[str, ...]]:
+        """Sloppy-quorum targets of ``key`` (node, hinted_for) and its primaries."""
+        plist = self.ring.preference_list_for(key)
+        return sloppy_targets(plist.primaries, plist.fallbacks, self.ring.n, self.is_up), plist.primaries
+
+    async def _probe_down_peers(self) -> None:
+        """Ping peers marked down, so they are used again as soon as they answer."""
+        while True:
+            await asyncio.sleep(self.config.probe_interval_ms / 1000)
+            for name in self.health.down():
+                self.send(name, p.OP_PING, {}, self.config.probe_interval_ms / 1000, _ignore)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
         assert self.loop is not None
@@ -357,8 +429,23 @@ class Node:
     # --- handlers: client-facing ---------------------------------------------------------
 
     def handle_ping(self, responder: Responder, req: Request) -> None:
-        connected = self.peers.connected_names() if self.peers else []
-        responder.ok({"name": self.name, "actor": self.actor, "epoch": self.ring.epoch, "peers": connected})
+        body: dict[str, Any] = {"name": self.name, "actor": self.actor, "epoch": self.ring.epoch}
+        if req.body.get("peers") is not True:
+            responder.ok(body)
+            return
+        # Deep ping: which peers answer this node right now (readiness checks, status).
+        others = [m.name for m in self.ring.members if m.name != self.name]
+        answered: dict[str, bool] = {}
+
+        def pong(name: str, reply: Reply | None, error: DynqError | None) -> None:
+            answered[name] = error is None
+            if len(answered) == len(others):
+                responder.ok(dict(body, reachable=sorted(n for n, ok in answered.items() if ok)))
+
+        if not others:
+            responder.ok(dict(body, reachable=[]))
+        for name in others:
+            self.send(name, p.OP_PING, {}, 1.0, functools.partial(pong, name))
 
     def handle_routing_table(self, responder: Responder, req: Request) -> None:
         responder.ok({"table": self.routing_table().to_wire()})
@@ -369,7 +456,6 @@ class Node:
             responder.ok({"ob": self.storage.get_blob(key)})
             return
         r = self._quorum(req.body, "r", self.config.r)
-        targets = self.ring.preference_list_for(key).primaries
 
         def outcome(obj: VersionedObject | None, error: DynqError | None) -> None:
             if error is not None:
@@ -377,7 +463,20 @@ class Node:
             else:
                 responder.ok({"ob": None if obj is None else encode_object(obj)})
 
-        GetCoordinator(self, key, targets, min(r, len(targets)), self._timeout(req.body), outcome).start()
+        self._coordinate_get(key, r, self._timeout(req.body), outcome)
+
+    def _coordinate_get(
+        self,
+        key: bytes,
+        r: int,
+        timeout: float,
+        outcome: Callable[[VersionedObject | None, DynqError | None], None],
+    ) -> None:
+        targets, primaries = self.targets(key)
+        names = [name for name, _ in targets]
+        if len(names) < r:  # too few look healthy: ask the primaries anyway, and say why they failed
+            names += [name for name in primaries if name not in names]
+        GetCoordinator(self, key, names, min(r, len(names)), timeout, outcome, primaries).start()
 
     def handle_put(self, responder: Responder, req: Request) -> None:
         key = self._key(req.body)
@@ -397,9 +496,6 @@ class Node:
         if self._forward_if_not_primary(responder, req, key):
             return
         # No context: read the key first and delete what the read saw, as Riak does.
-        targets = self.ring.preference_list_for(key).primaries
-        r = min(self.config.r, len(targets))
-
         def after_read(obj: VersionedObject | None, error: DynqError | None) -> None:
             if error is not None:
                 responder.fail(error)
@@ -408,25 +504,33 @@ class Node:
             else:
                 self._write(responder, req, key, None, dict(obj.clock))
 
-        GetCoordinator(self, key, targets, r, self._timeout(req.body), after_read).start()
+        self._coordinate_get(key, self.config.r, self._timeout(req.body), after_read)
 
     def _forward_if_not_primary(self, responder: Responder, req: Request, key: bytes) -> bool:
         """Writes are coordinated by a primary of the key, so that only the N replicas (not
         every node) appear as actors in its version vector: metadata stays bounded."""
         primaries = self.ring.preference_list_for(key).primaries
-        if self.name in primaries:
+        if self.name in primaries or req.body.get("fwd") is True:
+            return False
+        reachable = [name for name in primaries if self.is_up(name)]
+        if not reachable:  # always writable: with every primary down, coordinate here
             return False
         timeout = self._timeout(req.body)
         errors: dict[str, str] = {}
+        body = dict(req.body, fwd=True)  # the receiver coordinates, never forwards again
 
         def attempt(i: int) -> None:
-            if i >= len(primaries):
+            if i >= len(reachable):
+                if req.op == p.OP_PUT or req.op == p.OP_DELETE:
+                    # every reachable primary vanished meanwhile: coordinate here after all
+                    self._dispatch_write_locally(responder, req)
+                    return
                 responder.fail(Unavailable(f"no primary of the key is reachable: {errors}"))
                 return
 
             def relay(reply: Reply | None, error: DynqError | None) -> None:
                 if isinstance(error, Unavailable):
-                    errors[primaries[i]] = error.message
+                    errors[reachable[i]] = error.message
                     attempt(i + 1)
                 elif error is not None:
                     responder.fail(error)
@@ -435,10 +539,31 @@ class Node:
                 else:
                     responder.ok(reply.body if reply else {})
 
-            self.send(primaries[i], req.op, req.body, timeout, relay)
+            self.send(reachable[i], req.op, body, timeout, relay)
 
         attempt(0)
         return True
+
+    def _coordinate_as_fallback(
+        self, targets: list[tuple[str, str | None]], primaries: tuple[str, ...]
+    ) -> list[tuple[str, str | None]]:
+        """Every primary is unreachable and this node coordinates: it must write first (its
+        dot must be durable here before anyone sees it), so it joins the targets as a
+        fallback standing in for a primary no other fallback covers."""
+        covered = {name for name, _ in targets} | {hint for _, hint in targets if hint}
+        free = [primary for primary in primaries if primary not in covered]
+        if not free:  # N fallbacks already: take the place (and hint) of the last one
+            free = [targets[-1][1] or primaries[-1]]
+            targets = targets[:-1]
+        return [(self.name, free[0])] + targets
+
+    def _dispatch_write_locally(self, responder: Responder, req: Request) -> None:
+        req.body["fwd"] = True
+        try:
+            self.handlers[req.op](responder, req)
+        except DynqError as exc:
+            if not responder.done:
+                responder.fail(exc)
 
     def _write(
         self,
@@ -450,8 +575,11 @@ class Node:
     ) -> None:
         if self._forward_if_not_primary(responder, req, key):
             return
-        targets = self.ring.preference_list_for(key).primaries
+        targets, primaries = self.targets(key)
+        if self.name not in {name for name, _ in targets}:
+            targets = self._coordinate_as_fallback(targets, primaries)
         w = self._quorum(req.body, "w", self.config.w)
+        pw = p.get_int(req.body, "pw", lo=0, hi=self.ring.n, default=0) or 0
         local = self.storage.current(key)
         new = update(local, context, self.actor, value, int(time.time() * 1000))
         if len(new.siblings) > self.limits.max_siblings:
@@ -468,9 +596,17 @@ class Node:
                 f"the object with all its siblings would be {len(blob)} bytes; "
                 f"the limit is {self.limits.max_message_bytes - self.limits.max_key_bytes - 1024}"
             )
-        PutCoordinator(
-            self, key, new, blob, targets, min(w, len(targets)), self._timeout(req.body), responder.outcome
-        ).start()
+        if len(targets) < w:
+            raise QuorumError(
+                f"put failed: w={w} but only {len(targets)} replicas are reachable",
+                required=w, succeeded=0, errors={name: "down" for name in self.health.down()},
+            )
+        coordinator = PutCoordinator(
+            self, key, new, blob, targets, w, self._timeout(req.body), responder.outcome, pw
+        )
+        if coordinator.hinted:
+            self.stats.hinted_writes += 1
+        coordinator.start()
 
     # --- handlers: replica-facing --------------------------------------------------------
 
@@ -481,6 +617,11 @@ class Node:
         key = self._key(req.body)
         blob = p.get_bytes(req.body, "ob")
         assert blob is not None
+        hint_for = p.get_str(req.body, "h", required=False)
+        if hint_for is not None and hint_for not in {m.name for m in self.ring.members}:
+            raise InvalidRequest(f"hint names {hint_for!r:.64}, which is not a member")
+        if req.op == p.OP_READ_REPAIR:
+            self.stats.read_repairs_received += 1
         incoming = decode_object(blob, self.limits)
         local = self.storage.current(key)
         merged = merge(local, incoming)
@@ -493,7 +634,7 @@ class Node:
             else:
                 responder.ok({})
 
-        self.stage_local(key, merged, merged_blob, committed)
+        self.stage_local(key, merged, merged_blob, committed, hint_for)
 
     def handle_stats(self, responder: Responder, req: Request) -> None:
         responder.ok(self.stats_snapshot())
@@ -519,7 +660,21 @@ class Node:
             "rows_committed": storage.rows_committed,
             "commit_failures": storage.commit_failures,
             "partitions_owned": len(self.ring.partitions_of(self.name)),
+            "hinted_writes": self.stats.hinted_writes,
+            "hints_stored": self.stats.hints_stored,
+            "hints_refused": self.stats.hints_refused,
+            "hints_pending": dict(storage.hints_pending),
+            "hints_pending_total": storage.hint_count,
+            "hints_replayed": self.handoff.replayed if self.handoff else 0,
+            "read_repairs": self.stats.read_repairs,
+            "read_repairs_received": self.stats.read_repairs_received,
+            "peers": self.health.snapshot(),
+            "peers_down": self.health.down(),
         }
+
+
+def _ignore(reply: Reply | None, error: DynqError | None) -> None:
+    """Callback for fire-and-forget requests (repairs, probes): health already saw the outcome."""
 
 
 def run_node(config: NodeConfig) -> None:

@@ -14,6 +14,12 @@ Tables::
 
     objects(key BLOB PRIMARY KEY, partition INTEGER, obj BLOB)   -- obj = encoded VersionedObject
     meta(name TEXT PRIMARY KEY, value BLOB)                        -- actor id, ring, ...
+    hints(target TEXT, key BLOB, seq INTEGER)                      -- "key belongs on target"
+
+A hint is written in the same transaction as the object it refers to (the fallback's own
+copy in ``objects``), so a fallback never acknowledges a hinted write it could forget.
+``seq`` changes whenever the key is hinted again; replay deletes a hint only if its seq
+is still the one it delivered, so a write that arrives during replay is replayed too.
 
 ``objects`` is a rowid table on purpose: its rows hold whole values (often KiBs), and
 SQLite's WITHOUT ROWID layout is for small rows; measured here, the rowid layout made a
@@ -46,6 +52,12 @@ CREATE TABLE IF NOT EXISTS objects (
 );
 CREATE INDEX IF NOT EXISTS objects_by_partition ON objects(partition, key);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS hints (
+    target TEXT NOT NULL,
+    key BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (target, key)
+) WITHOUT ROWID;
 """
 
 
@@ -61,6 +73,9 @@ class Storage:
         self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         self.conn.execute(_SCHEMA)
         self._staged: dict[bytes, tuple[int, VersionedObject, bytes]] = {}  # key -> (partition, obj, blob)
+        self._staged_hints: set[tuple[str, bytes]] = set()  # (target, key) hints to write with them
+        self._hint_seq = self._max_hint_seq()  # last seq handed out
+        self.hints_pending: dict[str, int] = self._count_hints()  # target -> hints stored for it
         self._callbacks: list[CommitCallback] = []  # waiting for the next commit
         self._flush_scheduled = False
         self.commits = 0  # transactions committed
@@ -94,6 +109,54 @@ class Storage:
                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 (name, value),
             )
+
+    # --- hints ------------------------------------------------------------------------
+
+    def _max_hint_seq(self) -> int:
+        for (seq,) in self.conn.execute("SELECT coalesce(max(seq), 0) FROM hints"):
+            return int(seq)
+        return 0
+
+    def _count_hints(self) -> dict[str, int]:
+        return {
+            str(target): int(count)
+            for target, count in self.conn.execute("SELECT target, count(*) FROM hints GROUP BY target")
+        }
+
+    @property
+    def hint_count(self) -> int:
+        return sum(self.hints_pending.values())
+
+    def hint_batch(self, target: str, limit: int) -> list[tuple[bytes, int]]:
+        """Up to ``limit`` (key, seq) hints for ``target``, oldest first."""
+        return [
+            (bytes(key), int(seq))
+            for key, seq in self.conn.execute(
+                "SELECT key, seq FROM hints WHERE target = ? ORDER BY seq LIMIT ?", (target, limit)
+            )
+        ]
+
+    def hints_for_key(self, key: bytes) -> list[str]:
+        return [str(t) for (t,) in self.conn.execute("SELECT target FROM hints WHERE key = ?", (key,))]
+
+    def hint_delivered(self, target: str, key: bytes, seq: int, blob: bytes, drop_copy: bool) -> bool:
+        """Forget a hint once ``target`` acknowledged ``blob``; with ``drop_copy`` also drop
+        this node's copy if nothing newer arrived and no other hint needs it. Returns True
+        if the hint was removed (False: the key was hinted again meanwhile)."""
+        with self.conn:
+            self.conn.execute("DELETE FROM hints WHERE target = ? AND key = ? AND seq = ?", (target, key, seq))
+            removed = self.conn.changes() > 0
+            if removed and drop_copy:
+                self.conn.execute(
+                    "DELETE FROM objects WHERE key = ? AND obj = ? "
+                    "AND NOT EXISTS (SELECT 1 FROM hints WHERE key = ?)",
+                    (key, blob, key),
+                )
+        if removed:
+            self.hints_pending[target] -= 1
+            if not self.hints_pending[target]:
+                del self.hints_pending[target]
+        return removed
 
     # --- reads -----------------------------------------------------------------------
 
@@ -140,9 +203,13 @@ class Storage:
         blob: bytes,
         callback: CommitCallback,
         loop: asyncio.AbstractEventLoop,
+        hint_for: str | None = None,
     ) -> None:
-        """Queue a write; ``callback`` runs once it is committed (or failed to commit)."""
+        """Queue a write (with a hint that it belongs on ``hint_for``); ``callback`` runs
+        once it is committed (or failed to commit)."""
         self._staged[key] = (partition, obj, blob)
+        if hint_for is not None:
+            self._staged_hints.add((hint_for, key))
         self._callbacks.append(callback)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -151,8 +218,8 @@ class Storage:
     def flush(self) -> None:
         """Commit everything staged in one transaction, then run the callbacks."""
         self._flush_scheduled = False
-        staged, callbacks = self._staged, self._callbacks
-        self._staged, self._callbacks = {}, []
+        staged, callbacks, hints = self._staged, self._callbacks, self._staged_hints
+        self._staged, self._callbacks, self._staged_hints = {}, [], set()
         if not staged:
             for cb in callbacks:
                 cb(None)
@@ -165,9 +232,16 @@ class Storage:
                     "ON CONFLICT(key) DO UPDATE SET obj = excluded.obj",
                     [(key, partition, blob) for key, (partition, _obj, blob) in staged.items()],
                 )
+                if hints:
+                    new_hints = self._write_hints(hints)
             self.commits += 1
             self.rows_committed += len(staged)
+            if hints:
+                for target in new_hints:
+                    self.hints_pending[target] = self.hints_pending.get(target, 0) + 1
         except apsw.Error as exc:
+            if hints:
+                self._hint_seq = self._max_hint_seq()
             self.commit_failures += 1
             log.error("commit of %d writes failed: %s", len(staged), exc)
             error = StorageError(f"commit failed: {type(exc).__name__}: {exc}")
@@ -176,6 +250,22 @@ class Storage:
                 cb(error)
             except Exception:  # one broken callback must not stop the others' acks
                 log.exception("commit callback failed")
+
+    def _write_hints(self, hints: set[tuple[str, bytes]]) -> list[str]:
+        """Upsert hints inside the open transaction; returns the targets of the new ones."""
+        new: list[str] = []
+        for target, key in sorted(hints):
+            self._hint_seq += 1
+            existed = any(True for _ in self.conn.execute(
+                "SELECT 1 FROM hints WHERE target = ? AND key = ?", (target, key)))
+            self.conn.execute(
+                "INSERT INTO hints(target, key, seq) VALUES(?, ?, ?) "
+                "ON CONFLICT(target, key) DO UPDATE SET seq = excluded.seq",
+                (target, key, self._hint_seq),
+            )
+            if not existed:
+                new.append(target)
+        return new
 
     def close(self) -> None:
         if self._staged or self._callbacks:

@@ -41,14 +41,16 @@ from .protocol import (
     OP_DELETE,
     OP_GET,
     OP_PUT,
+    OP_READ_REPAIR,
     OP_ROUTING_TABLE,
     Limits,
     Reply,
 )
+from .health import Health, sloppy_targets
 from .quorum import QuorumState, ReadQuorum
 from .routing import RoutingTable
-from .transport import RequestMux
-from .versions import VersionedObject, decode_reply_object, encode_context
+from .transport import ReplyCallback, RequestMux
+from .versions import VersionedObject, decode_reply_object, encode_context, encode_object
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,10 @@ def _value_bytes(value: object) -> bytes:
     raise InvalidRequest(f"value must be bytes, got {type(value).__name__} (encode it first)")
 
 
+def _ignore(reply: Reply | None, error: DynqError | None) -> None:
+    """Callback of fire-and-forget requests (read repair): health already saw the outcome."""
+
+
 def _only_unreachable(exc: BaseException) -> bool:
     """A read that failed only because replicas could not be reached (nothing was sent to
     them) is worth one more try: connections to restarting nodes come back by themselves."""
@@ -125,6 +131,8 @@ class AsyncClient:
         self._mux: RequestMux | None = None
         self._refreshing: asyncio.Task[None] | None = None  # background table refresh, one at a time
         self._connect_lock: asyncio.Lock | None = None
+        self.health = Health(timeouts_to_down=1, retry_after=2.0)  # this client's view of the nodes
+        self.read_repairs = 0  # stale replicas this client repaired after reads
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -244,7 +252,7 @@ class AsyncClient:
             else:
                 future.set_result(reply)  # type: ignore[arg-type]
 
-        self._mux.request(node, op, body, timeout, done)
+        self._request(node, op, body, timeout, done)
         return future
 
     async def call(self, node: str, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -294,9 +302,14 @@ class AsyncClient:
     async def _coordinate_get(self, key: bytes, r: int | None) -> VersionedObject | None:
         table = self.table
         assert table is not None and self._mux is not None
-        replicas = table.ring.preference_list_for(key).primaries
-        required = self._quorum(r, table.r, len(replicas), "r")
-        tally = ReadQuorum(replicas, required)
+        plist = table.ring.preference_list_for(key)
+        now = asyncio.get_running_loop().time()
+        replicas = [name for name, _ in sloppy_targets(
+            plist.primaries, plist.fallbacks, table.ring.n, lambda name: self.health.usable(name, now))]
+        required = self._quorum(r, table.r, len(plist.primaries), "r")
+        if len(replicas) < required:  # too few look healthy: ask the primaries anyway, and say why they failed
+            replicas += [name for name in plist.primaries if name not in replicas]
+        tally = ReadQuorum(replicas, min(required, len(replicas)))
         future: asyncio.Future[VersionedObject | None] = asyncio.get_running_loop().create_future()
         timed_out = False
         decoded: dict[bytes, VersionedObject | None] = {}  # replicas usually agree: decode once
@@ -332,22 +345,56 @@ class AsyncClient:
                 else:
                     tally.reply(replica, obj)
             settle()
+            if not tally.pending:
+                self._read_repair(key, tally, plist.primaries)
 
         body = {"k": key, "local": True}
         for replica in replicas:
-            self._mux.request(
-                replica,
-                OP_GET,
-                body,
-                self.timeout,
-                functools.partial(on_reply, replica),
-            )
+            self._request(replica, OP_GET, body, self.timeout, functools.partial(on_reply, replica))
         return await future
 
-    async def put(
-        self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None
+    def _read_repair(self, key: bytes, tally: ReadQuorum, primaries: tuple[str, ...]) -> None:
+        """Every replica answered (late ones too): push the merge to the stale primaries."""
+        if tally.state is not QuorumState.SUCCEEDED or tally.merged is None:
+            return
+        stale = [name for name in tally.stale_replicas() if name in primaries]
+        if not stale:
+            return
+        body = {"k": key, "ob": encode_object(tally.merged)}
+        for name in stale:
+            self.read_repairs += 1
+            self._request(name, OP_READ_REPAIR, body, self.timeout, _ignore)
+
+    def _request(
+        self, node: str, op: str, body: dict[str, Any], timeout: float, callback: ReplyCallback
     ) -> None:
-        """Write ``value``; with the ``context`` of a get it supersedes the siblings that get saw."""
+        """Send through the mux, feeding every outcome to this client's view of node health."""
+        assert self._mux is not None
+        loop, health = self._mux.loop, self.health
+
+        def observed(reply: Reply | None, error: DynqError | None) -> None:
+            if error is None:
+                health.success(node, loop.time())
+            elif isinstance(error, Unavailable):
+                health.unreachable(node, loop.time())
+            elif isinstance(error, Timeout):
+                health.timeout(node, loop.time())
+            callback(reply, error)
+
+        self._mux.request(node, op, body, timeout, observed)
+
+    async def put(
+        self,
+        key: KeyLike,
+        value: bytes,
+        context: bytes | None = None,
+        w: int | None = None,
+        pw: int | None = None,
+    ) -> None:
+        """Write ``value``; with the ``context`` of a get it supersedes the siblings that get saw.
+
+        ``w`` replicas must acknowledge (fallbacks standing in for down primaries count);
+        ``pw`` asks that at least that many of them be primaries (a strict quorum)."""
         raw_value = _value_bytes(value)
         await self.connect()
         assert self.table is not None
@@ -355,16 +402,24 @@ class AsyncClient:
             raise ValueTooLarge(
                 f"value is {len(raw_value)} bytes; the limit is {self.table.max_value_bytes}"
             )
-        await self._write(OP_PUT, key, {"v": raw_value}, context, w)
+        await self._write(OP_PUT, key, {"v": raw_value}, context, w, pw)
 
-    async def delete(self, key: KeyLike, context: bytes | None = None, w: int | None = None) -> None:
+    async def delete(
+        self, key: KeyLike, context: bytes | None = None, w: int | None = None, pw: int | None = None
+    ) -> None:
         """Delete ``key`` (write a tombstone). Without a context the coordinator reads the
         key first and deletes what it found, as Riak does."""
         await self.connect()
-        await self._write(OP_DELETE, key, {}, context, w)
+        await self._write(OP_DELETE, key, {}, context, w, pw)
 
     async def _write(
-        self, op: str, key: KeyLike, extra: dict[str, Any], context: bytes | None, w: int | None
+        self,
+        op: str,
+        key: KeyLike,
+        extra: dict[str, Any],
+        context: bytes | None,
+        w: int | None,
+        pw: int | None = None,
     ) -> None:
         raw = self._check_key(key)
         table = self.table
@@ -374,10 +429,15 @@ class AsyncClient:
         plist = table.ring.preference_list_for(raw)
         required = self._quorum(w, table.w, len(plist.primaries), "w")
         body: dict[str, Any] = {"k": raw, "w": required, "t": int(self.timeout * 1000), **extra}
+        if pw is not None:
+            body["pw"] = self._quorum(pw, 0, len(plist.primaries), "pw")
         if context:
             body["ctx"] = context
         errors: dict[str, str] = {}
-        for node in plist.primaries + plist.fallbacks:
+        now = asyncio.get_running_loop().time()
+        candidates = plist.primaries + plist.fallbacks
+        usable = [node for node in candidates if self.health.usable(node, now)]
+        for node in usable + [node for node in candidates if node not in usable]:
             try:
                 await self._call(node, op, body, self.timeout)
                 return
@@ -423,11 +483,15 @@ class Client:
     def get_object(self, key: KeyLike, r: int | None = None) -> VersionedObject | None:
         return self._run(self._async.get_object(key, r))
 
-    def put(self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None) -> None:
-        self._run(self._async.put(key, value, context, w))
+    def put(
+        self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None, pw: int | None = None
+    ) -> None:
+        self._run(self._async.put(key, value, context, w, pw))
 
-    def delete(self, key: KeyLike, context: bytes | None = None, w: int | None = None) -> None:
-        self._run(self._async.delete(key, context, w))
+    def delete(
+        self, key: KeyLike, context: bytes | None = None, w: int | None = None, pw: int | None = None
+    ) -> None:
+        self._run(self._async.delete(key, context, w, pw))
 
     def call(self, node: str, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._run(self._async.call(node, op, body))

@@ -42,6 +42,7 @@ OP_DELETE = "delete"
 OP_REPLICA_GET = "replica_get"
 OP_REPLICA_PUT = "replica_put"
 OP_STATS = "stats"
+OP_READ_REPAIR = "read_repair"  # a client-coordinated read pushing the merged object to a stale replica
 
 
 @dataclass(frozen=True, slots=True)

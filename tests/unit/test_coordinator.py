@@ -30,9 +30,17 @@ class FakeReplicas:
         self.sent_ops: list[str] = []
         self.timers: list[FakeTimer] = []
         self.local: bytes | None = None
+        self.bodies: dict[str, dict[str, Any]] = {}
+        self.staged_hints: list[str | None] = []
+        self.repaired: list[tuple[bytes, list[str]]] = []
 
-    def stage_local(self, key: bytes, obj: VersionedObject, blob: bytes, done: Callable[[StorageError | None], None]) -> None:
+    def stage_local(self, key: bytes, obj: VersionedObject, blob: bytes, done: Callable[[StorageError | None], None],
+                    hint_for: str | None = None) -> None:
         self.staged.append(done)
+        self.staged_hints.append(hint_for)
+
+    def read_repair(self, key: bytes, merged: VersionedObject, stale: list[str]) -> None:
+        self.repaired.append((key, stale))
 
     def read_local(self, key: bytes) -> bytes | None:
         return self.local
@@ -40,6 +48,7 @@ class FakeReplicas:
     def send(self, replica: str, op: str, body: dict[str, Any], timeout: float, done: Callable[[Reply | None, DynqError | None], None]) -> None:
         self.sent[replica] = done
         self.sent_ops.append(op)
+        self.bodies[replica] = body
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
         timer = FakeTimer(callback)
@@ -51,12 +60,13 @@ def ok(body: dict[str, Any] | None = None) -> Reply:
     return Reply(1, 1, True, body or {})
 
 
-def make_put(w: int) -> tuple[FakeReplicas, PutCoordinator, list[tuple[Any, Any]]]:
+def make_put(w: int, targets: list[tuple[str, str | None]] | None = None, pw: int = 0
+             ) -> tuple[FakeReplicas, PutCoordinator, list[tuple[Any, Any]]]:
     fake = FakeReplicas()
     obj = update(None, {}, "a", b"v", 1)
     outcomes: list[tuple[Any, Any]] = []
-    put = PutCoordinator(fake, b"k", obj, encode_object(obj), ["a", "b", "c"], w, 1.0,
-                         lambda body, err: outcomes.append((body, err)))
+    put = PutCoordinator(fake, b"k", obj, encode_object(obj), targets or [("a", None), ("b", None), ("c", None)],
+                         w, 1.0, lambda body, err: outcomes.append((body, err)), pw)
     put.start()
     return fake, put, outcomes
 
@@ -105,12 +115,57 @@ def test_get_merges_replies_into_siblings() -> None:
     fake = FakeReplicas()
     fake.local = encode_object(update(None, {}, "a", b"x", 1))
     outcomes: list[tuple[Any, Any]] = []
-    get = GetCoordinator(fake, b"k", ["a", "b", "c"], 2, 1.0, lambda obj, err: outcomes.append((obj, err)))
+    get = GetCoordinator(fake, b"k", ["a", "b", "c"], 2, 1.0, lambda obj, err: outcomes.append((obj, err)),
+                         primaries=["a", "b", "c"])
     get.start()
     assert outcomes == []
     fake.sent["b"](ok({"ob": encode_object(update(None, {}, "b", b"y", 2))}), None)
     (obj, err), = outcomes
     assert err is None and sorted(obj.values) == [b"x", b"y"]
+    assert fake.repaired == []  # c has not answered yet: repair waits for every reply
+    fake.sent["c"](ok({"ob": None}), None)
+    assert fake.repaired == [(b"k", ["a", "b", "c"])]  # each lacks something the merge has
+
+
+def test_read_repair_uses_late_replies_and_skips_fallbacks() -> None:
+    """A reply after the quorum still counts for repair; fallbacks are never repaired."""
+    fake = FakeReplicas()
+    same = encode_object(update(None, {}, "b", b"y", 2))
+    fake.local = same
+    outcomes: list[tuple[Any, Any]] = []
+    get = GetCoordinator(fake, b"k", ["a", "b", "d"], 2, 1.0, lambda obj, err: outcomes.append((obj, err)),
+                         primaries=["a", "b", "c"])
+    get.start()
+    fake.sent["b"](ok({"ob": same}), None)
+    assert len(outcomes) == 1 and fake.repaired == []
+    fake.sent["d"](ok({"ob": None}), None)  # a fallback without the key: not repaired
+    assert fake.repaired == []
+
+
+def test_put_to_fallback_carries_the_hint() -> None:
+    """A fallback target gets the write with a hint naming the primary it stands in for."""
+    fake, put, outcomes = make_put(3, [("a", None), ("b", None), ("d", "c")])
+    fake.staged[0](None)
+    assert fake.bodies["d"]["h"] == "c" and "h" not in fake.bodies["b"]
+    assert put.hinted == 1
+
+
+def test_pw_fails_at_once_when_too_few_primaries_are_targets() -> None:
+    """Strict quorum: pw=3 with a fallback among the targets fails before writing anything."""
+    fake, put, outcomes = make_put(2, [("a", None), ("b", None), ("d", "c")], pw=3)
+    assert fake.staged == []
+    (body, err), = outcomes
+    assert isinstance(err, QuorumError) and "pw=3" in str(err)
+
+
+def test_pw_waits_for_primary_acks_not_fallback_acks() -> None:
+    """W may be met by a fallback, but the put succeeds only once pw primaries acknowledged."""
+    fake, put, outcomes = make_put(2, [("a", None), ("b", None), ("d", "c")], pw=2)
+    fake.staged[0](None)
+    fake.sent["d"](ok(), None)
+    assert outcomes == []  # W=2 met (a, d) but only one primary
+    fake.sent["b"](ok(), None)
+    assert outcomes == [({}, None)]
 
 
 def test_get_counts_a_corrupt_reply_as_a_failure() -> None:

@@ -1,0 +1,98 @@
+"""Hinted handoff: a fallback hands the writes it took for a down primary back to it.
+
+A hint is a row ``(target, key, seq)`` committed together with the fallback's copy of the
+object (see :mod:`dynq.storage`). This loop, one per node, looks every
+``replay_interval`` for targets with hints that the node believes reachable, and replays
+them in batches: it sends the fallback's *current* object for each key as an ordinary
+``replica_put`` (the primary merges it through the normal version logic, so nothing the
+primary holds is overwritten), and only once the primary has acknowledged does it delete
+the hint - and its own copy, if it is not a primary of the key and nothing newer arrived.
+
+Killing the fallback at any point loses nothing: a hint is deleted only after the ack,
+and a replay that is repeated is harmless because merge is idempotent. Replay is rate
+limited (``replay_rate`` hints/s) so that a returning node is not flooded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from dynq_client import protocol as p
+from dynq_client.errors import DynqError
+from dynq_client.protocol import Reply
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger(__name__)
+
+
+class HintedHandoff:
+    """Replays this node's hints to their targets."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.replayed = 0  # hints delivered and deleted
+        self.failures = 0  # replays that a target did not acknowledge
+        self.batches = 0
+
+    async def run(self) -> None:
+        config = self.node.config
+        while True:
+            await asyncio.sleep(config.replay_interval_ms / 1000)
+            for target in list(self.node.storage.hints_pending):
+                if target == self.node.name:  # a hint for ourselves: we are the primary again
+                    self._drop_self_hints()
+                    continue
+                while self.node.is_up(target) and self.node.storage.hints_pending.get(target):
+                    try:
+                        delivered = await self.replay_batch(target)
+                    except Exception:  # never let the loop die: log and try again later
+                        log.exception("hint replay to %s failed", target)
+                        break
+                    if not delivered:
+                        break
+                    await asyncio.sleep(delivered / config.replay_rate)
+
+    def _drop_self_hints(self) -> None:
+        storage = self.node.storage
+        for key, seq in storage.hint_batch(self.node.name, 10_000):
+            storage.hint_delivered(self.node.name, key, seq, b"", drop_copy=False)
+
+    async def replay_batch(self, target: str) -> int:
+        """Send one batch of hints to ``target``; returns how many were delivered."""
+        node, storage = self.node, self.node.storage
+        loop = asyncio.get_running_loop()
+        batch = storage.hint_batch(target, node.config.replay_batch)
+        if not batch:
+            return 0
+        self.batches += 1
+        pending: list[tuple[bytes, int, bytes, asyncio.Future[bool]]] = []
+        for key, seq in batch:
+            blob = storage.get_blob(key)
+            if blob is None:  # nothing to hand over (cannot happen unless the row was removed by hand)
+                storage.hint_delivered(target, key, seq, b"", drop_copy=False)
+                continue
+            future: asyncio.Future[bool] = loop.create_future()
+
+            def done(reply: Reply | None, error: DynqError | None, future: asyncio.Future[bool] = future) -> None:
+                if not future.done():
+                    future.set_result(error is None and reply is not None and reply.ok)
+
+            node.send(target, p.OP_REPLICA_PUT, {"k": key, "ob": blob}, node.config.request_timeout_ms / 1000, done)
+            pending.append((key, seq, blob, future))
+        delivered = 0
+        for key, seq, blob, future in pending:
+            if await future:
+                primary_here = node.name in node.ring.preference_list_for(key).primaries
+                if storage.hint_delivered(target, key, seq, blob, drop_copy=not primary_here):
+                    delivered += 1
+                    self.replayed += 1
+            else:
+                self.failures += 1
+        if delivered:
+            log.info("handed %d hinted writes to %s (%d left)", delivered, target,
+                     storage.hints_pending.get(target, 0))
+        return delivered
