@@ -26,7 +26,7 @@ import functools
 import logging
 from typing import Any, Callable, Protocol, Sequence
 
-from dynq_client.errors import DynqError, QuorumError, StorageError, error_from_wire
+from dynq_client.errors import DynqError, QuorumError, StorageError, Unavailable, error_from_wire
 from dynq_client.protocol import Reply
 from dynq_client.quorum import QuorumState, QuorumTally, ReadQuorum
 from dynq_client.versions import VersionedObject, decode_object, decode_reply_object
@@ -104,6 +104,7 @@ class PutCoordinator:
         timeout: float,
         outcome: Outcome,
         pw: int = 0,
+        spares: Sequence[str] = (),
     ) -> None:
         self.replicas = replicas
         self.key = key
@@ -112,6 +113,7 @@ class PutCoordinator:
         self.hints: dict[str, str | None] = dict(targets)  # target -> primary it stands in for
         self.tally = QuorumTally([name for name, _ in targets], w)
         self.pw = pw  # primaries that must acknowledge (0: any replica counts)
+        self.spares = list(spares)  # healthy fallbacks not yet used, in preference-list order
         self.primary_acks = 0
         self.timeout = timeout
         self.outcome = outcome
@@ -169,9 +171,27 @@ class PutCoordinator:
         failure = _describe(reply, error)
         if failure is None:
             self._ack(target)
+        elif isinstance(error, Unavailable) and self._stand_in(target):
+            return  # never delivered: a fallback takes the write instead
         else:
             self.tally.failure(target, failure)
         self._check()
+
+    def _stand_in(self, target: str) -> bool:
+        """Send the write to the next spare fallback, hinted for the primary ``target`` was
+        (or stood in for), so that a node that just died does not fail the put."""
+        while self.spares and self.state is not PutState.DONE:
+            spare = self.spares.pop(0)
+            if not self.tally.substitute(target, spare):
+                return False
+            hint = self.hints.pop(target) or target
+            self.hints[spare] = hint
+            self.replicas.send(
+                spare, "replica_put", {"k": self.key, "ob": self.blob, "h": hint}, self.timeout,
+                functools.partial(self._on_remote, spare),
+            )
+            return True
+        return False
 
     def _check(self) -> None:
         if self.state is PutState.DONE:

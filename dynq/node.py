@@ -601,8 +601,10 @@ class Node:
                 f"put failed: w={w} but only {len(targets)} replicas are reachable",
                 required=w, succeeded=0, errors={name: "down" for name in self.health.down()},
             )
+        used = {name for name, _ in targets}
+        spares = [f for f in self.ring.preference_list_for(key).fallbacks if f not in used and self.is_up(f)]
         coordinator = PutCoordinator(
-            self, key, new, blob, targets, w, self._timeout(req.body), responder.outcome, pw
+            self, key, new, blob, targets, w, self._timeout(req.body), responder.outcome, pw, spares
         )
         if coordinator.hinted:
             self.stats.hinted_writes += 1

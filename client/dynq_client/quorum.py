@@ -61,6 +61,15 @@ class QuorumTally:
             self._decide()
         return self.state
 
+    def substitute(self, replica: str, other: str) -> bool:
+        """Replace an undecided or failed ``replica`` by ``other`` (sloppy quorum: a fallback
+        standing in for a node the request could not reach). False if that is not possible."""
+        if self.decided or replica not in self.replicas or replica in self.succeeded or other in self.replicas:
+            return False
+        self.errors.pop(replica, None)
+        self.replicas = tuple(other if r == replica else r for r in self.replicas)
+        return True
+
     def _decide(self) -> None:
         if self.state is not QuorumState.PENDING:
             return

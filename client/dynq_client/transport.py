@@ -15,7 +15,8 @@ send consumed the edge of a message that is already waiting.
 Sockets are created with ``IMMEDIATE`` so that a message to a node that is not
 connected fails at once (``Unavailable``) instead of queueing for a peer that may never
 come back; right after a socket is created the connection is still being made, so a
-send within :attr:`RequestMux.connect_grace` is retried briefly instead of failing.
+send within :attr:`RequestMux.connect_grace` is retried briefly instead of failing - but
+only until the first send goes through: after that, "not connected" means the peer is gone.
 """
 
 from __future__ import annotations
@@ -61,13 +62,14 @@ class _Pending:
 
 
 class _Channel:
-    __slots__ = ("name", "address", "sock", "created")
+    __slots__ = ("name", "address", "sock", "created", "established")
 
     def __init__(self, name: str, address: str, sock: zmq.Socket[Any], created: float) -> None:
         self.name = name  # node name (or a seed address before the name is known)
         self.address = address  # the node's ROUTER address
         self.sock = sock  # DEALER connected to it
         self.created = created  # loop time of creation, for the connect grace period
+        self.established = False  # a send went through once: no more grace, failures are real
 
 
 class RequestMux:
@@ -108,7 +110,7 @@ class RequestMux:
         configure_socket(sock, self.limits)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if self.socket_setup is not None:
             self.socket_setup(sock)
         sock.connect(address)
@@ -175,7 +177,8 @@ class RequestMux:
             channel.sock.send(pending.frame, zmq.NOBLOCK)
         except zmq.Again:
             now = self.loop.time()
-            if now - channel.created < self.connect_grace and now + _RETRY_SEND_S < pending.deadline:
+            young = not channel.established and now - channel.created < self.connect_grace
+            if young and now + _RETRY_SEND_S < pending.deadline:
                 self.send_retries += 1
                 self.loop.call_later(_RETRY_SEND_S, self._send, req_id)
             else:
@@ -185,6 +188,7 @@ class RequestMux:
             self._fail(req_id, Unavailable(f"{pending.peer}: send failed: {exc}"))
             return
         pending.frame = b""
+        channel.established = True
         if int(channel.sock.getsockopt(zmq.EVENTS)) & _POLLIN:
             self.loop.call_soon(self._drain, channel)
 

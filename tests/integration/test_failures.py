@@ -1,0 +1,187 @@
+"""Always writable: sloppy quorum, durable hinted handoff, read repair, strict quorum (real processes)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import pytest
+
+from dynq.localcluster import LocalCluster
+from dynq_client import Client, DynqError, QuorumError
+from dynq_client.versions import VersionedObject, decode_reply_object
+
+pytestmark = pytest.mark.integration
+
+
+def primaries(client: Client, key: bytes) -> tuple[str, ...]:
+    assert client.table is not None
+    return client.table.ring.preference_list_for(key).primaries
+
+
+def keys_with_primary(client: Client, node: str, count: int, prefix: str) -> list[bytes]:
+    keys = [k for k in (f"{prefix}{i}".encode() for i in range(50 * count)) if node in primaries(client, k)]
+    return keys[:count]
+
+
+def replica(client: Client, node: str, key: bytes) -> VersionedObject | None:
+    """What one node holds for ``key``, read from it directly (no quorum, no merge)."""
+    return decode_reply_object(client.call(node, "replica_get", {"k": key}))
+
+
+def hints_pending(client: Client, nodes: list[str]) -> int:
+    return sum(int(client.call(name, "stats")["hints_pending_total"]) for name in nodes)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``predicate`` (bounded in time); fail the test if it never holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except DynqError:  # a node that just restarted may not be reconnected yet
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not hold within {timeout}s")
+        time.sleep(0.2)
+
+
+def running(cluster: LocalCluster) -> list[str]:
+    return [name for name, node in cluster.nodes.items() if node.running]
+
+
+def restart(cluster: LocalCluster, name: str) -> None:
+    """Start a stopped node again with the same command line, and wait until it is reachable."""
+    cluster.start(name)
+    cluster.wait_ready([name])
+
+
+def test_writes_succeed_through_fallbacks_and_hints_drain(cluster_factory: Any) -> None:
+    """N=3, W=3, one primary killed: every write succeeds via a hinted fallback; after the
+    primary returns the hints drain and every primary holds the newest version, while the
+    fallback drops its copy."""
+    cluster: LocalCluster = cluster_factory(4)
+    victim = "n2"
+    with Client(cluster.seeds) as client:
+        keys = keys_with_primary(client, victim, 60, "hh")
+        for key in keys[:20]:
+            client.put(key, b"old")
+        cluster.kill(victim)
+        for key in keys:
+            client.put(key, b"new-" + key, context=client.get(key).context, w=3)
+        alive = running(cluster)
+        assert hints_pending(client, alive) == len(keys)
+        assert sum(client.call(name, "stats")["hinted_writes"] for name in alive) >= 1
+
+        restart(cluster, victim)
+        wait_until(lambda: hints_pending(client, running(cluster)) == 0, what="hints drained")
+        for key in keys:
+            for node in primaries(client, key):
+                obj = replica(client, node, key)
+                assert obj is not None and obj.values == [b"new-" + key], (node, key)
+            fallback = next(n for n in cluster.nodes if n not in primaries(client, key))
+            assert replica(client, fallback, key) is None  # handed off, copy dropped
+        replayed = sum(client.call(name, "stats")["hints_replayed"] for name in running(cluster))
+        assert replayed == len(keys)
+
+
+def test_fallback_killed_while_holding_hints_loses_nothing(cluster_factory: Any) -> None:
+    """kill -9 the fallback that holds hints, restart it: the hints survive and still drain."""
+    cluster: LocalCluster = cluster_factory(4)
+    victim = "n3"
+    with Client(cluster.seeds) as client:
+        keys = keys_with_primary(client, victim, 40, "fk")
+        cluster.kill(victim)
+        for key in keys:
+            client.put(key, b"v-" + key, w=3)
+        holders = [n for n in running(cluster) if client.call(n, "stats")["hints_pending_total"] > 0]
+        assert holders, "some fallback must hold hints"
+        for holder in holders:
+            cluster.kill(holder)
+        for holder in holders:
+            restart(cluster, holder)
+        assert hints_pending(client, holders) == len(keys)  # durable: still there after kill -9
+        restart(cluster, victim)
+        wait_until(lambda: hints_pending(client, running(cluster)) == 0, what="hints drained")
+        for key in keys:
+            obj = replica(client, victim, key)
+            assert obj is not None and obj.values == [b"v-" + key]
+
+
+def test_read_repair_brings_a_stale_replica_up_to_date(cluster3: LocalCluster) -> None:
+    """A replica that missed writes (no fallback, so no hints) is repaired by reads."""
+    with Client(cluster3.seeds) as client:
+        keys = [f"rr{i}".encode() for i in range(30)]
+        cluster3.kill("n3")
+        for key in keys:
+            client.put(key, b"while-n3-was-down", w=2)
+        restart(cluster3, "n3")
+    with Client(cluster3.seeds) as reader:  # a fresh client has no memory of n3 being down
+        assert all(replica(reader, "n3", key) is None for key in keys)  # stale: it missed them
+        for key in keys:
+            assert reader.get(key, r=2).values == [b"while-n3-was-down"]
+
+        def repaired() -> bool:
+            return all(
+                (obj := replica(reader, "n3", key)) is not None and obj.values == [b"while-n3-was-down"]
+                for key in keys
+            )
+
+        wait_until(repaired, timeout=30, what="n3 repaired by reads")
+
+
+def test_server_side_read_repairs_too(cluster3: LocalCluster) -> None:
+    """A read coordinated by a node (not the client) repairs stale primaries as well."""
+    with Client(cluster3.seeds) as client:
+        cluster3.kill("n2")
+        client.put(b"srv-rr", b"fresh", w=2)
+        restart(cluster3, "n2")
+        coordinator = "n1"
+        # n1 marked n2 down when the put could not reach it; its probes mark it up again.
+        wait_until(lambda: client.call(coordinator, "stats")["peers"].get("n2", "up") == "up",
+                   timeout=30, what="n1 sees n2 up again")
+        body = client.call(coordinator, "get", {"k": b"srv-rr", "r": 2})
+        assert body["ob"] is not None
+        wait_until(lambda: replica(client, "n2", b"srv-rr") is not None, timeout=30, what="n2 repaired")
+        assert client.call(coordinator, "stats")["read_repairs"] >= 1
+
+
+def test_strict_quorum_pw_fails_clearly_and_sloppy_succeeds(cluster_factory: Any) -> None:
+    """With a primary down, pw=3 is refused naming the shortfall; the same write without pw
+    succeeds through a fallback."""
+    cluster: LocalCluster = cluster_factory(4)
+    with Client(cluster.seeds) as client:
+        key = keys_with_primary(client, "n4", 1, "pw")[0]
+        cluster.kill("n4")
+        client.put(key, b"warm-up", w=2)  # lets the coordinator notice n4 is gone
+        with pytest.raises(QuorumError) as info:
+            client.put(key, b"strict", w=3, pw=3)
+        assert "pw=3" in str(info.value)
+        client.put(key, b"sloppy", context=client.get(key).context, w=3)
+        assert client.get(key).values == [b"sloppy"]
+
+
+def test_concurrent_writes_across_a_failure_end_as_siblings(cluster_factory: Any) -> None:
+    """A write taken by fallbacks while a primary was down, and a concurrent write taken by
+    that primary alone, both survive as siblings once everything heals."""
+    cluster: LocalCluster = cluster_factory(4)
+    with Client(cluster.seeds) as client:
+        key = b"split-brain"
+        first, *_ = primaries(client, key)
+        client.put(key, b"v0", w=3)
+        context = client.get(key, r=3).context
+        cluster.kill(first)
+        client.put(key, b"side-A", context=context, w=2)  # the other primaries and a fallback
+        others = [n for n in cluster.nodes if n != first]
+        for name in others:
+            cluster.kill(name)
+        restart(cluster, first)
+    with Client([cluster.nodes[first].address]) as lonely:
+        lonely.put(key, b"side-B", context=context, w=1)  # only `first` is up: it alone takes it
+    for name in others:
+        cluster.start(name)
+    cluster.wait_ready()
+    with Client(cluster.seeds) as client:
+        wait_until(lambda: hints_pending(client, list(cluster.nodes)) == 0, what="hints drained")
+        assert sorted(client.get(key, r=3).values) == [b"side-A", b"side-B"]
