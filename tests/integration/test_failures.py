@@ -185,3 +185,30 @@ def test_concurrent_writes_across_a_failure_end_as_siblings(cluster_factory: Any
     with Client(cluster.seeds) as client:
         wait_until(lambda: hints_pending(client, list(cluster.nodes)) == 0, what="hints drained")
         assert sorted(client.get(key, r=3).values) == [b"side-A", b"side-B"]
+
+
+def test_full_hint_store_refuses_instead_of_dropping(cluster_factory: Any) -> None:
+    """Past max_hints a fallback refuses further hinted writes (counted, logged): a W that
+    needs it fails clearly, a W the primaries can meet succeeds, and no hint is lost."""
+    cluster: LocalCluster = cluster_factory(4, extra_config="[handoff]\nmax_hints = 2\n")
+    with Client(cluster.seeds) as client:
+        keys = keys_with_primary(client, "n1", 12, "full")
+        cluster.kill("n1")
+        accepted: list[bytes] = []
+        refused = 0
+        for key in keys:
+            try:
+                client.put(key, b"v", w=3)
+                accepted.append(key)
+            except QuorumError as exc:
+                assert "hint store full" in str(exc)
+                refused += 1
+        stats = [client.call(n, "stats") for n in running(cluster)]
+        assert all(s["hints_pending_total"] <= 2 for s in stats)
+        assert refused > 0 and sum(s["hints_refused"] for s in stats) == refused
+        assert sum(s["hints_pending_total"] for s in stats) == len(accepted)  # every W=3 ack has its hint
+        client.put(keys[-1], b"w2", w=2)  # the two live primaries are enough
+        restart(cluster, "n1")
+        wait_until(lambda: hints_pending(client, running(cluster)) == 0, what="hints drained")
+        for key in accepted:
+            assert replica(client, "n1", key) is not None
