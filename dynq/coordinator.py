@@ -33,6 +33,10 @@ from dynq_client.versions import VersionedObject, decode_object, decode_reply_ob
 
 log = logging.getLogger(__name__)
 
+HEDGE_AFTER_S = 0.25
+"""A put whose targets have not all answered after this long (or a quarter of its
+deadline, if shorter) also goes to spare fallbacks."""
+
 Outcome = Callable[[dict[str, Any] | None, DynqError | None], None]
 """Called once with the reply body, or with the error, when a request is decided."""
 
@@ -119,6 +123,7 @@ class PutCoordinator:
         self.outcome = outcome
         self.state = PutState.PREPARE
         self._timer: Any = None  # deadline handle
+        self._hedge_timer: Any = None  # fires when silent targets should be hedged
 
     @property
     def hinted(self) -> int:
@@ -137,6 +142,8 @@ class PutCoordinator:
             return
         self.state = PutState.LOCAL_COMMIT
         self._timer = self.replicas.call_later(self.timeout, self._on_deadline)
+        if self.spares:
+            self._hedge_timer = self.replicas.call_later(min(self.timeout / 4, HEDGE_AFTER_S), self._hedge)
         self.replicas.stage_local(
             self.key, self.obj, self.blob, self._on_local_commit, self.hints.get(self.replicas.name)
         )
@@ -176,6 +183,26 @@ class PutCoordinator:
         else:
             self.tally.failure(target, failure)
         self._check()
+
+    def _hedge(self) -> None:
+        """Targets silent for a while may have died with the write in flight (its outcome
+        unknown): also send it, hinted, to spare fallbacks. A duplicate is harmless - the
+        hint is replayed and merged - while waiting could cost the whole put."""
+        self._hedge_timer = None
+        if self.state is not PutState.REMOTE_WAIT:
+            return
+        for target in self.tally.pending:
+            if not self.spares:
+                break
+            spare = self.spares.pop(0)
+            if not self.tally.add(spare):
+                break
+            hint = self.hints.get(target) or target
+            self.hints[spare] = hint
+            self.replicas.send(
+                spare, "replica_put", {"k": self.key, "ob": self.blob, "h": hint}, self.timeout,
+                functools.partial(self._on_remote, spare),
+            )
 
     def _stand_in(self, target: str) -> bool:
         """Send the write to the next spare fallback, hinted for the primary ``target`` was
@@ -217,8 +244,9 @@ class PutCoordinator:
         if self.state is PutState.DONE:
             return
         self.state = PutState.DONE
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._hedge_timer):
+            if timer is not None:
+                timer.cancel()
         self.outcome(None if error else {}, error)
 
 

@@ -62,3 +62,26 @@ def cluster3(cluster_factory: object) -> LocalCluster:
 def client3(cluster3: LocalCluster) -> Iterator[Client]:
     with Client(cluster3.seeds, timeout=5.0) as client:
         yield client
+
+
+def wait_unreachable(client: Client, name: str, timeout: float = 10.0) -> None:
+    """Block until ``client``'s own connection has noticed that node ``name`` is gone.
+
+    A request sent in the instant between a kill and the socket noticing it is lost in
+    flight and can only time out (its outcome is unknown, as on any network); tests that
+    are about failing *over* wait for the death to be visible first. Bounded in time.
+    """
+    import time
+
+    from dynq_client import Timeout, Unavailable
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            client.call(name, "ping")
+        except Unavailable:
+            return
+        except Timeout:
+            continue
+        time.sleep(0.05)
+    raise AssertionError(f"{name} still answers after {timeout}s")

@@ -68,6 +68,9 @@ class Health:
     def timeout(self, name: str, now: float) -> None:
         peer = self._peer(name)
         peer.timeouts += 1
+        if peer.state is PeerState.DOWN:  # only a reply revives a down peer; re-arm its wait
+            peer.since = now
+            return
         self._set(peer, PeerState.DOWN if peer.timeouts >= self.timeouts_to_down else PeerState.SUSPECT, now)
 
     def state(self, name: str) -> PeerState:

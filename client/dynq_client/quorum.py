@@ -70,6 +70,13 @@ class QuorumTally:
         self.replicas = tuple(other if r == replica else r for r in self.replicas)
         return True
 
+    def add(self, replica: str) -> bool:
+        """Ask one more replica (a hedge); the quorum stays the same. False once decided."""
+        if self.decided or replica in self.replicas:
+            return False
+        self.replicas = self.replicas + (replica,)
+        return True
+
     def _decide(self) -> None:
         if self.state is not QuorumState.PENDING:
             return

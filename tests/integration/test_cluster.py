@@ -8,6 +8,7 @@ import time
 import pytest
 
 from dynq.localcluster import LocalCluster
+from tests.conftest import wait_unreachable
 from dynq_client import (
     Client,
     InvalidRequest,
@@ -101,6 +102,7 @@ def test_one_node_killed_quorums_still_work(cluster3: LocalCluster, client3: Cli
     for i in range(50):
         client3.put(f"k{i}".encode(), b"v1")
     cluster3.kill("n1")
+    wait_unreachable(client3, "n1")
     for i in range(50):
         key = f"k{i}".encode()
         assert client3.get(key).values == [b"v1"]
@@ -223,5 +225,6 @@ def test_client_fails_over_when_first_replica_is_down(cluster3: LocalCluster, cl
     key = b"failover"
     first = primaries(client3, key)[0]
     cluster3.kill(first)
+    wait_unreachable(client3, first)
     client3.put(key, b"written-elsewhere")
     assert client3.get(key).values == [b"written-elsewhere"]
