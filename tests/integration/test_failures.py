@@ -212,3 +212,26 @@ def test_full_hint_store_refuses_instead_of_dropping(cluster_factory: Any) -> No
         wait_until(lambda: hints_pending(client, running(cluster)) == 0, what="hints drained")
         for key in accepted:
             assert replica(client, "n1", key) is not None
+
+
+def test_fallback_killed_mid_replay_loses_no_hint(cluster_factory: Any) -> None:
+    """kill -9 a fallback while it is handing hints back (replay slowed down), restart it:
+    every hinted write still reaches its primary."""
+    cluster: LocalCluster = cluster_factory(4, extra_config="[handoff]\nreplay_rate = 100\nreplay_batch = 10\n")
+    victim = "n1"
+    with Client(cluster.seeds) as client:
+        keys = keys_with_primary(client, victim, 300, "mid")
+        cluster.kill(victim)
+        for key in keys:
+            client.put(key, b"m-" + key, w=3)
+        holders = {n: client.call(n, "stats")["hints_pending_total"] for n in running(cluster)}
+        busiest = max(holders, key=lambda n: holders[n])
+        restart(cluster, victim)
+        wait_until(lambda: 0 < client.call(busiest, "stats")["hints_pending_total"] < holders[busiest],
+                   what="replay under way")
+        cluster.kill(busiest)
+        restart(cluster, busiest)
+        wait_until(lambda: hints_pending(client, running(cluster)) == 0, timeout=90, what="hints drained")
+        for key in keys:
+            obj = replica(client, victim, key)
+            assert obj is not None and obj.values == [b"m-" + key], key
