@@ -32,7 +32,6 @@ from dynq_client.errors import (
     KeyTooLarge,
     QuorumError,
     StorageError,
-    Timeout,
     TooManySiblings,
     Unavailable,
     UnknownOp,
@@ -209,7 +208,9 @@ class Node:
             self.router.bind(self.config.listen)
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot listen on {self.config.listen}: {exc}") from exc
-        self.peers = RequestMux(self.loop, context=self.context, limits=self.limits, connect_grace=2.0)
+        self.peers = RequestMux(
+            self.loop, context=self.context, limits=self.limits, connect_grace=2.0, health=self.health
+        )
         for member in self.ring.members:
             if member.name != self.name:
                 self.peers.connect(member.name, member.address)
@@ -370,19 +371,8 @@ class Node:
         timeout: float,
         done: Callable[[Reply | None, DynqError | None], None],
     ) -> None:
-        assert self.peers is not None and self.loop is not None
-        loop, health = self.loop, self.health
-
-        def observed(reply: Reply | None, error: DynqError | None) -> None:
-            if error is None:
-                health.success(replica, loop.time())
-            elif isinstance(error, Unavailable):
-                health.unreachable(replica, loop.time())
-            elif isinstance(error, Timeout):
-                health.timeout(replica, loop.time())
-            done(reply, error)
-
-        self.peers.request(replica, op, body, timeout, observed)
+        assert self.peers is not None
+        self.peers.request(replica, op, body, timeout, done)
 
     def is_up(self, name: str) -> bool:
         """This node's view: usable for sloppy quorum unless marked down (probes revive it)."""

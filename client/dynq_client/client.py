@@ -173,7 +173,8 @@ class AsyncClient:
     def _ensure_mux(self) -> RequestMux:
         if self._mux is None:
             self._mux = RequestMux(
-                asyncio.get_running_loop(), limits=self.limits, on_reply=self._observe_reply
+                asyncio.get_running_loop(), limits=self.limits, on_reply=self._observe_reply,
+                health=self.health,
             )
         return self._mux
 
@@ -368,20 +369,9 @@ class AsyncClient:
     def _request(
         self, node: str, op: str, body: dict[str, Any], timeout: float, callback: ReplyCallback
     ) -> None:
-        """Send through the mux, feeding every outcome to this client's view of node health."""
+        """Send through the mux (which feeds every outcome to this client's health view)."""
         assert self._mux is not None
-        loop, health = self._mux.loop, self.health
-
-        def observed(reply: Reply | None, error: DynqError | None) -> None:
-            if error is None:
-                health.success(node, loop.time())
-            elif isinstance(error, Unavailable):
-                health.unreachable(node, loop.time())
-            elif isinstance(error, Timeout):
-                health.timeout(node, loop.time())
-            callback(reply, error)
-
-        self._mux.request(node, op, body, timeout, observed)
+        self._mux.request(node, op, body, timeout, callback)
 
     async def put(
         self,

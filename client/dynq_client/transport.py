@@ -29,6 +29,7 @@ from typing import Any, Callable
 import zmq
 
 from .errors import DynqError, ProtocolError, Timeout, Unavailable
+from .health import Health
 from .protocol import DEFAULT_LIMITS, Limits, Reply, decode_reply, encode_request
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class RequestMux:
         connect_grace: float = 1.0,
         on_reply: Callable[[str, Reply], None] | None = None,
         socket_setup: Callable[[zmq.Socket[Any]], None] | None = None,
+        health: Health | None = None,
     ) -> None:
         self.loop = loop
         self.context = context or zmq.Context.instance()
@@ -91,6 +93,7 @@ class RequestMux:
         self.connect_grace = connect_grace  # seconds a new connection may take before sends fail
         self.on_reply = on_reply  # observer of every matched reply (epoch tracking, liveness)
         self.socket_setup = socket_setup  # extra per-socket options (security, later)
+        self.health = health  # fed the outcome of every request: the owner's failure detector
         self._channels: dict[str, _Channel] = {}  # node name -> its DEALER
         self._pending: dict[int, _Pending] = {}  # request id -> in-flight request
         self._ids = itertools.count(1)
@@ -197,11 +200,15 @@ class RequestMux:
         if pending is None:
             return
         pending.timer.cancel()
+        if self.health is not None and isinstance(error, Unavailable):
+            self.health.unreachable(pending.peer, self.loop.time())
         self.loop.call_soon(pending.callback, None, error)
 
     def _on_deadline(self, req_id: int) -> None:
         pending = self._pending.pop(req_id, None)
         if pending is not None:
+            if self.health is not None:
+                self.health.timeout(pending.peer, self.loop.time())
             pending.callback(None, Timeout(f"{pending.peer}: no reply within the deadline"))
 
     def _drain(self, channel: _Channel) -> None:
@@ -231,6 +238,8 @@ class RequestMux:
                 self.late_replies += 1
                 continue
             pending.timer.cancel()
+            if self.health is not None:
+                self.health.success(channel.name, self.loop.time())
             if self.on_reply is not None:
                 self.on_reply(channel.name, reply)
             pending.callback(reply, None)
