@@ -27,7 +27,7 @@ import logging
 from typing import Any, Callable, Protocol, Sequence
 
 from dynq_client.errors import DynqError, QuorumError, StorageError, Unavailable, error_from_wire
-from dynq_client.protocol import Reply
+from dynq_client.protocol import Limits, Reply
 from dynq_client.quorum import QuorumState, QuorumTally, ReadQuorum
 from dynq_client.versions import VersionedObject, decode_object, decode_reply_object
 
@@ -45,6 +45,7 @@ class Replicas(Protocol):
     """What a coordinator needs from its node."""
 
     name: str
+    limits: Limits
 
     def stage_local(
         self,
@@ -142,8 +143,6 @@ class PutCoordinator:
             return
         self.state = PutState.LOCAL_COMMIT
         self._timer = self.replicas.call_later(self.timeout, self._on_deadline)
-        if self.spares:
-            self._hedge_timer = self.replicas.call_later(min(self.timeout / 4, HEDGE_AFTER_S), self._hedge)
         self.replicas.stage_local(
             self.key, self.obj, self.blob, self._on_local_commit, self.hints.get(self.replicas.name)
         )
@@ -158,7 +157,9 @@ class PutCoordinator:
         if self.state is PutState.DONE:
             return
         self.state = PutState.REMOTE_WAIT
-        for target, hint in self.hints.items():
+        if self.spares:
+            self._hedge_timer = self.replicas.call_later(min(self.timeout / 4, HEDGE_AFTER_S), self._hedge)
+        for target, hint in list(self.hints.items()):
             if target == self.replicas.name:
                 continue
             body: dict[str, Any] = {"k": self.key, "ob": self.blob}
@@ -179,7 +180,8 @@ class PutCoordinator:
         if failure is None:
             self._ack(target)
         elif isinstance(error, Unavailable) and self._stand_in(target):
-            return  # never delivered: a fallback takes the write instead
+            self._check()  # never delivered: a fallback takes the write instead
+            return
         else:
             self.tally.failure(target, failure)
         self._check()
@@ -286,7 +288,9 @@ class GetCoordinator:
         if self.replicas.name in self.tally.replicas:
             try:
                 blob = self.replicas.read_local(self.key)
-                self.tally.reply(self.replicas.name, None if blob is None else decode_object(blob))
+                self.tally.reply(
+                    self.replicas.name, None if blob is None else decode_object(blob, self.replicas.limits)
+                )
             except DynqError as exc:
                 self.tally.failure(self.replicas.name, f"{exc.code}: {exc.message}")
         self._check()
@@ -298,7 +302,7 @@ class GetCoordinator:
         else:
             assert reply is not None
             try:
-                obj = decode_reply_object(reply.body)
+                obj = decode_reply_object(reply.body, self.replicas.limits)
             except DynqError as exc:
                 self.tally.failure(target, f"protocol: {exc.message}")
             else:

@@ -124,7 +124,7 @@ class Node:
         self.config = config
         self.name = config.name
         self.limits = config.limits
-        self.storage = Storage(config.db_path, synchronous=config.synchronous)
+        self.storage = Storage(config.db_path, synchronous=config.synchronous, limits=config.limits)
         self.actor = self.storage.actor_id(config.name)  # the identity this node mints dots with
         self.ring = self._load_ring()
         self.stats = Stats()
@@ -147,6 +147,7 @@ class Node:
         self.peers: RequestMux | None = None
         self._stopping: asyncio.Event | None = None
         self._router_check_scheduled = False  # a _check_router is queued on the loop
+        self._closing = False  # shutting down: take no new requests
         self.health = Health(timeouts_to_down=2)  # this node's view of its peers
         self._replica_timeout = config.request_timeout_ms / 1000
         self.handoff: HintedHandoff | None = None
@@ -243,6 +244,7 @@ class Node:
         """Stop taking requests, let those in flight finish (bounded), flush, close."""
         assert self.loop is not None and self.router is not None and self.context is not None
         log.info("node %s stopping: %d requests in flight", self.name, self.in_flight)
+        self._closing = True  # no more requests, not even from a drain scheduled after a reply
         self.loop.remove_reader(self.router.fileno())
         for task in self._background:
             task.cancel()
@@ -262,7 +264,7 @@ class Node:
     def _drain_router(self) -> None:
         router = self.router
         assert router is not None
-        while True:
+        while not self._closing:
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -296,13 +298,18 @@ class Node:
         if handler is None:
             responder.fail(UnknownOp(f"unknown op {request.op!r:.64}"))
             return
+        self._guarded(responder, handler, responder, request)
+
+    def _guarded(self, responder: Responder, fn: Callable[..., None], *args: Any) -> None:
+        """Run handler code - directly or later, from a reply callback - so that any error
+        becomes this request's error reply: never a lost reply, never a crashed loop."""
         try:
-            handler(responder, request)
+            fn(*args)
         except DynqError as exc:
             if not responder.done:
                 responder.fail(exc)
         except Exception as exc:  # a bug must cost one request, not the node
-            log.exception("handler %s failed", request.op)
+            log.exception("request %s failed", responder.op)
             if not responder.done:
                 responder.fail(InternalError(f"{type(exc).__name__}: {exc}"))
 
@@ -315,7 +322,6 @@ class Node:
             router.send(frame, zmq.NOBLOCK)
         except zmq.ZMQError:
             self.stats.dropped_replies += 1
-            return
         # A send may swallow the fd's edge for a request that is already waiting; look once
         # per loop pass (not per reply) whether one is.
         if not self._router_check_scheduled:
@@ -341,7 +347,7 @@ class Node:
     ) -> None:
         assert self.loop is not None
         if hint_for is not None:
-            if self.storage.hint_count >= self.config.max_hints:
+            if self.storage.hint_count + self.storage.staged_hint_count >= self.config.max_hints:
                 self.stats.hints_refused += 1
                 log.error("hint store full (%d hints): refusing a hinted write for %s",
                           self.storage.hint_count, hint_for)
@@ -355,8 +361,9 @@ class Node:
         blob = encode_object(merged)
         for target in stale:
             self.stats.read_repairs += 1
-            if target == self.name:
-                self.stage_local(key, merge(self.storage.current(key), merged), blob, lambda err: None)
+            if target == self.name:  # merge with what is here *now*: a write may have landed since
+                mine = merge(self.storage.current(key), merged)
+                self.stage_local(key, mine, encode_object(mine), lambda err: None)
             else:
                 self.send(target, p.OP_REPLICA_PUT, {"k": key, "ob": blob}, self._replica_timeout, _ignore)
 
@@ -492,7 +499,7 @@ class Node:
             elif obj is None or obj.is_tombstone:
                 responder.ok({"found": False})
             else:
-                self._write(responder, req, key, None, dict(obj.clock))
+                self._guarded(responder, self._write, responder, req, key, None, dict(obj.clock))
 
         self._coordinate_get(key, self.config.r, self._timeout(req.body), after_read)
 
@@ -549,11 +556,7 @@ class Node:
 
     def _dispatch_write_locally(self, responder: Responder, req: Request) -> None:
         req.body["fwd"] = True
-        try:
-            self.handlers[req.op](responder, req)
-        except DynqError as exc:
-            if not responder.done:
-                responder.fail(exc)
+        self._guarded(responder, self.handlers[req.op], responder, req)
 
     def _write(
         self,

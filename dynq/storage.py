@@ -38,6 +38,7 @@ from typing import Callable, Iterator
 import apsw
 
 from dynq_client.errors import StorageError
+from dynq_client.protocol import DEFAULT_LIMITS, Limits
 from dynq_client.versions import VersionedObject, decode_object
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,10 @@ CREATE TABLE IF NOT EXISTS hints (
 class Storage:
     """The node's object store with group commit. Single-threaded: call from the loop only."""
 
-    def __init__(self, path: Path, *, synchronous: str = "full") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "full", limits: Limits = DEFAULT_LIMITS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.limits = limits  # the node's limits: objects it accepted must always decode again
         self.conn = apsw.Connection(str(path))
         self.conn.setbusytimeout(5000)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -127,6 +129,11 @@ class Storage:
     def hint_count(self) -> int:
         return sum(self.hints_pending.values())
 
+    @property
+    def staged_hint_count(self) -> int:
+        """Hints waiting for the next commit (count them against the bound too)."""
+        return len(self._staged_hints)
+
     def hint_batch(self, target: str, limit: int) -> list[tuple[bytes, int]]:
         """Up to ``limit`` (key, seq) hints for ``target``, oldest first."""
         return [
@@ -172,7 +179,7 @@ class Storage:
         if staged is not None:
             return staged[1]
         blob = self.get_blob(key)
-        return None if blob is None else decode_object(blob)
+        return None if blob is None else decode_object(blob, self.limits)
 
     def iter_objects(self) -> Iterator[tuple[bytes, int, bytes]]:
         """Every committed (key, partition, blob), in key order (tools and tests)."""

@@ -128,8 +128,8 @@ class RequestMux:
         self.loop.remove_reader(channel.sock.fileno())
         channel.sock.close(0)
         for req_id, pending in list(self._pending.items()):
-            if pending.peer == name:
-                self._fail(req_id, Unavailable(f"{name}: connection closed"))
+            if pending.peer == name:  # it may have been delivered: the outcome is unknown
+                self._fail(req_id, Timeout(f"{name}: connection closed with the request in flight"))
 
     def connected_names(self) -> list[str]:
         return list(self._channels)
@@ -186,6 +186,8 @@ class RequestMux:
                 self.loop.call_later(_RETRY_SEND_S, self._send, req_id)
             else:
                 self._fail(req_id, Unavailable(f"{pending.peer}: not connected"))
+            if int(channel.sock.getsockopt(zmq.EVENTS)) & _POLLIN:
+                self.loop.call_soon(self._drain, channel)
             return
         except zmq.ZMQError as exc:
             self._fail(req_id, Unavailable(f"{pending.peer}: send failed: {exc}"))
@@ -240,6 +242,9 @@ class RequestMux:
             pending.timer.cancel()
             if self.health is not None:
                 self.health.success(channel.name, self.loop.time())
-            if self.on_reply is not None:
-                self.on_reply(channel.name, reply)
-            pending.callback(reply, None)
+            try:
+                if self.on_reply is not None:
+                    self.on_reply(channel.name, reply)
+                pending.callback(reply, None)
+            except Exception:  # keep draining: the fd is edge-triggered, stopping strands replies
+                log.exception("reply callback for a request to %s failed", channel.name)

@@ -235,3 +235,16 @@ def test_fallback_killed_mid_replay_loses_no_hint(cluster_factory: Any) -> None:
         for key in keys:
             obj = replica(client, victim, key)
             assert obj is not None and obj.values == [b"m-" + key], key
+
+
+def test_blind_delete_that_cannot_meet_w_fails_clearly(cluster3: LocalCluster) -> None:
+    """A delete without context reads first; if its write cannot reach W replicas the caller
+    gets a QuorumError (not a timeout), and the node that coordinated keeps serving."""
+    with Client(cluster3.seeds) as client:
+        client.put(b"del-w3", b"x", w=3)
+        cluster3.kill("n3")
+        with pytest.raises(QuorumError):
+            client.delete(b"del-w3", w=3)
+        client.put(b"after", b"fine")
+        assert client.get(b"after").values == [b"fine"]
+        assert all(client.call(n, "stats")["in_flight"] == 1 for n in ("n1", "n2"))  # only the stats call itself

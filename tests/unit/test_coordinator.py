@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from dynq.coordinator import GetCoordinator, PutCoordinator, PutState
 from dynq_client.errors import DynqError, QuorumError, QuorumTimeout, StorageError, Timeout
-from dynq_client.protocol import Reply
+from dynq_client.protocol import DEFAULT_LIMITS, Reply
 from dynq_client.versions import VersionedObject, encode_object, update
 
 
@@ -23,6 +23,7 @@ class FakeReplicas:
     """Records what a coordinator asks for; the test plays the network and the disk."""
 
     name = "a"
+    limits = DEFAULT_LIMITS
 
     def __init__(self) -> None:
         self.staged: list[Callable[[StorageError | None], None]] = []
