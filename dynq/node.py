@@ -30,6 +30,7 @@ from dynq_client.errors import (
     InternalError,
     InvalidRequest,
     KeyTooLarge,
+    ProtocolError,
     QuorumError,
     StorageError,
     TooManySiblings,
@@ -101,6 +102,18 @@ class Responder:
         return True
 
 
+class _Batch:
+    """Replica writes for one peer, collected during one loop pass."""
+
+    __slots__ = ("items", "callbacks", "size", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.items: list[dict[str, Any]] = []  # replica_put bodies
+        self.callbacks: list[Callable[[Reply | None, DynqError | None], None]] = []  # one per item
+        self.size = 0  # object bytes so far: a batch stays well under the message limit
+        self.timeout = timeout
+
+
 class Stats:
     """Counters exposed by the ``stats`` op."""
 
@@ -115,6 +128,8 @@ class Stats:
         self.hints_refused = 0  # hinted writes refused because the hint store was full
         self.read_repairs = 0  # repairs this node sent as a read coordinator
         self.read_repairs_received = 0  # repairs clients sent to this node
+        self.replica_batches = 0  # replica_put messages sent (batched per peer and loop pass)
+        self.replica_batch_items = 0  # replica writes they carried
 
 
 class Node:
@@ -139,6 +154,7 @@ class Node:
             p.OP_REPLICA_GET: self.handle_replica_get,
             p.OP_REPLICA_PUT: self.handle_replica_put,
             p.OP_READ_REPAIR: self.handle_replica_put,
+            p.OP_REPLICA_PUT_BATCH: self.handle_replica_put_batch,
             p.OP_STATS: self.handle_stats,
         }
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -148,6 +164,9 @@ class Node:
         self._stopping: asyncio.Event | None = None
         self._router_check_scheduled = False  # a _check_router is queued on the loop
         self._closing = False  # shutting down: take no new requests
+        self._outbox: dict[str, _Batch] = {}  # replica writes waiting for the end of this loop pass
+        self._outbox_scheduled = False
+        self._member_names = {m.name for m in self.ring.members}
         self.health = Health(timeouts_to_down=2)  # this node's view of its peers
         self._replica_timeout = config.request_timeout_ms / 1000
         self.handoff: HintedHandoff | None = None
@@ -379,7 +398,67 @@ class Node:
         done: Callable[[Reply | None, DynqError | None], None],
     ) -> None:
         assert self.peers is not None
-        self.peers.request(replica, op, body, timeout, done)
+        if op == p.OP_REPLICA_PUT:
+            self._queue_replica_put(replica, body, timeout, done)
+        else:
+            self.peers.request(replica, op, body, timeout, done)
+
+    # --- replica writes, batched per peer and loop pass ----------------------------------
+
+    def _queue_replica_put(
+        self, replica: str, body: dict[str, Any], timeout: float, done: Callable[[Reply | None, DynqError | None], None]
+    ) -> None:
+        """Replica writes made in one loop pass (typically: everything one group commit
+        released) go to each peer as one message, and come back as one reply: one send, one
+        wake-up of each side's I/O thread, one commit on the replica."""
+        batch = self._outbox.get(replica)
+        size = len(body.get("ob", b""))
+        if batch is not None and batch.size + size > self.limits.max_message_bytes // 2:
+            self._send_batch(replica, self._outbox.pop(replica))
+            batch = None
+        if batch is None:
+            batch = self._outbox[replica] = _Batch(timeout)
+            if not self._outbox_scheduled:
+                self._outbox_scheduled = True
+                assert self.loop is not None
+                self.loop.call_soon(self._flush_outbox)
+        batch.items.append(body)
+        batch.callbacks.append(done)
+        batch.size += size
+
+    def _flush_outbox(self) -> None:
+        self._outbox_scheduled = False
+        outbox, self._outbox = self._outbox, {}
+        for replica, batch in outbox.items():
+            self._send_batch(replica, batch)
+
+    def _send_batch(self, replica: str, batch: _Batch) -> None:
+        assert self.peers is not None
+        self.stats.replica_batches += 1
+        self.stats.replica_batch_items += len(batch.items)
+        if len(batch.items) == 1:
+            self.peers.request(replica, p.OP_REPLICA_PUT, batch.items[0], batch.timeout, batch.callbacks[0])
+            return
+        callbacks = batch.callbacks
+
+        def done(reply: Reply | None, error: DynqError | None) -> None:
+            results = reply.body.get("r") if reply is not None and reply.ok else None
+            if error is not None or reply is None or not reply.ok:
+                for callback in callbacks:  # the whole batch failed alike
+                    callback(reply, error)
+            elif not isinstance(results, list) or len(results) != len(callbacks):
+                bad = ProtocolError(f"{replica}: batch reply does not match the batch")
+                for callback in callbacks:
+                    callback(None, bad)
+            else:
+                for callback, result in zip(callbacks, results):
+                    if result is None:
+                        callback(Reply(reply.id, reply.epoch, True, {}), None)
+                    else:
+                        err = result if isinstance(result, dict) else {"code": "protocol", "msg": "bad result"}
+                        callback(Reply(reply.id, reply.epoch, False, {}, err), None)
+
+        self.peers.request(replica, p.OP_REPLICA_PUT_BATCH, {"items": batch.items}, batch.timeout, done)
 
     def is_up(self, name: str) -> bool:
         """This node's view: usable for sloppy quorum unless marked down (probes revive it)."""
@@ -609,19 +688,8 @@ class Node:
         responder.ok({"ob": self.storage.get_blob(self._key(req.body))})
 
     def handle_replica_put(self, responder: Responder, req: Request) -> None:
-        key = self._key(req.body)
-        blob = p.get_bytes(req.body, "ob")
-        assert blob is not None
-        hint_for = p.get_str(req.body, "h", required=False)
-        if hint_for is not None and hint_for not in {m.name for m in self.ring.members}:
-            raise InvalidRequest(f"hint names {hint_for!r:.64}, which is not a member")
         if req.op == p.OP_READ_REPAIR:
             self.stats.read_repairs_received += 1
-        incoming = decode_object(blob, self.limits)
-        local = self.storage.current(key)
-        merged = merge(local, incoming)
-        # Staged even when nothing changed, so the ack waits for any staged write of the key.
-        merged_blob = blob if merged == incoming else encode_object(merged)
 
         def committed(error: StorageError | None) -> None:
             if error is not None:
@@ -629,7 +697,43 @@ class Node:
             else:
                 responder.ok({})
 
-        self.stage_local(key, merged, merged_blob, committed, hint_for)
+        self._apply_replica_put(req.body, committed)
+
+    def handle_replica_put_batch(self, responder: Responder, req: Request) -> None:
+        items = req.body.get("items")
+        if not isinstance(items, list) or not items:
+            raise InvalidRequest("field 'items' must be a non-empty list")
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        remaining = len(items)
+
+        def item_done(i: int, error: DynqError | None) -> None:
+            nonlocal remaining
+            results[i] = None if error is None else error.to_wire()
+            remaining -= 1
+            if remaining == 0:
+                responder.ok({"r": results})
+
+        for i, item in enumerate(items):
+            try:
+                if not isinstance(item, dict):
+                    raise InvalidRequest("each item must be a map")
+                self._apply_replica_put(item, functools.partial(item_done, i))
+            except DynqError as exc:
+                item_done(i, exc)
+
+    def _apply_replica_put(self, body: dict[str, Any], done: Callable[[StorageError | None], None]) -> None:
+        """Merge a replica's object into ours; ``done`` runs after the commit."""
+        key = self._key(body)
+        blob = p.get_bytes(body, "ob")
+        assert blob is not None
+        hint_for = p.get_str(body, "h", required=False)
+        if hint_for is not None and hint_for not in self._member_names:
+            raise InvalidRequest(f"hint names {hint_for!r:.64}, which is not a member")
+        incoming = decode_object(blob, self.limits)
+        merged = merge(self.storage.current(key), incoming)
+        # Staged even when nothing changed, so the ack waits for any staged write of the key.
+        merged_blob = blob if merged == incoming else encode_object(merged)
+        self.stage_local(key, merged, merged_blob, done, hint_for)
 
     def handle_stats(self, responder: Responder, req: Request) -> None:
         responder.ok(self.stats_snapshot())
@@ -663,6 +767,8 @@ class Node:
             "hints_replayed": self.handoff.replayed if self.handoff else 0,
             "read_repairs": self.stats.read_repairs,
             "read_repairs_received": self.stats.read_repairs_received,
+            "replica_batches": self.stats.replica_batches,
+            "replica_batch_items": self.stats.replica_batch_items,
             "peers": self.health.snapshot(),
             "peers_down": self.health.down(),
         }

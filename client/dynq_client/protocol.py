@@ -41,6 +41,7 @@ OP_PUT = "put"
 OP_DELETE = "delete"
 OP_REPLICA_GET = "replica_get"
 OP_REPLICA_PUT = "replica_put"
+OP_REPLICA_PUT_BATCH = "replica_put_batch"  # several replica_put bodies in one message, one result each
 OP_STATS = "stats"
 OP_READ_REPAIR = "read_repair"  # a client-coordinated read pushing the merged object to a stale replica
 

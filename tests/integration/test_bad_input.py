@@ -109,3 +109,25 @@ def test_requester_vanishing_mid_request_harms_nobody(cluster3: LocalCluster, cl
     ghost.close()
     client3.put(b"still", b"here")
     assert client3.get(b"still").values == [b"here"]
+
+
+def test_replica_batch_answers_each_item(raw: Raw, client3: Client) -> None:
+    """A batched replica write answers per item: good items are stored, bad ones get their
+    own error, and a malformed batch is refused as a whole."""
+    from dynq_client.versions import encode_object, update
+
+    good = encode_object(update(None, {}, "x.1", b"batched", 1))
+    reply = raw.request({"v": 1, "id": 1, "op": "replica_put_batch", "b": {"items": [
+        {"k": b"batch-ok", "ob": good},
+        {"k": b"batch-bad", "ob": b"not an object"},
+        "not a map",
+        {"k": b"batch-hint", "ob": good, "h": "nobody"},
+    ]}})
+    assert reply is not None and reply["ok"], reply
+    results = reply["b"]["r"]
+    assert results[0] is None
+    assert [r["code"] for r in results[1:]] == ["protocol", "invalid", "invalid"]
+    assert client3.call("n1", "replica_get", {"k": b"batch-ok"})["ob"] == good
+    assert client3.call("n1", "replica_get", {"k": b"batch-hint"})["ob"] is None
+    assert error_code(raw.request({"v": 1, "id": 2, "op": "replica_put_batch", "b": {"items": []}})) == "invalid"
+    assert error_code(raw.request({"v": 1, "id": 3, "op": "replica_put_batch", "b": {"items": 5}})) == "invalid"
