@@ -63,6 +63,13 @@ async def one_run(seeds: list[str], keys: int, value_size: int, run: int) -> dic
     value = os.urandom(value_size)
     out: dict[str, dict[str, float]] = {}
     async with AsyncClient(seeds, timeout=10.0) as db:
+        # Baseline for this run on this (noisy, shared) machine: one bare request round trip.
+        pings = []
+        for _ in range(500):
+            t0 = time.perf_counter()
+            await db.call("n1", "ping")
+            pings.append(time.perf_counter() - t0)
+        out["ping c=1"] = {"ops_s": len(pings) / sum(pings), "p50_ms": pct(pings, 0.5), "p99_ms": pct(pings, 0.99)}
         for concurrency in (1, 32):
             batch = [f"r{run}-c{concurrency}-{i}".encode() for i in range(keys)]
             n = keys if concurrency > 1 else max(1, keys // 5)  # sequential runs are slower: fewer keys
@@ -94,7 +101,9 @@ def main() -> None:
             print(f"median of {args.runs} runs (synchronous={args.synchronous}, {args.value_size} B values):")
             for name in results[0]:
                 med = {k: statistics.median(r[name][k] for r in results) for k in ("ops_s", "p50_ms", "p99_ms")}
-                print(f"  {name:<10} {med['ops_s']:>8.0f} ops/s   p50 {med['p50_ms']:.2f} ms   p99 {med['p99_ms']:.2f} ms")
+                ratio = med["p50_ms"] / statistics.median(r["ping c=1"]["p50_ms"] for r in results)
+                print(f"  {name:<10} {med['ops_s']:>8.0f} ops/s   p50 {med['p50_ms']:.2f} ms ({ratio:.1f}x ping)"
+                      f"   p99 {med['p99_ms']:.2f} ms")
         finally:
             cluster.stop_all()
 
