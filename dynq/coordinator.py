@@ -83,6 +83,14 @@ def _describe(reply: Reply | None, error: DynqError | None) -> str | None:
     return None
 
 
+def _not_executed(reply: Reply | None, error: DynqError | None) -> bool:
+    """True when the replica certainly did not take the write: the send never left, or the
+    replica refused it as unavailable (it is shutting down)."""
+    if isinstance(error, Unavailable):
+        return True
+    return reply is not None and not reply.ok and (reply.error or {}).get("code") == Unavailable.code
+
+
 class PutState(enum.Enum):
     PREPARE = "prepare"
     LOCAL_COMMIT = "local_commit"
@@ -179,7 +187,7 @@ class PutCoordinator:
         failure = _describe(reply, error)
         if failure is None:
             self._ack(target)
-        elif isinstance(error, Unavailable) and self._stand_in(target):
+        elif _not_executed(reply, error) and self._stand_in(target):
             self._check()  # never delivered: a fallback takes the write instead
             return
         else:

@@ -116,13 +116,15 @@ class LocalCluster:
             )
             node.config_path.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, env: dict[str, str] | None = None) -> None:
+        """Start one node (``env``: extra environment variables, e.g. NOTIFY_SOCKET)."""
         node = self.nodes[name]
         if node.running:
             return
         with node.log_path.open("ab") as log:
             node.process = subprocess.Popen(
                 node_command(node.config_path),
+                env={**os.environ, **env} if env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -55,6 +55,7 @@ from dynq_client.versions import (
 
 from .config import ConfigError, NodeConfig
 from .coordinator import GetCoordinator, PutCoordinator
+from . import sdnotify
 from .hinted_handoff import HintedHandoff
 from .storage import Storage
 
@@ -163,7 +164,7 @@ class Node:
         self.peers: RequestMux | None = None
         self._stopping: asyncio.Event | None = None
         self._router_check_scheduled = False  # a _check_router is queued on the loop
-        self._closing = False  # shutting down: take no new requests
+        self._closing = False  # shutting down: new requests are refused as unavailable
         self._outbox: dict[str, _Batch] = {}  # replica writes waiting for the end of this loop pass
         self._outbox_scheduled = False
         self._member_names = {m.name for m in self.ring.members}
@@ -250,10 +251,21 @@ class Node:
             self.loop.create_task(self._probe_down_peers()),
             self.loop.create_task(self.handoff.run()),
         ]
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            self._background.append(self.loop.create_task(self._watchdog(interval)))
+        sdnotify.notify("READY=1", f"STATUS=serving on {self.config.listen}, ring epoch {self.ring.epoch}")
         if ready is not None:
             ready()
         await self._stopping.wait()
+        sdnotify.notify("STOPPING=1", f"STATUS=stopping: {self.in_flight} requests in flight")
         await self._shutdown()
+
+    async def _watchdog(self, interval: float) -> None:
+        """Tell systemd the event loop is alive; a wedged loop stops these and gets restarted."""
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     def stop(self) -> None:
         if self._stopping is not None:
@@ -263,13 +275,15 @@ class Node:
         """Stop taking requests, let those in flight finish (bounded), flush, close."""
         assert self.loop is not None and self.router is not None and self.context is not None
         log.info("node %s stopping: %d requests in flight", self.name, self.in_flight)
-        self._closing = True  # no more requests, not even from a drain scheduled after a reply
-        self.loop.remove_reader(self.router.fileno())
+        # New requests are now answered "unavailable" (never executed), so clients and peers
+        # go to another replica at once instead of waiting for a node that will not answer.
+        self._closing = True
         for task in self._background:
             task.cancel()
         deadline = self.loop.time() + self.config.request_timeout_ms / 1000
         while self.in_flight > 0 and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
+        self.loop.remove_reader(self.router.fileno())
         self.storage.flush()
         if self.peers is not None:
             self.peers.close()
@@ -283,7 +297,7 @@ class Node:
     def _drain_router(self) -> None:
         router = self.router
         assert router is not None
-        while not self._closing:
+        while True:
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -309,6 +323,10 @@ class Node:
             else:
                 self.stats.errors[exc.code] += 1
                 self._send_reply(ident, p.encode_error(exc.request_id, self.ring.epoch, exc))
+            return
+        if self._closing:
+            self._send_reply(ident, p.encode_error(
+                request.id, self.ring.epoch, Unavailable(f"{self.name} is shutting down")))
             return
         self.in_flight += 1
         responder = Responder(self, ident, request.id, request.op)

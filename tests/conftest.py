@@ -85,3 +85,27 @@ def wait_unreachable(client: Client, name: str, timeout: float = 10.0) -> None:
             continue
         time.sleep(0.05)
     raise AssertionError(f"{name} still answers after {timeout}s")
+
+
+def wait_known_down(client: Client, observers: list[str], name: str, timeout: float = 15.0) -> None:
+    """Block until every node in ``observers`` has marked ``name`` down (each is asked to
+    ping its peers, which is how a node learns). A write sent in the instant of a node's
+    death has an unknown outcome; tests about what happens *after* a death wait for it."""
+    import time
+
+    from dynq_client import DynqError
+
+    deadline = time.monotonic() + timeout
+    pending = list(observers)
+    while pending:
+        for observer in list(pending):
+            try:
+                client.call(observer, "ping", {"peers": True})
+                if client.call(observer, "stats")["peers"].get(name) == "down":
+                    pending.remove(observer)
+            except DynqError:
+                pass
+        if pending and time.monotonic() > deadline:
+            raise AssertionError(f"{pending} still consider {name} up after {timeout}s")
+        if pending:
+            time.sleep(0.05)

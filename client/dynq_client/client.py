@@ -431,7 +431,8 @@ class AsyncClient:
             try:
                 await self._call(node, op, body, self.timeout)
                 return
-            except Unavailable as exc:  # never delivered: safe to try the next node
+            except Unavailable as exc:  # not executed there: safe to try the next node
+                self.health.unreachable(node, asyncio.get_running_loop().time())
                 errors[node] = exc.message
                 continue
         raise Unavailable(f"{op}: no node of the key's preference list is reachable: {errors}")

@@ -10,6 +10,7 @@ import pytest
 from dynq.localcluster import LocalCluster
 from dynq_client import Client, DynqError, QuorumError
 from dynq_client.versions import VersionedObject, decode_reply_object
+from tests.conftest import wait_known_down
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ def test_writes_succeed_through_fallbacks_and_hints_drain(cluster_factory: Any) 
         keys = keys_with_primary(client, victim, 60, "hh")
         for key in keys[:20]:
             client.put(key, b"old")
-        cluster.kill(victim)
+        cluster.kill(victim)  # no waiting: a write caught in the instant of death is hedged
         for key in keys:
             client.put(key, b"new-" + key, context=client.get(key).context, w=3)
         alive = running(cluster)
@@ -93,6 +94,7 @@ def test_fallback_killed_while_holding_hints_loses_nothing(cluster_factory: Any)
     with Client(cluster.seeds) as client:
         keys = keys_with_primary(client, victim, 40, "fk")
         cluster.kill(victim)
+        wait_known_down(client, running(cluster), victim)
         for key in keys:
             client.put(key, b"v-" + key, w=3)
         holders = [n for n in running(cluster) if client.call(n, "stats")["hints_pending_total"] > 0]
@@ -194,6 +196,7 @@ def test_full_hint_store_refuses_instead_of_dropping(cluster_factory: Any) -> No
     with Client(cluster.seeds) as client:
         keys = keys_with_primary(client, "n1", 12, "full")
         cluster.kill("n1")
+        wait_known_down(client, running(cluster), "n1")
         accepted: list[bytes] = []
         refused = 0
         for key in keys:
@@ -222,6 +225,7 @@ def test_fallback_killed_mid_replay_loses_no_hint(cluster_factory: Any) -> None:
     with Client(cluster.seeds) as client:
         keys = keys_with_primary(client, victim, 300, "mid")
         cluster.kill(victim)
+        wait_known_down(client, running(cluster), victim)
         for key in keys:
             client.put(key, b"m-" + key, w=3)
         holders = {n: client.call(n, "stats")["hints_pending_total"] for n in running(cluster)}
