@@ -252,5 +252,131 @@ def stats(node_name: str | None, as_json: bool, seed: tuple[str, ...], timeout: 
             click.echo(f"  {key:<20} {value}")
 
 
+@main.command()
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+@seed_option
+@timeout_option
+def inspect(key: str, as_json: bool, seed: tuple[str, ...], timeout: float) -> None:
+    """Show what every node of KEY's preference list holds, its hints, and whether the
+    primaries agree. Exits 1 when they do not."""
+    from dynq_client.versions import decode_reply_object
+
+    rows: list[dict[str, Any]] = []
+    try:
+        with _client(seed, timeout) as db:
+            assert db.table is not None
+            plist = db.table.ring.preference_list_for(key.encode())
+            for name in plist.primaries + plist.fallbacks:
+                row: dict[str, Any] = {"node": name, "role": "primary" if name in plist.primaries else "fallback"}
+                try:
+                    body = db.call(name, "inspect", {"k": key.encode()})
+                    obj = decode_reply_object(body)
+                    row["hints"] = body.get("hints", [])
+                    row["object"] = None if obj is None else {
+                        "clock": obj.clock,
+                        "siblings": [{"dot": f"{s.actor}:{s.counter}", "timestamp_ms": s.timestamp_ms,
+                                      "tombstone": s.value is None,
+                                      "value": None if s.value is None else _show_value(s.value)[:80]}
+                                     for s in obj.siblings],
+                    }
+                except DynqError as exc:
+                    row["error"] = str(exc)
+                rows.append(row)
+    except DynqError as exc:
+        _fail(exc)
+    primary_states = [json.dumps(r.get("object"), sort_keys=True) for r in rows if r["role"] == "primary"]
+    agree = all("error" not in r for r in rows if r["role"] == "primary") and len(set(primary_states)) == 1
+    if as_json:
+        click.echo(json.dumps({"key": key, "partition": plist.partition, "agree": agree, "replicas": rows}, indent=2))
+    else:
+        click.echo(f"key {key!r}  partition {plist.partition}")
+        for r in rows:
+            head = f"  {r['node']:<10} {r['role']:<8}"
+            if "error" in r:
+                click.echo(f"{head} unreachable: {r['error']}")
+                continue
+            hints = f"  hints for: {', '.join(r['hints'])}" if r.get("hints") else ""
+            obj = r["object"]
+            if obj is None:
+                click.echo(f"{head} (nothing){hints}")
+                continue
+            clock = ", ".join(f"{a}:{c}" for a, c in sorted(obj["clock"].items()))
+            click.echo(f"{head} clock [{clock}]{hints}")
+            for sib in obj["siblings"]:
+                what = "TOMBSTONE" if sib["tombstone"] else repr(sib["value"])
+                click.echo(f"{'':22}{sib['dot']:<24} {what}")
+        click.echo("primaries agree" if agree else "primaries DISAGREE (read repair or anti-entropy will converge them)")
+    sys.exit(0 if agree else 1)
+
+
+@main.command()
+@click.option("--node", "node_name", required=True, help="Node whose database to back up.")
+@click.option("--to", "path", required=True, help="Absolute path of the backup file, on that node's machine.")
+@seed_option
+@timeout_option
+def backup(node_name: str, path: str, seed: tuple[str, ...], timeout: float) -> None:
+    """Online, consistent copy of one node's database (SQLite backup API).
+
+    Restore: stop the node, replace DATA_DIR/dynq.db with the file (delete dynq.db-wal and
+    dynq.db-shm), start the node. Writes it missed since the backup come back through hinted
+    handoff, read repair and anti-entropy; its actor identity is the one in the backup.
+    """
+    try:
+        with _client(seed, max(timeout, 60.0)) as db:
+            body = db.call(node_name, "backup", {"path": path})
+    except DynqError as exc:
+        _fail(exc)
+    click.echo(f"ok: {body['keys']} keys, {body['pages']} pages -> {body['path']} on {node_name}")
+
+
+@main.group()
+def cluster() -> None:
+    """The cluster as a whole."""
+
+
+@cluster.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@seed_option
+@timeout_option
+def cluster_status(as_json: bool, seed: tuple[str, ...], timeout: float) -> None:
+    """Every node at a glance; exits 1 when the cluster is degraded (a node unreachable, or
+    a node that cannot reach a peer), for scripts."""
+    rows: list[dict[str, Any]] = []
+    try:
+        with _client(seed, timeout) as db:
+            assert db.table is not None
+            ring_ = db.table.ring
+            counts = ring_.owned_counts()
+            for m in ring_.members:
+                row: dict[str, Any] = {"node": m.name, "address": m.address, "zone": m.zone, "weight": m.weight,
+                                       "share": round(100 * counts[m.name] / ring_.q, 1)}
+                try:
+                    ping = db.call(m.name, "ping", {"peers": True})
+                    stats_ = db.call(m.name, "stats")
+                    others = {o.name for o in ring_.members if o.name != m.name}
+                    row.update(status="up", unreachable_peers=sorted(others - set(ping["reachable"])),
+                               hints_pending=stats_["hints_pending_total"], keys=stats_["keys"],
+                               epoch=stats_["epoch"])
+                except DynqError as exc:
+                    row.update(status="down", error=str(exc))
+                rows.append(row)
+    except DynqError as exc:
+        _fail(exc)
+    degraded = any(r["status"] != "up" or r.get("unreachable_peers") for r in rows)
+    if as_json:
+        click.echo(json.dumps({"degraded": degraded, "nodes": rows}, indent=2))
+    else:
+        click.echo(f"{'node':<10} {'address':<26} {'status':<6} {'share':>6} {'keys':>8} {'hints':>7}  notes")
+        for r in rows:
+            notes = r.get("error", "")
+            if r.get("unreachable_peers"):
+                notes = "cannot reach " + ", ".join(r["unreachable_peers"])
+            click.echo(f"{r['node']:<10} {r['address']:<26} {r['status']:<6} {r['share']:>5}% "
+                       f"{r.get('keys', '-'):>8} {r.get('hints_pending', '-'):>7}  {notes}")
+        click.echo("DEGRADED" if degraded else "healthy")
+    sys.exit(1 if degraded else 0)
+
+
 if __name__ == "__main__":
     main()

@@ -157,6 +157,8 @@ class Node:
             p.OP_READ_REPAIR: self.handle_replica_put,
             p.OP_REPLICA_PUT_BATCH: self.handle_replica_put_batch,
             p.OP_STATS: self.handle_stats,
+            p.OP_INSPECT: self.handle_inspect,
+            p.OP_BACKUP: self.handle_backup,
         }
         self.loop: asyncio.AbstractEventLoop | None = None
         self.context: zmq.Context[Any] | None = None
@@ -752,6 +754,22 @@ class Node:
         # Staged even when nothing changed, so the ack waits for any staged write of the key.
         merged_blob = blob if merged == incoming else encode_object(merged)
         self.stage_local(key, merged, merged_blob, done, hint_for)
+
+    def handle_inspect(self, responder: Responder, req: Request) -> None:
+        """What this node holds for one key, and which hints it keeps for it (dynq inspect)."""
+        key = self._key(req.body)
+        responder.ok({"ob": self.storage.get_blob(key), "hints": self.storage.hints_for_key(key),
+                      "partition": self.ring.partition_for(key)})
+
+    def handle_backup(self, responder: Responder, req: Request) -> None:
+        """Copy the database, consistently and online, to a file on this node's machine."""
+        path = p.get_str(req.body, "path")
+        assert path is not None
+        if not path.startswith("/"):
+            raise InvalidRequest("backup path must be absolute (it is a path on the node's machine)")
+        self.storage.flush()
+        pages = self.storage.backup_to(path)
+        responder.ok({"path": path, "pages": pages, "keys": self.storage.count()})
 
     def handle_stats(self, responder: Responder, req: Request) -> None:
         responder.ok(self.stats_snapshot())

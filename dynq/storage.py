@@ -274,6 +274,20 @@ class Storage:
                 new.append(target)
         return new
 
+    def backup_to(self, path: str) -> int:
+        """Online backup (SQLite's backup API) of the committed database to ``path``.
+
+        Runs to completion in one step: writes are held for its duration, which is what makes
+        the copy consistent. Returns the number of pages copied."""
+        target = apsw.Connection(path)
+        try:
+            with target.backup("main", self.conn, "main") as backup:
+                backup.step(-1)
+                pages = backup.page_count
+        finally:
+            target.close()
+        return int(pages)
+
     def close(self) -> None:
         if self._staged or self._callbacks:
             self.flush()

@@ -43,6 +43,8 @@ OP_REPLICA_GET = "replica_get"
 OP_REPLICA_PUT = "replica_put"
 OP_REPLICA_PUT_BATCH = "replica_put_batch"  # several replica_put bodies in one message, one result each
 OP_STATS = "stats"
+OP_INSPECT = "inspect"  # one key on one node: object and hints (admin)
+OP_BACKUP = "backup"  # online copy of the node's database to a path on its machine (admin)
 OP_READ_REPAIR = "read_repair"  # a client-coordinated read pushing the merged object to a stale replica
 
 

@@ -102,3 +102,84 @@ def test_sigterm_under_load_loses_no_acknowledged_write(cluster_factory: Any) ->
     with Client(cluster.seeds) as client:
         for key, value in acked.items():
             assert client.get(key, r=3).values == [value], key
+
+
+def dynq_cli(*args: str, seed: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "dynq", *args, "--seed", seed],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_inspect_shows_divergence_then_agreement(cluster3: LocalCluster) -> None:
+    """`dynq inspect` shows a stale replica (exit 1) and, after a read repaired it,
+    agreement (exit 0)."""
+    import json
+
+    from tests.conftest import wait_unreachable
+
+    seed = cluster3.seeds[0]
+    with Client(cluster3.seeds) as client:
+        cluster3.kill("n3")
+        wait_unreachable(client, "n3")
+        client.put(b"insp", b"value", w=2)
+        cluster3.start("n3")
+        cluster3.wait_ready(["n3"])
+    before = dynq_cli("inspect", "insp", "--json", seed=seed)
+    assert before.returncode == 1, before.stderr
+    report = json.loads(before.stdout)
+    held = {r["node"]: r["object"] for r in report["replicas"]}
+    assert held["n3"] is None and held["n1"] is not None and report["agree"] is False
+    with Client(cluster3.seeds) as fresh:
+        assert fresh.get(b"insp", r=3).values == [b"value"]  # read repair
+    deadline = time.monotonic() + 30
+    while (after := dynq_cli("inspect", "insp", seed=seed)).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert after.returncode == 0 and "primaries agree" in after.stdout, after.stdout
+
+
+def test_cluster_status_exits_nonzero_when_degraded(cluster3: LocalCluster) -> None:
+    """`dynq cluster status` says healthy (exit 0) with every node up, DEGRADED (exit 1)
+    with one down."""
+    seed = cluster3.seeds[0]
+    healthy = dynq_cli("cluster", "status", seed=seed)
+    assert healthy.returncode == 0 and "healthy" in healthy.stdout, healthy.stdout + healthy.stderr
+    cluster3.kill("n2")
+    degraded = dynq_cli("cluster", "status", seed=seed)
+    assert degraded.returncode == 1 and "DEGRADED" in degraded.stdout
+    assert any(line.startswith("n2") and " down " in line for line in degraded.stdout.splitlines())
+
+
+def test_backup_is_equal_to_the_database_and_restores(cluster3: LocalCluster, tmp_path: Path) -> None:
+    """`dynq backup` makes an online copy equal to the node's database; a node restored
+    from it serves that data."""
+    import apsw
+
+    with Client(cluster3.seeds) as client:
+        for i in range(200):
+            client.put(f"b{i}".encode(), f"{i}".encode(), w=3)
+    target = tmp_path / "n1-backup.db"
+    result = dynq_cli("backup", "--node", "n1", "--to", str(target), seed=cluster3.seeds[0])
+    assert result.returncode == 0, result.stderr
+
+    def rows(path: Path) -> list[tuple[bytes, bytes]]:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            return [(bytes(k), bytes(o)) for k, o in conn.execute("SELECT key, obj FROM objects ORDER BY key")]
+        finally:
+            conn.close()
+
+    live = cluster3.nodes["n1"].config_path.parent / "dynq.db"
+    assert rows(target) == rows(live) and len(rows(target)) == 200
+    assert cluster3.stop("n1") == 0
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(live) + suffix).unlink(missing_ok=True)
+    shutil.copy(target, live)
+    cluster3.start("n1")
+    cluster3.wait_ready(["n1"])
+    with Client(cluster3.seeds) as client:
+        from dynq_client.versions import decode_reply_object
+
+        for i in range(200):
+            obj = decode_reply_object(client.call("n1", "replica_get", {"k": f"b{i}".encode()}))
+            assert obj is not None and obj.values == [f"{i}".encode()]
