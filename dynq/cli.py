@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from dynq_client.client import Client
 from dynq_client.errors import DynqError
 
 from .config import ConfigError, load_config
+from .logs import setup_logging
 
 DEFAULT_SEED = "tcp://127.0.0.1:7100"
 
@@ -79,10 +79,7 @@ def node_start(config_path: str) -> None:
     except ConfigError as exc:
         click.echo(f"config error: {exc}", err=True)
         sys.exit(78)  # EX_CONFIG: systemd will not restart-loop on a bad config
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(config.log_level, config.log_format, config.name)
     try:
         run_node(config)
     except ConfigError as exc:

@@ -44,6 +44,9 @@ class NodeConfig:
     synchronous: str = "full"
     request_timeout_ms: int = 5000
     log_level: str = "info"
+    log_format: str = "text"
+    metrics_port: int = 0  # 0: no Prometheus endpoint
+    metrics_host: str = "127.0.0.1"
     # hinted handoff and failure detection
     max_hints: int = 1_000_000
     replay_batch: int = 100
@@ -69,10 +72,12 @@ _MEMBER_KEYS = {"name", "address", "zone", "weight"}
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _STORAGE_KEYS = {"synchronous"}
 _TIMEOUT_KEYS = {"request_ms"}
-_LOG_KEYS = {"level"}
+_LOG_KEYS = {"level", "format"}
+_METRICS_KEYS = {"port", "host"}
 _HANDOFF_KEYS = {"max_hints", "replay_batch", "replay_rate", "replay_interval_ms", "probe_interval_ms"}
 _SECTIONS = {
     "handoff": _HANDOFF_KEYS,
+    "metrics": _METRICS_KEYS,
     "node": _NODE_KEYS,
     "cluster": _CLUSTER_KEYS,
     "limits": _LIMIT_KEYS,
@@ -139,6 +144,10 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     timeouts = _Reader(source, "timeouts", data.get("timeouts", {}), _TIMEOUT_KEYS)
     logs = _Reader(source, "log", data.get("log", {}), _LOG_KEYS)
     handoff = _Reader(source, "handoff", data.get("handoff", {}), _HANDOFF_KEYS)
+    metrics = _Reader(source, "metrics", data.get("metrics", {}), _METRICS_KEYS)
+    log_format = logs.text("format", "text").lower()
+    if log_format not in ("text", "json"):
+        raise logs._err("format", f"must be 'text' or 'json', got {log_format!r}")
 
     name = _check_name(node, "name", node.text("name"))
     listen = _check_address(node, "listen", node.text("listen"))
@@ -215,6 +224,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         synchronous=synchronous,
         request_timeout_ms=timeouts.number("request_ms", 5000, 10, 600_000),
         log_level=level,
+        log_format=log_format,
+        metrics_port=metrics.number("port", 0, 0, 65535),
+        metrics_host=metrics.text("host", "127.0.0.1"),
         max_hints=handoff.number("max_hints", 1_000_000, 1, 2**40),
         replay_batch=handoff.number("replay_batch", 100, 1, 10_000),
         replay_rate=handoff.number("replay_rate", 2000, 1, 1_000_000),

@@ -57,6 +57,7 @@ from .config import ConfigError, NodeConfig
 from .coordinator import GetCoordinator, PutCoordinator
 from . import sdnotify
 from .hinted_handoff import HintedHandoff
+from .metrics import Latencies, render_prometheus, serve_metrics
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class Responder:
             return False
         self.done = True
         self.node.in_flight -= 1
+        self.node.latencies.observe(self.op, time.perf_counter() - self.started)
         return True
 
 
@@ -144,6 +146,8 @@ class Node:
         self.actor = self.storage.actor_id(config.name)  # the identity this node mints dots with
         self.ring = self._load_ring()
         self.stats = Stats()
+        self.latencies = Latencies()  # per-op request latency histograms
+        self._metrics_server: asyncio.AbstractServer | None = None
         self.in_flight = 0  # requests received and not yet answered
         self.started = time.time()
         self.handlers: dict[str, Handler] = {
@@ -253,6 +257,12 @@ class Node:
             self.loop.create_task(self._probe_down_peers()),
             self.loop.create_task(self.handoff.run()),
         ]
+        if self.config.metrics_port:
+            self._metrics_server = await serve_metrics(
+                self.config.metrics_host, self.config.metrics_port,
+                lambda: render_prometheus(self.stats_snapshot(), self.latencies),
+            )
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.config.metrics_port)
         interval = sdnotify.watchdog_interval()
         if interval is not None:
             self._background.append(self.loop.create_task(self._watchdog(interval)))
@@ -286,6 +296,8 @@ class Node:
         while self.in_flight > 0 and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
         self.loop.remove_reader(self.router.fileno())
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         self.storage.flush()
         if self.peers is not None:
             self.peers.close()
@@ -805,6 +817,7 @@ class Node:
             "read_repairs_received": self.stats.read_repairs_received,
             "replica_batches": self.stats.replica_batches,
             "replica_batch_items": self.stats.replica_batch_items,
+            "latency": {op: hist.summary() for op, hist in sorted(self.latencies.by_op.items())},
             "peers": self.health.snapshot(),
             "peers_down": self.health.down(),
         }

@@ -183,3 +183,34 @@ def test_backup_is_equal_to_the_database_and_restores(cluster3: LocalCluster, tm
         for i in range(200):
             obj = decode_reply_object(client.call("n1", "replica_get", {"k": f"b{i}".encode()}))
             assert obj is not None and obj.values == [f"{i}".encode()]
+
+
+def test_prometheus_endpoint_and_json_logs(cluster_factory: Any) -> None:
+    """With [metrics] port set the node serves Prometheus text (request counters, latency
+    histograms, hints, peers); with [log] format = "json" every log line is a JSON object."""
+    import json
+    import urllib.request
+
+    from tests.conftest import free_ports
+
+    port = free_ports(1)[0]
+    cluster: LocalCluster = cluster_factory(
+        1, extra_config=f'[metrics]\nport = {port}\n[log]\nformat = "json"\n')
+    with Client(cluster.seeds) as client:
+        for i in range(20):
+            client.put(f"m{i}".encode(), b"v")
+            client.get(f"m{i}".encode())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    assert 'dynq_requests_total{node="n1",op="put"} 20' in text
+    assert 'dynq_request_duration_seconds_bucket{node="n1",op="put",le="+Inf"} 20' in text
+    assert 'dynq_request_duration_seconds_count{node="n1",op="get"} 20' in text
+    assert "# TYPE dynq_hints_pending gauge" in text and 'dynq_keys{node="n1"} 20' in text
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
+    lines = [line for line in cluster.nodes["n1"].log_path.read_text().splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        entry = json.loads(line)
+        assert {"ts", "level", "node", "logger", "msg"} <= entry.keys() and entry["node"] == "n1"
