@@ -21,25 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.putget import free_ports, pct  # noqa: E402
+from bench.putget import free_ports, phase  # noqa: E402
 from dynq.localcluster import LocalCluster  # noqa: E402
 from dynq_client import AsyncClient, Client  # noqa: E402
 
 
 async def put_phase(seeds: list[str], keys: list[bytes], value: bytes) -> dict[str, float]:
-    latencies: list[float] = []
-    queue = iter(keys)
     async with AsyncClient(seeds, timeout=10.0) as db:
-        async def worker() -> None:
-            for key in queue:
-                t0 = time.perf_counter()
-                await db.put(key, value)
-                latencies.append(time.perf_counter() - t0)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(32)))
-        elapsed = time.perf_counter() - start
-    return {"ops_s": len(keys) / elapsed, "p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99)}
+        return await phase(db, "put", keys, value, 32)
 
 
 def hints(client: Client, names: list[str]) -> int:

@@ -245,8 +245,19 @@ def stats(node_name: str | None, as_json: bool, seed: tuple[str, ...], timeout: 
         return
     for name, values in out.items():
         click.echo(f"[{name}]")
-        for key, value in sorted(values.items()):
-            click.echo(f"  {key:<20} {value}")
+        for key, value in _flatten(values):
+            click.echo(f"  {key:<32} {value}")
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested stats as dotted keys (``latency.put.p99_ms_le``), for the human table."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in sorted(values.items()):
+        if isinstance(value, dict) and value:
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value if value != {} else "-"))
+    return rows
 
 
 @main.command()
@@ -267,7 +278,7 @@ def inspect(key: str, as_json: bool, seed: tuple[str, ...], timeout: float) -> N
             for name in plist.primaries + plist.fallbacks:
                 row: dict[str, Any] = {"node": name, "role": "primary" if name in plist.primaries else "fallback"}
                 try:
-                    body = db.call(name, "inspect", {"k": key.encode()})
+                    body = db.call(name, "inspect", {"k": key.encode()}, retry=False)
                     obj = decode_reply_object(body)
                     row["hints"] = body.get("hints", [])
                     row["object"] = None if obj is None else {
@@ -349,8 +360,8 @@ def cluster_status(as_json: bool, seed: tuple[str, ...], timeout: float) -> None
                 row: dict[str, Any] = {"node": m.name, "address": m.address, "zone": m.zone, "weight": m.weight,
                                        "share": round(100 * counts[m.name] / ring_.q, 1)}
                 try:
-                    ping = db.call(m.name, "ping", {"peers": True})
-                    stats_ = db.call(m.name, "stats")
+                    ping = db.call(m.name, "ping", {"peers": True}, retry=False)
+                    stats_ = db.call(m.name, "stats", retry=False)
                     others = {o.name for o in ring_.members if o.name != m.name}
                     row.update(status="up", unreachable_peers=sorted(others - set(ping["reachable"])),
                                hints_pending=stats_["hints_pending_total"], keys=stats_["keys"],

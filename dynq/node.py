@@ -236,7 +236,7 @@ class Node:
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot listen on {self.config.listen}: {exc}") from exc
         self.peers = RequestMux(
-            self.loop, context=self.context, limits=self.limits, connect_grace=2.0, health=self.health
+            self.loop, context=self.context, limits=self.limits, connect_grace=0.5, health=self.health
         )
         for member in self.ring.members:
             if member.name != self.name:

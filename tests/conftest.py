@@ -78,7 +78,7 @@ def wait_unreachable(client: Client, name: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            client.call(name, "ping")
+            client.call(name, "ping", retry=False)
         except Unavailable:
             return
         except Timeout:

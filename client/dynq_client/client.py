@@ -256,10 +256,26 @@ class AsyncClient:
         self._request(node, op, body, timeout, done)
         return future
 
-    async def call(self, node: str, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Send an arbitrary op to one named node and return its reply body (admin tools)."""
+    async def call(
+        self, node: str, op: str, body: dict[str, Any] | None = None, *, retry: bool = True
+    ) -> dict[str, Any]:
+        """Send an arbitrary op to one named node and return its reply body (admin tools).
+
+        A node that is not connected (yet, or again after a restart) is retried until the
+        timeout, unless ``retry`` is False: the request was never delivered, so repeating
+        it is safe."""
         await self.connect()
-        reply = await self._call(node, op, body or {}, self.timeout)
+        if not retry:
+            return (await self._call(node, op, body or {}, self.timeout)).body
+        async for attempt in tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_delay(self.timeout),
+            wait=tenacity.wait_exponential(multiplier=0.02, max=0.5),
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, Unavailable) and "not connected" in exc.message),
+            reraise=True,
+        ):
+            with attempt:
+                reply = await self._call(node, op, body or {}, self.timeout)
         return reply.body
 
     # --- the public API ------------------------------------------------------------------
@@ -484,8 +500,8 @@ class Client:
     ) -> None:
         self._run(self._async.delete(key, context, w, pw))
 
-    def call(self, node: str, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._run(self._async.call(node, op, body))
+    def call(self, node: str, op: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
+        return self._run(self._async.call(node, op, body, retry=retry))
 
     def close(self) -> None:
         if self._loop.is_closed():

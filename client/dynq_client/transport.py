@@ -17,6 +17,9 @@ connected fails at once (``Unavailable``) instead of queueing for a peer that ma
 come back; right after a socket is created the connection is still being made, so a
 send within :attr:`RequestMux.connect_grace` is retried briefly instead of failing - but
 only until the first send goes through: after that, "not connected" means the peer is gone.
+The grace is short (a live peer on a LAN connects in milliseconds; libzmq's first retry
+after a refused connect is 100 ms later) because a peer that died before we ever reached
+it costs every request the full grace until the failure detector marks it down.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class RequestMux:
         *,
         context: zmq.Context[Any] | None = None,
         limits: Limits = DEFAULT_LIMITS,
-        connect_grace: float = 1.0,
+        connect_grace: float = 0.25,
         on_reply: Callable[[str, Reply], None] | None = None,
         socket_setup: Callable[[zmq.Socket[Any]], None] | None = None,
         health: Health | None = None,
@@ -185,6 +188,7 @@ class RequestMux:
                 self.send_retries += 1
                 self.loop.call_later(_RETRY_SEND_S, self._send, req_id)
             else:
+                channel.created = float("-inf")  # the grace is over for every request to it
                 self._fail(req_id, Unavailable(f"{pending.peer}: not connected"))
             if int(channel.sock.getsockopt(zmq.EVENTS)) & _POLLIN:
                 self.loop.call_soon(self._drain, channel)
