@@ -33,7 +33,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import apsw
 
@@ -180,11 +180,6 @@ class Storage:
             return staged[1]
         blob = self.get_blob(key)
         return None if blob is None else decode_object(blob, self.limits)
-
-    def iter_objects(self) -> Iterator[tuple[bytes, int, bytes]]:
-        """Every committed (key, partition, blob), in key order (tools and tests)."""
-        for key, partition, blob in self.conn.execute("SELECT key, partition, obj FROM objects ORDER BY key"):
-            yield bytes(key), partition, bytes(blob)
 
     def count(self) -> int:
         for (n,) in self.conn.execute("SELECT count(*) FROM objects"):

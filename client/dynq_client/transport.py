@@ -137,10 +137,6 @@ class RequestMux:
     def connected_names(self) -> list[str]:
         return list(self._channels)
 
-    def address_of(self, name: str) -> str | None:
-        channel = self._channels.get(name)
-        return channel.address if channel else None
-
     def close(self) -> None:
         for name in list(self._channels):
             self.disconnect(name)
@@ -164,12 +160,6 @@ class RequestMux:
         self._pending[req_id] = _Pending(callback, timer, peer, frame, deadline)
         self._send(req_id)
         return req_id
-
-    def cancel(self, req_id: int) -> None:
-        """Forget a request; its reply, if one comes, is dropped as late."""
-        pending = self._pending.pop(req_id, None)
-        if pending is not None:
-            pending.timer.cancel()
 
     def _send(self, req_id: int) -> None:
         pending = self._pending.get(req_id)
