@@ -267,7 +267,7 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 @timeout_option
 def inspect(key: str, as_json: bool, seed: tuple[str, ...], timeout: float) -> None:
     """Show what every node of KEY's preference list holds, its hints, and whether the
-    primaries agree. Exits 1 when they do not."""
+    primaries agree. Exit code 0: they agree; 1: they disagree; 3: a primary is unreachable."""
     from dynq_client.versions import decode_reply_object
 
     rows: list[dict[str, Any]] = []
@@ -293,8 +293,9 @@ def inspect(key: str, as_json: bool, seed: tuple[str, ...], timeout: float) -> N
                 rows.append(row)
     except DynqError as exc:
         _fail(exc)
-    primary_states = [json.dumps(r.get("object"), sort_keys=True) for r in rows if r["role"] == "primary"]
-    agree = all("error" not in r for r in rows if r["role"] == "primary") and len(set(primary_states)) == 1
+    reachable = all("error" not in r for r in rows if r["role"] == "primary")
+    primary_states = {json.dumps(r.get("object"), sort_keys=True) for r in rows if r["role"] == "primary" and "error" not in r}
+    agree = reachable and len(primary_states) == 1
     if as_json:
         click.echo(json.dumps({"key": key, "partition": plist.partition, "agree": agree, "replicas": rows}, indent=2))
     else:
@@ -314,8 +315,13 @@ def inspect(key: str, as_json: bool, seed: tuple[str, ...], timeout: float) -> N
             for sib in obj["siblings"]:
                 what = "TOMBSTONE" if sib["tombstone"] else repr(sib["value"])
                 click.echo(f"{'':22}{sib['dot']:<24} {what}")
-        click.echo("primaries agree" if agree else "primaries DISAGREE (read repair or anti-entropy will converge them)")
-    sys.exit(0 if agree else 1)
+        if agree:
+            click.echo("primaries agree")
+        elif len(primary_states) > 1:
+            click.echo("primaries DISAGREE (read repair or anti-entropy will converge them)")
+        else:
+            click.echo("agreement UNKNOWN: a primary is unreachable")
+    sys.exit(0 if agree else 1 if len(primary_states) > 1 else 3)
 
 
 @main.command()
@@ -324,7 +330,9 @@ def inspect(key: str, as_json: bool, seed: tuple[str, ...], timeout: float) -> N
 @seed_option
 @timeout_option
 def backup(node_name: str, path: str, seed: tuple[str, ...], timeout: float) -> None:
-    """Online, consistent copy of one node's database (SQLite backup API).
+    """Online, consistent copy of one node's database (SQLite backup API), made in slices
+    while the node keeps serving. Under systemd the path must be writable by the unit:
+    /var/backups/dynq (ReadWritePaths in dynq@.service) or the node's state directory.
 
     Restore: stop the node, replace DATA_DIR/dynq.db with the file (delete dynq.db-wal and
     dynq.db-shm), start the node. Writes it missed since the backup come back through hinted

@@ -40,7 +40,7 @@ from dynq_client.errors import (
     error_from_wire,
 )
 from dynq_client.health import Health, PeerState, sloppy_targets
-from dynq_client.protocol import Reply, Request
+from dynq_client.protocol import Reply, Request, short_repr
 from dynq_client.ring import Ring, RingError, new_ring
 from dynq_client.routing import RoutingTable
 from dynq_client.transport import RequestMux, configure_socket
@@ -103,6 +103,10 @@ class Responder:
         self.node.in_flight -= 1
         self.node.latencies.observe(self.op, time.perf_counter() - self.started)
         return True
+
+
+MAX_BATCH_ITEMS = 1000
+"""Replica writes per batch message (well under the decoder's container limit)."""
 
 
 class _Batch:
@@ -173,6 +177,7 @@ class Node:
         self._closing = False  # shutting down: new requests are refused as unavailable
         self._outbox: dict[str, _Batch] = {}  # replica writes waiting for the end of this loop pass
         self._outbox_scheduled = False
+        self._backup_pages = 0  # progress of the running backup
         self._member_names = {m.name for m in self.ring.members}
         self.health = Health(timeouts_to_down=2)  # this node's view of its peers
         self._replica_timeout = config.request_timeout_ms / 1000
@@ -343,11 +348,12 @@ class Node:
                 request.id, self.ring.epoch, Unavailable(f"{self.name} is shutting down")))
             return
         self.in_flight += 1
-        responder = Responder(self, ident, request.id, request.op)
-        self.stats.requests[request.op] += 1
         handler = self.handlers.get(request.op)
+        op = request.op if handler is not None else "unknown"  # a client must not mint metric series
+        responder = Responder(self, ident, request.id, op)
+        self.stats.requests[op] += 1
         if handler is None:
-            responder.fail(UnknownOp(f"unknown op {request.op!r:.64}"))
+            responder.fail(UnknownOp(f"unknown op {short_repr(request.op)}"))
             return
         self._guarded(responder, handler, responder, request)
 
@@ -444,8 +450,11 @@ class Node:
         released) go to each peer as one message, and come back as one reply: one send, one
         wake-up of each side's I/O thread, one commit on the replica."""
         batch = self._outbox.get(replica)
-        size = len(body.get("ob", b""))
-        if batch is not None and batch.size + size > self.limits.max_message_bytes // 2:
+        # Everything that goes into the frame: object, key, hint, msgpack framing.
+        size = len(body.get("ob", b"")) + len(body.get("k", b"")) + len(body.get("h") or "") + 64
+        if batch is not None and (
+            batch.size + size > self.limits.max_message_bytes // 2 or len(batch.items) >= MAX_BATCH_ITEMS
+        ):
             self._send_batch(replica, self._outbox.pop(replica))
             batch = None
         if batch is None:
@@ -457,6 +466,7 @@ class Node:
         batch.items.append(body)
         batch.callbacks.append(done)
         batch.size += size
+        batch.timeout = max(batch.timeout, timeout)  # each coordinator keeps its own deadline
 
     def _flush_outbox(self) -> None:
         self._outbox_scheduled = False
@@ -473,22 +483,33 @@ class Node:
             return
         callbacks = batch.callbacks
 
+        def each(callback: Callable[[Reply | None, DynqError | None], None], reply: Reply | None,
+                 error: DynqError | None) -> None:
+            try:
+                callback(reply, error)
+            except Exception:  # one broken callback must not leave the others unanswered
+                log.exception("replica write callback failed")
+
         def done(reply: Reply | None, error: DynqError | None) -> None:
             results = reply.body.get("r") if reply is not None and reply.ok else None
-            if error is not None or reply is None or not reply.ok:
+            if reply is not None and not reply.ok and (reply.error or {}).get("code") == UnknownOp.code:
+                # A peer that predates batching (rolling upgrade): send the items one by one.
+                for item, callback in zip(batch.items, callbacks):
+                    self.peers.request(replica, p.OP_REPLICA_PUT, item, batch.timeout, callback)  # type: ignore[union-attr]
+            elif error is not None or reply is None or not reply.ok:
                 for callback in callbacks:  # the whole batch failed alike
-                    callback(reply, error)
+                    each(callback, reply, error)
             elif not isinstance(results, list) or len(results) != len(callbacks):
                 bad = ProtocolError(f"{replica}: batch reply does not match the batch")
                 for callback in callbacks:
-                    callback(None, bad)
+                    each(callback, None, bad)
             else:
                 for callback, result in zip(callbacks, results):
                     if result is None:
-                        callback(Reply(reply.id, reply.epoch, True, {}), None)
+                        each(callback, Reply(reply.id, reply.epoch, True, {}), None)
                     else:
                         err = result if isinstance(result, dict) else {"code": "protocol", "msg": "bad result"}
-                        callback(Reply(reply.id, reply.epoch, False, {}, err), None)
+                        each(callback, Reply(reply.id, reply.epoch, False, {}, err), None)
 
         self.peers.request(replica, p.OP_REPLICA_PUT_BATCH, {"items": batch.items}, batch.timeout, done)
 
@@ -546,7 +567,7 @@ class Node:
         answered: dict[str, bool] = {}
 
         def pong(name: str, reply: Reply | None, error: DynqError | None) -> None:
-            answered[name] = error is None
+            answered[name] = error is None and reply is not None and reply.ok
             if len(answered) == len(others):
                 responder.ok(dict(body, reachable=sorted(n for n, ok in answered.items() if ok)))
 
@@ -637,8 +658,9 @@ class Node:
                 return
 
             def relay(reply: Reply | None, error: DynqError | None) -> None:
-                if isinstance(error, Unavailable):
-                    errors[reachable[i]] = error.message
+                refused = reply is not None and not reply.ok and (reply.error or {}).get("code") == Unavailable.code
+                if isinstance(error, Unavailable) or refused:  # not executed there: next primary
+                    errors[reachable[i]] = error.message if error else "unavailable"
                     attempt(i + 1)
                 elif error is not None:
                     responder.fail(error)
@@ -752,6 +774,9 @@ class Node:
                 self._apply_replica_put(item, functools.partial(item_done, i))
             except DynqError as exc:
                 item_done(i, exc)
+            except Exception as exc:  # a bug costs this item, not the items already staged
+                log.exception("replica write in a batch failed")
+                item_done(i, InternalError(f"{type(exc).__name__}: {exc}"))
 
     def _apply_replica_put(self, body: dict[str, Any], done: Callable[[StorageError | None], None]) -> None:
         """Merge a replica's object into ours; ``done`` runs after the commit."""
@@ -780,8 +805,24 @@ class Node:
         if not path.startswith("/"):
             raise InvalidRequest("backup path must be absolute (it is a path on the node's machine)")
         self.storage.flush()
-        pages = self.storage.backup_to(path)
-        responder.ok({"path": path, "pages": pages, "keys": self.storage.count()})
+        steps = self.storage.backup_steps(path)
+        assert self.loop is not None
+        loop = self.loop
+
+        def step() -> None:  # a slice per loop pass: requests keep being served meanwhile
+            try:
+                pages = next(steps)
+            except StopIteration:
+                responder.ok({"path": path, "pages": self._backup_pages, "keys": self.storage.count()})
+                return
+            except Exception as exc:
+                responder.fail(StorageError(f"backup to {path} failed: {type(exc).__name__}: {exc}"))
+                return
+            self._backup_pages = pages
+            loop.call_soon(step)
+
+        self._backup_pages = 0
+        step()
 
     def handle_stats(self, responder: Responder, req: Request) -> None:
         responder.ok(self.stats_snapshot())

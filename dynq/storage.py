@@ -33,7 +33,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import apsw
 
@@ -269,19 +269,18 @@ class Storage:
                 new.append(target)
         return new
 
-    def backup_to(self, path: str) -> int:
-        """Online backup (SQLite's backup API) of the committed database to ``path``.
-
-        Runs to completion in one step: writes are held for its duration, which is what makes
-        the copy consistent. Returns the number of pages copied."""
+    def backup_steps(self, path: str, pages_per_step: int = 256) -> Iterator[int]:
+        """Online backup (SQLite's backup API) to ``path``, a few pages per step so the
+        caller can interleave other work; yields pages copied so far. Writes committed
+        meanwhile make SQLite restart the copy, so the result is always consistent."""
         target = apsw.Connection(path)
         try:
             with target.backup("main", self.conn, "main") as backup:
-                backup.step(-1)
-                pages = backup.page_count
+                while not backup.step(pages_per_step):
+                    yield backup.page_count - backup.remaining
+                yield backup.page_count
         finally:
             target.close()
-        return int(pages)
 
     def close(self) -> None:
         if self._staged or self._callbacks:

@@ -131,3 +131,10 @@ def test_replica_batch_answers_each_item(raw: Raw, client3: Client) -> None:
     assert client3.call("n1", "replica_get", {"k": b"batch-hint"})["ob"] is None
     assert error_code(raw.request({"v": 1, "id": 2, "op": "replica_put_batch", "b": {"items": []}})) == "invalid"
     assert error_code(raw.request({"v": 1, "id": 3, "op": "replica_put_batch", "b": {"items": 5}})) == "invalid"
+
+
+def test_unknown_op_names_do_not_become_metric_series(raw: Raw, client3: Client) -> None:
+    """Whatever op name a sender invents is counted as "unknown", never as a new series."""
+    assert error_code(raw.request({"v": 1, "id": 1, "op": 'bad"op\nx 1', "b": {}})) == "unknown_op"
+    requests = client3.call("n1", "stats")["requests"]
+    assert requests.get("unknown", 0) >= 1 and not any("bad" in op for op in requests)
