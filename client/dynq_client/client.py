@@ -98,14 +98,15 @@ def _ignore(reply: Reply | None, error: DynqError | None) -> None:
     """Callback of fire-and-forget requests (read repair): health already saw the outcome."""
 
 
+RECONNECT_WINDOW_S = 1.2
+"""How long a read keeps retrying replicas that are merely not connected: libzmq reconnects
+a restarted peer within its RECONNECT_IVL_MAX (1 s), so longer means the node is gone."""
+
+
 def _only_unreachable(exc: BaseException) -> bool:
     """A read that failed only because replicas could not be reached (nothing was sent to
     them) is worth one more try: connections to restarting nodes come back by themselves."""
-    return (
-        isinstance(exc, QuorumError)
-        and exc.succeeded == 0
-        and all(e.startswith("unavailable") for e in exc.errors.values())
-    )
+    return isinstance(exc, QuorumError) and all(e.startswith("unavailable") for e in exc.errors.values())
 
 
 def result_from_object(obj: VersionedObject | None) -> GetResult:
@@ -309,12 +310,13 @@ class AsyncClient:
         except QuorumError as exc:
             if not _only_unreachable(exc):
                 raise
-            # Safe to repeat: no replica was reached (e.g. connections still coming back after
-            # the nodes restarted). Retried with backoff until the timeout. Tenacity only on this
-            # slow path: on every read it cost ~30% of the client's CPU.
+            # Safe to repeat: the missing replicas were never reached (e.g. connections still
+            # coming back after nodes restarted). Retried with backoff for as long as a
+            # reconnect can take. Tenacity only on this slow path: on every read it cost ~30%
+            # of the client's CPU.
             async for attempt in tenacity.AsyncRetrying(
-                stop=tenacity.stop_after_delay(self.timeout),
-                wait=tenacity.wait_exponential(multiplier=0.02, max=0.5),
+                stop=tenacity.stop_after_delay(min(self.timeout, RECONNECT_WINDOW_S)),
+                wait=tenacity.wait_exponential(multiplier=0.02, max=0.3),
                 retry=tenacity.retry_if_exception(_only_unreachable),
                 reraise=True,
             ):
