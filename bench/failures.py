@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.putget import free_ports, phase  # noqa: E402
+from bench.putget import free_ports, parse_args, phase  # noqa: E402
 from dynq.localcluster import LocalCluster  # noqa: E402
 from dynq_client import AsyncClient, Client  # noqa: E402
 
@@ -69,12 +69,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keys", type=int, default=10_000)
-    parser.add_argument("--value-size", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     results = []
     for run in range(args.runs):
         r = one_run(args, run)

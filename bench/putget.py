@@ -78,13 +78,18 @@ async def one_run(seeds: list[str], keys: int, value_size: int, run: int) -> dic
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(doc: str | None) -> argparse.Namespace:
+    """The options every benchmark here shares."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--value-size", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args(__doc__)
     with tempfile.TemporaryDirectory(prefix="dynq-bench-") as tmp:
         addresses = [f"tcp://127.0.0.1:{p}" for p in free_ports(3)]
         cluster = LocalCluster(Path(tmp), addresses, synchronous=args.synchronous)

@@ -34,6 +34,19 @@ def hints_pending(client: Client, nodes: list[str]) -> int:
     return sum(int(client.call(name, "stats")["hints_pending_total"]) for name in nodes)
 
 
+def write_while_down(
+    client: Client, cluster: LocalCluster, victim: str, count: int, prefix: str
+) -> list[bytes]:
+    """Kill ``victim``, wait until every live node knows, then write ``count`` of its keys
+    with W=3 (each through a hinted fallback). Returns the keys; each value is b"v-" + key."""
+    keys = keys_with_primary(client, victim, count, prefix)
+    cluster.kill(victim)
+    wait_known_down(client, running(cluster), victim)
+    for key in keys:
+        client.put(key, b"v-" + key, w=3)
+    return keys
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
     """Poll ``predicate`` (bounded in time); fail the test if it never holds."""
     deadline = time.monotonic() + timeout
@@ -92,11 +105,7 @@ def test_fallback_killed_while_holding_hints_loses_nothing(cluster_factory: Any)
     cluster: LocalCluster = cluster_factory(4)
     victim = "n3"
     with Client(cluster.seeds) as client:
-        keys = keys_with_primary(client, victim, 40, "fk")
-        cluster.kill(victim)
-        wait_known_down(client, running(cluster), victim)
-        for key in keys:
-            client.put(key, b"v-" + key, w=3)
+        keys = write_while_down(client, cluster, victim, 40, "fk")
         holders = [n for n in running(cluster) if client.call(n, "stats")["hints_pending_total"] > 0]
         assert holders, "some fallback must hold hints"
         for holder in holders:
@@ -223,11 +232,7 @@ def test_fallback_killed_mid_replay_loses_no_hint(cluster_factory: Any) -> None:
     cluster: LocalCluster = cluster_factory(4, extra_config="[handoff]\nreplay_rate = 100\nreplay_batch = 10\n")
     victim = "n1"
     with Client(cluster.seeds) as client:
-        keys = keys_with_primary(client, victim, 300, "mid")
-        cluster.kill(victim)
-        wait_known_down(client, running(cluster), victim)
-        for key in keys:
-            client.put(key, b"m-" + key, w=3)
+        keys = write_while_down(client, cluster, victim, 300, "mid")
         holders = {n: client.call(n, "stats")["hints_pending_total"] for n in running(cluster)}
         busiest = max(holders, key=lambda n: holders[n])
         restart(cluster, victim)
@@ -238,7 +243,7 @@ def test_fallback_killed_mid_replay_loses_no_hint(cluster_factory: Any) -> None:
         wait_until(lambda: hints_pending(client, running(cluster)) == 0, timeout=90, what="hints drained")
         for key in keys:
             obj = replica(client, victim, key)
-            assert obj is not None and obj.values == [b"m-" + key], key
+            assert obj is not None and obj.values == [b"v-" + key], key
 
 
 def test_blind_delete_that_cannot_meet_w_fails_clearly(cluster3: LocalCluster) -> None:
