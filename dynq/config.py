@@ -5,10 +5,11 @@ The file has sections ``[node]``, ``[cluster]`` (with ``[[cluster.members]]``),
 setting. Unknown sections or keys and values of the wrong type or range are errors that
 name the offending key, so a typo never silently falls back to a default.
 
-Membership is static in this version: ``[[cluster.members]]`` lists every node (the node
-itself may be left out; it is added from ``[node]``). The ring computed from it is stored
-in the node's database with an epoch, and a changed member list produces a new ring with
-a bigger epoch that moves as few partitions as possible.
+Membership: a node whose config lists ``[[cluster.members]]`` starts (the first time) as
+part of that cluster; a node without them starts as a cluster of one and joins another
+with ``dynq cluster join``. After the first start the cluster state stored in the
+database is what counts; it changes through join/leave/commit, or when an operator edits
+a static member list (the change then runs as a normal transition).
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ class NodeConfig:
     replay_rate: int = 2000
     replay_interval_ms: int = 500
     probe_interval_ms: int = 1000
+    # membership: gossip, failure detection, partition transfers
+    static_members: bool = False  # [[cluster.members]] given: the config lists the cluster
+    gossip_interval_ms: int = 1000
+    phi_threshold: float = 8.0
+    transfer_batch: int = 500
+    transfer_rate: int = 20_000  # objects/s per outgoing transfer; 0: unlimited
+    transfer_cleanup_delay_ms: int = 5000
     source: str = "<defaults>"  # where this config was read from, for messages
 
     @property
@@ -74,8 +82,11 @@ _STORAGE_KEYS = {"synchronous"}
 _TIMEOUT_KEYS = {"request_ms"}
 _LOG_KEYS = {"level", "format"}
 _METRICS_KEYS = {"port", "host"}
+_MEMBERSHIP_KEYS = {"gossip_interval_ms", "phi_threshold", "transfer_batch", "transfer_rate",
+                    "transfer_cleanup_delay_ms"}
 _HANDOFF_KEYS = {"max_hints", "replay_batch", "replay_rate", "replay_interval_ms", "probe_interval_ms"}
 _SECTIONS = {
+    "membership": _MEMBERSHIP_KEYS,
     "handoff": _HANDOFF_KEYS,
     "metrics": _METRICS_KEYS,
     "node": _NODE_KEYS,
@@ -145,6 +156,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     logs = _Reader(source, "log", data.get("log", {}), _LOG_KEYS)
     handoff = _Reader(source, "handoff", data.get("handoff", {}), _HANDOFF_KEYS)
     metrics = _Reader(source, "metrics", data.get("metrics", {}), _METRICS_KEYS)
+    membership = _Reader(source, "membership", data.get("membership", {}), _MEMBERSHIP_KEYS)
     log_format = logs.text("format", "text").lower()
     if log_format not in ("text", "json"):
         raise logs._err("format", f"must be 'text' or 'json', got {log_format!r}")
@@ -166,6 +178,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     seeds_raw = cluster.table.get("seeds", [])
     if not isinstance(seeds_raw, list) or not all(isinstance(s, str) for s in seeds_raw):
         raise cluster._err("seeds", "must be a list of address strings")
+    for seed in seeds_raw:
+        _check_address(cluster, "seeds", seed)
     members_raw = cluster.table.get("members", [])
     if not isinstance(members_raw, list):
         raise cluster._err("members", "must be an array of tables ([[cluster.members]])")
@@ -187,6 +201,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     if name in members and members[name] != me:
         raise cluster._err("members", f"entry for this node ({name}) disagrees with [node]: {members[name]} vs {me}")
     members[name] = me
+    static_members = bool(members_raw)
     addresses = [m.address for m in members.values()]
     if len(set(addresses)) != len(addresses):
         raise cluster._err("members", "two members share one address")
@@ -232,6 +247,12 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         replay_rate=handoff.number("replay_rate", 2000, 1, 1_000_000),
         replay_interval_ms=handoff.number("replay_interval_ms", 500, 10, 600_000),
         probe_interval_ms=handoff.number("probe_interval_ms", 1000, 10, 600_000),
+        static_members=static_members,
+        gossip_interval_ms=membership.number("gossip_interval_ms", 1000, 10, 60_000),
+        phi_threshold=float(membership.number("phi_threshold", 8, 1, 100)),
+        transfer_batch=membership.number("transfer_batch", 500, 1, 10_000),
+        transfer_rate=membership.number("transfer_rate", 20_000, 0, 10_000_000),
+        transfer_cleanup_delay_ms=membership.number("transfer_cleanup_delay_ms", 5000, 0, 3_600_000),
         source=source,
     )
 

@@ -91,6 +91,10 @@ def _not_executed(reply: Reply | None, error: DynqError | None) -> bool:
     return reply is not None and not reply.ok and (reply.error or {}).get("code") == Unavailable.code
 
 
+def _no_wait(reply: Reply | None, error: DynqError | None) -> None:
+    """Outcome of a best-effort send nobody waits for."""
+
+
 class PutState(enum.Enum):
     PREPARE = "prepare"
     LOCAL_COMMIT = "local_commit"
@@ -118,6 +122,7 @@ class PutCoordinator:
         outcome: Outcome,
         pw: int = 0,
         spares: Sequence[str] = (),
+        incoming: Sequence[str] = (),
     ) -> None:
         self.replicas = replicas
         self.key = key
@@ -127,6 +132,9 @@ class PutCoordinator:
         self.tally = QuorumTally([name for name, _ in targets], w)
         self.pw = pw  # primaries that must acknowledge (0: any replica counts)
         self.spares = list(spares)  # healthy fallbacks not yet used, in preference-list order
+        # Nodes becoming replicas in a running membership transition: they get the write
+        # too, best effort and not counted toward W (they may not hold the key's history yet).
+        self.incoming = tuple(incoming)
         self.primary_acks = 0
         self.timeout = timeout
         self.outcome = outcome
@@ -176,6 +184,8 @@ class PutCoordinator:
             self.replicas.send(
                 target, "replica_put", body, self.timeout, functools.partial(self._on_remote, target)
             )
+        for target in self.incoming:
+            self.replicas.send(target, "replica_put", {"k": self.key, "ob": self.blob}, self.timeout, _no_wait)
         self._check()
 
     def _ack(self, target: str) -> None:

@@ -61,6 +61,18 @@ class HintedHandoff:
         for key, seq in storage.hint_batch(self.node.name, 10_000):
             storage.hint_delivered(self.node.name, key, seq, b"", drop_copy=False)
 
+    def recipients(self, target: str, key: bytes) -> list[str]:
+        """Where a hint for ``target`` goes: to ``target`` while it replicates the key;
+        once the ring moved on (``target`` left, or the key's partition moved away from
+        it) to the key's replicas now, so the write is not stranded on this node."""
+        state = self.node.state
+        partition = state.ring.partition_for(key)
+        if state.is_replica(target, partition):
+            return [target]
+        replicas = list(state.ring.preference_list(partition).primaries)
+        replicas += [x for x in state.pending_replicas(partition) if x not in replicas]
+        return [x for x in replicas if x != self.node.name]
+
     async def replay_batch(self, target: str) -> int:
         """Send one batch of hints to ``target``; returns how many were delivered."""
         node, storage = self.node, self.node.storage
@@ -69,25 +81,28 @@ class HintedHandoff:
         if not batch:
             return 0
         self.batches += 1
-        pending: list[tuple[bytes, int, bytes, asyncio.Future[bool]]] = []
+        pending: list[tuple[bytes, int, bytes, list[asyncio.Future[bool]]]] = []
         for key, seq in batch:
             blob = storage.get_blob(key)
             if blob is None:  # nothing to hand over (cannot happen unless the row was removed by hand)
                 storage.hint_delivered(target, key, seq, b"", drop_copy=False)
                 continue
-            future: asyncio.Future[bool] = loop.create_future()
+            futures: list[asyncio.Future[bool]] = []
+            for replica in self.recipients(target, key):
+                future: asyncio.Future[bool] = loop.create_future()
 
-            def done(reply: Reply | None, error: DynqError | None, future: asyncio.Future[bool] = future) -> None:
-                if not future.done():
-                    future.set_result(error is None and reply is not None and reply.ok)
+                def done(reply: Reply | None, error: DynqError | None, future: asyncio.Future[bool] = future) -> None:
+                    if not future.done():
+                        future.set_result(error is None and reply is not None and reply.ok)
 
-            node.send(target, p.OP_REPLICA_PUT, {"k": key, "ob": blob}, node.config.request_timeout_ms / 1000, done)
-            pending.append((key, seq, blob, future))
+                node.send(replica, p.OP_REPLICA_PUT, {"k": key, "ob": blob}, node.config.request_timeout_ms / 1000, done)
+                futures.append(future)
+            pending.append((key, seq, blob, futures))
         delivered = 0
-        for key, seq, blob, future in pending:
-            if await future:
-                primary_here = node.name in node.ring.preference_list_for(key).primaries
-                if storage.hint_delivered(target, key, seq, blob, drop_copy=not primary_here):
+        for key, seq, blob, futures in pending:
+            if all([await future for future in futures]):
+                replica_here = node.state.is_replica(node.name, node.ring.partition_for(key))
+                if storage.hint_delivered(target, key, seq, blob, drop_copy=not replica_here):
                     delivered += 1
                     self.replayed += 1
             else:

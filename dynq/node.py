@@ -33,6 +33,7 @@ from dynq_client.errors import (
     ProtocolError,
     QuorumError,
     StorageError,
+    Timeout,
     TooManySiblings,
     Unavailable,
     UnknownOp,
@@ -41,7 +42,7 @@ from dynq_client.errors import (
 )
 from dynq_client.health import Health, PeerState, sloppy_targets
 from dynq_client.protocol import Reply, Request, short_repr
-from dynq_client.ring import Ring, RingError, new_ring
+from dynq_client.ring import Ring, RingError
 from dynq_client.routing import RoutingTable
 from dynq_client.transport import RequestMux, configure_socket
 from dynq_client.versions import (
@@ -56,9 +57,24 @@ from dynq_client.versions import (
 from .config import ConfigError, NodeConfig
 from .coordinator import GetCoordinator, PutCoordinator
 from . import sdnotify
+from .failure_detector import PhiAccrualDetector
+from .gossip import Gossip, Heartbeat, gossip_address
 from .hinted_handoff import HintedHandoff
+from .membership import (
+    ClusterState,
+    MembershipError,
+    Staged,
+    Transfer,
+    claimant,
+    commit,
+    initial_state,
+    member_from_wire,
+    member_to_wire,
+    plan,
+)
 from .metrics import Latencies, render_prometheus, serve_metrics
 from .storage import Storage
+from .transfers import PartitionTransfers
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +153,9 @@ class Stats:
         self.read_repairs_received = 0  # repairs clients sent to this node
         self.replica_batches = 0  # replica_put messages sent (batched per peer and loop pass)
         self.replica_batch_items = 0  # replica writes they carried
+        self.stray_writes = 0  # replica writes for keys this node does not replicate (old ring)
+        self.marked_down_by_gossip = 0  # peers the failure detector declared down
+        self.state_pulls = 0  # newer cluster states fetched after a heartbeat
 
 
 class Node:
@@ -148,7 +167,9 @@ class Node:
         self.limits = config.limits
         self.storage = Storage(config.db_path, synchronous=config.synchronous, limits=config.limits)
         self.actor = self.storage.actor_id(config.name)  # the identity this node mints dots with
-        self.ring = self._load_ring()
+        self.state = self._load_state()  # cluster membership: serving ring, next ring, transfers
+        self.ring = self.state.ring
+        self.staged = self._load_staged()  # changes staged here (meaningful on the claimant)
         self.stats = Stats()
         self.latencies = Latencies()  # per-op request latency histograms
         self._metrics_server: asyncio.AbstractServer | None = None
@@ -167,6 +188,15 @@ class Node:
             p.OP_STATS: self.handle_stats,
             p.OP_INSPECT: self.handle_inspect,
             p.OP_BACKUP: self.handle_backup,
+            p.OP_CLUSTER_STATE: self.handle_cluster_state,
+            p.OP_CLUSTER_JOIN: self.handle_cluster_join,
+            p.OP_MEMBER_JOIN: self.handle_member_join,
+            p.OP_CLUSTER_LEAVE: self.handle_cluster_leave,
+            p.OP_CLUSTER_PLAN: self.handle_cluster_plan,
+            p.OP_CLUSTER_CLEAR: self.handle_cluster_clear,
+            p.OP_CLUSTER_COMMIT: self.handle_cluster_commit,
+            p.OP_TRANSFER_DONE: self.handle_transfer_done,
+            p.OP_TRANSFERS: self.handle_transfers,
         }
         self.loop: asyncio.AbstractEventLoop | None = None
         self.context: zmq.Context[Any] | None = None
@@ -178,44 +208,133 @@ class Node:
         self._outbox: dict[str, _Batch] = {}  # replica writes waiting for the end of this loop pass
         self._outbox_scheduled = False
         self._backup_pages = 0  # progress of the running backup
-        self._member_names = {m.name for m in self.ring.members}
+        self._member_names = {m.name for m in self.state.members}
         self.health = Health(timeouts_to_down=2)  # this node's view of its peers
+        self.detector = PhiAccrualDetector(config.gossip_interval_ms / 1000, config.phi_threshold)
+        self.gossip: Gossip | None = None
+        self.transfers = PartitionTransfers(self)
+        self._pulling = False  # a cluster_state pull is in flight
+        self._left = False  # this node left the cluster: it exits once it handed everything off
         self._replica_timeout = config.request_timeout_ms / 1000
         self.handoff: HintedHandoff | None = None
         self._background: list[asyncio.Task[None]] = []
 
     # --- ring --------------------------------------------------------------------------
 
-    def _load_ring(self) -> Ring:
-        """The ring from the config's members, keeping the stored ring's epoch history.
-
-        A changed member list yields a new ring with a bigger epoch that moves as few
-        partitions as possible; Q is fixed at cluster creation.
-        """
-        members = self.config.members
-        stored_raw = self.storage.get_meta("ring")
-        ring: Ring
-        if stored_raw is None:
-            ring = new_ring(members, q=self.config.q, n=self.config.n)
-        else:
-            try:
-                stored = Ring.from_wire(p.unpackb(stored_raw))
-            except (RingError, DynqError) as exc:
-                raise ConfigError(f"stored ring in {self.config.db_path} is unreadable: {exc}") from exc
-            if stored.q != self.config.q:
-                raise ConfigError(
-                    f"{self.config.source}: 'cluster.q' is {self.config.q} but this node's data was "
-                    f"created with q = {stored.q}; the ring size cannot change"
-                )
-            if set(stored.members) == set(members) and stored.n == self.config.n:
-                ring = stored
+    def _load_state(self) -> ClusterState:
+        """The stored cluster state, or (first start) the config's: its static members, or
+        this node alone. A static member list that the operator edited since it was last
+        applied starts a transition to it, as a commit would."""
+        config = self.config
+        raw = self.storage.get_meta("cluster")
+        legacy = self.storage.get_meta("ring")
+        configured = p.packb([member_to_wire(m) for m in config.members])
+        try:
+            if raw is not None:
+                state = ClusterState.from_wire(p.unpackb(raw))
+            elif legacy is not None:  # written by a version without membership changes
+                state = ClusterState(Ring.from_wire(p.unpackb(legacy)))
             else:
-                ring = stored.with_members(members)
-                if stored.n != self.config.n:
-                    ring = Ring(ring.epoch, ring.q, self.config.n, ring.members, ring.owners)
-                log.info("membership changed: ring epoch %d -> %d", stored.epoch, ring.epoch)
-        self.storage.set_meta("ring", p.packb(ring.to_wire()))
-        return ring
+                state = initial_state(config.members, config.q, config.n)
+                self.storage.set_meta("static_members", configured)
+        except (RingError, MembershipError, DynqError) as exc:
+            raise ConfigError(f"stored cluster state in {config.db_path} is unreadable: {exc}") from exc
+        if config.static_members:
+            if state.ring.q != config.q:
+                raise ConfigError(
+                    f"{config.source}: 'cluster.q' is {config.q} but this node's data was "
+                    f"created with q = {state.ring.q}; the ring size cannot change"
+                )
+            edited = self.storage.get_meta("static_members") != configured
+            if edited and (set(state.ring.members) != set(config.members) or state.ring.n != config.n):
+                try:
+                    state = state.begin(config.members, n=config.n)
+                    log.info("configured members changed: cluster state version %d, %d transfers",
+                             state.version, len(state.transfers))
+                except MembershipError as exc:
+                    log.warning("configured members changed but not applied: %s", exc)
+            self.storage.set_meta("static_members", configured)
+        self.storage.set_meta("cluster", p.packb(state.to_wire()))
+        return state
+
+    def _load_staged(self) -> Staged:
+        raw = self.storage.get_meta("staged")
+        if raw is None:
+            return Staged()
+        try:
+            return Staged.from_wire(p.unpackb(raw))
+        except (MembershipError, DynqError) as exc:
+            log.warning("dropping unreadable staged changes: %s", exc)
+            return Staged()
+
+    def _set_staged(self, staged: Staged) -> None:
+        self.staged = staged
+        self.storage.set_meta("staged", p.packb(staged.to_wire()))
+
+    @property
+    def is_member(self) -> bool:
+        """Whether this node is in the serving or the next ring."""
+        return any(m.name == self.name for m in self.state.members)
+
+    def adopt(self, state: ClusterState, reason: str) -> None:
+        """Make ``state`` this node's cluster state (persisted first), and act on it."""
+        old = self.state
+        if state.key == old.key:
+            return
+        self.storage.set_meta("cluster", p.packb(state.to_wire()))
+        self.state = state
+        self.ring = state.ring
+        self._member_names = {m.name for m in state.members}
+        log.info("cluster state %d -> %d (%s): %d members, %d transfers pending%s",
+                 old.version, state.version, reason, len(state.ring.members), len(state.transfers),
+                 f", moving to {len(state.next_ring.members)} members" if state.next_ring else "")
+        self._sync_peers()
+        self.transfers.wake.set()
+        was_serving = any(m.name == self.name for m in old.ring.members)
+        if was_serving and not self.is_member and not self._left:
+            self._left = True
+            log.info("%s has left the cluster; handing off what remains, then exiting", self.name)
+            assert self.loop is not None
+            self._background.append(self.loop.create_task(self._exit_when_handed_off()))
+
+    def offer_state(self, state: ClusterState, reason: str) -> bool:
+        """Gossip merge: adopt ``state`` if it is newer and concerns this node (a node that
+        belongs to a cluster ignores states of clusters it is not part of)."""
+        if state.key <= self.state.key:
+            return False
+        names = {m.name for m in state.members}
+        if self.name not in names and self.is_member and not self._left:
+            return False
+        self.adopt(state, reason)
+        return True
+
+    def _sync_peers(self) -> None:
+        """Connect to every member (and subscribe to its gossip); drop departed ones."""
+        if self.peers is None or self.gossip is None:
+            return
+        wanted = {m.name: m.address for m in self.state.members if m.name != self.name}
+        for name, address in wanted.items():
+            self.peers.connect(name, address)
+            self.gossip.subscribe(name, gossip_address(address))
+        for name in self.peers.connected_names():
+            if name not in wanted and not name.startswith("~"):
+                self.peers.disconnect(name)
+        for name in self.gossip.subscribed():
+            if name not in wanted and not name.startswith("~"):
+                self.gossip.unsubscribe(name)
+                self.detector.forget(name)
+
+    async def _exit_when_handed_off(self) -> None:
+        """A node that left stops once its transfers and hints are delivered."""
+        waited = 0.0
+        while self.transfers.busy or self.storage.hint_count:
+            await asyncio.sleep(0.5)
+            waited += 0.5
+            if waited % 30 == 0:
+                log.info("left the cluster; waiting for %d hints and %d transfers before exiting",
+                         self.storage.hint_count, len(self.transfers.active))
+        log.info("%s left the cluster and handed everything off: exiting", self.name)
+        self.stop()
 
     def routing_table(self) -> RoutingTable:
         return RoutingTable(
@@ -243,9 +362,15 @@ class Node:
         self.peers = RequestMux(
             self.loop, context=self.context, limits=self.limits, connect_grace=0.5, health=self.health
         )
-        for member in self.ring.members:
-            if member.name != self.name:
-                self.peers.connect(member.name, member.address)
+        try:
+            self.gossip = Gossip(self.loop, self.context, gossip_address(self.config.listen), self._on_heartbeat)
+        except (zmq.ZMQError, ValueError) as exc:
+            raise ConfigError(f"cannot bind gossip for {self.config.listen}: {exc}") from exc
+        self._sync_peers()
+        known = {m.address for m in self.state.members}
+        for seed in self.config.seeds:
+            if seed not in known:  # bootstrap only: listen to it until it is a member
+                self.gossip.subscribe("~" + seed, gossip_address(seed))
         self.loop.add_reader(self.router.fileno(), self._drain_router)
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -261,6 +386,8 @@ class Node:
         self._background = [
             self.loop.create_task(self._probe_down_peers()),
             self.loop.create_task(self.handoff.run()),
+            self.loop.create_task(self._gossip_loop()),
+            self.loop.create_task(self.transfers.run()),
         ]
         if self.config.metrics_port:
             self._metrics_server = await serve_metrics(
@@ -306,6 +433,8 @@ class Node:
         self.storage.flush()
         if self.peers is not None:
             self.peers.close()
+        if self.gossip is not None:
+            self.gossip.close()
         self.router.close(0)
         self.storage.close()
         self.context.term()
@@ -412,7 +541,16 @@ class Node:
                     f"{self.name}: hint store full ({self.config.max_hints} hints); write not taken"))
                 return
             self.stats.hints_stored += 1
-        self.storage.stage(key, self.ring.partition_for(key), obj, blob, done, self.loop, hint_for)
+        partition = self.ring.partition_for(key)
+        if self.transfers.tracking(partition):  # a transfer of this partition must see the commit
+            inner, note = done, self.transfers.note_commit
+
+            def done(error: StorageError | None) -> None:
+                if error is None:
+                    note(partition, key)
+                inner(error)
+
+        self.storage.stage(key, partition, obj, blob, done, self.loop, hint_for)
 
     def read_repair(self, key: bytes, merged: VersionedObject, stale: list[str]) -> None:
         blob = encode_object(merged)
@@ -729,8 +867,9 @@ class Node:
             )
         used = {name for name, _ in targets}
         spares = [f for f in self.ring.preference_list_for(key).fallbacks if f not in used and self.is_up(f)]
+        incoming = [x for x in self.state.pending_replicas(self.ring.partition_for(key)) if x not in used]
         coordinator = PutCoordinator(
-            self, key, new, blob, targets, w, self._timeout(req.body), responder.outcome, pw, spares
+            self, key, new, blob, targets, w, self._timeout(req.body), responder.outcome, pw, spares, incoming
         )
         if coordinator.hinted:
             self.stats.hinted_writes += 1
@@ -786,6 +925,13 @@ class Node:
         hint_for = p.get_str(body, "h", required=False)
         if hint_for is not None and hint_for not in self._member_names:
             raise InvalidRequest(f"hint names {hint_for!r:.64}, which is not a member")
+        if hint_for is None:
+            partition = self.ring.partition_for(key)
+            if not self.state.is_replica(self.name, partition):
+                # Sent by a node routing by an older ring: keep it, and hand it on like a
+                # fallback's write, to the key's replicas as this node knows them.
+                self.stats.stray_writes += 1
+                hint_for = self.ring.preference_list(partition).primaries[0]
         incoming = decode_object(blob, self.limits)
         merged = merge(self.storage.current(key), incoming)
         # Staged even when nothing changed, so the ack waits for any staged write of the key.
@@ -824,6 +970,265 @@ class Node:
         self._backup_pages = 0
         step()
 
+    # --- gossip and failure detection -------------------------------------------------------
+
+    async def _gossip_loop(self) -> None:
+        """Publish a heartbeat every interval and mark silent peers down (phi accrual)."""
+        assert self.loop is not None and self.gossip is not None
+        interval = self.config.gossip_interval_ms / 1000
+        while True:
+            self.gossip.publish(self.name, self.config.listen, self.state.version, self.state.digest)
+            now = self.loop.time()
+            for name in self.detector.known():
+                if (name in self._member_names and self.health.state(name) is not PeerState.DOWN
+                        and self.detector.is_suspect(name, now)):
+                    log.warning("no heartbeat from %s for %.1f s (phi %.1f): marking it down", name,
+                                now - (self.detector.last_heard(name) or now), self.detector.phi(name, now))
+                    self.stats.marked_down_by_gossip += 1
+                    self.health.unreachable(name, now)
+            await asyncio.sleep(interval)
+
+    def _on_heartbeat(self, heartbeat: Heartbeat) -> None:
+        assert self.loop is not None and self.peers is not None
+        name = heartbeat.name
+        if name == self.name:
+            return
+        now = self.loop.time()
+        if name in self._member_names:
+            self.detector.heartbeat(name, now)
+            if self.health.state(name) is PeerState.DOWN:
+                log.info("heartbeat from %s again: marking it up", name)
+                self.health.success(name, now)
+        if (heartbeat.version, heartbeat.digest) > self.state.key and not self._pulling:
+            peer = name if name in self._member_names else "~" + heartbeat.address
+            if peer.startswith("~"):
+                if not heartbeat.address.startswith(("tcp://", "ipc://")):
+                    return
+                self.peers.connect(peer, heartbeat.address)
+            self._pull_state(peer)
+
+    def _pull_state(self, peer: str) -> None:
+        self._pulling = True
+        self.stats.state_pulls += 1
+
+        def got(reply: Reply | None, error: DynqError | None) -> None:
+            self._pulling = False
+            if error is not None or reply is None or not reply.ok:
+                return
+            try:
+                state = ClusterState.from_wire(reply.body.get("state"))
+            except MembershipError as exc:
+                log.warning("%s sent an unusable cluster state: %s", peer, exc)
+                return
+            self.offer_state(state, f"gossip from {peer}")
+
+        self.send(peer, p.OP_CLUSTER_STATE, {}, 2.0, got)
+
+    def _push_state(self) -> None:
+        """After a change made here, tell every member at once (gossip would, a round later)."""
+        body = {"state": self.state.to_wire()}
+        for m in self.state.members:
+            if m.name != self.name:
+                self.send(m.name, p.OP_CLUSTER_STATE, body, 2.0, _ignore)
+
+    # --- handlers: membership --------------------------------------------------------------
+
+    def handle_cluster_state(self, responder: Responder, req: Request) -> None:
+        """This node's cluster state; a peer may offer a newer one in ``state``."""
+        if "state" in req.body:
+            try:
+                offered = ClusterState.from_wire(req.body["state"])
+            except MembershipError as exc:
+                raise InvalidRequest(f"unusable cluster state: {exc}") from exc
+            self.offer_state(offered, "pushed by a peer")
+        responder.ok({"state": self.state.to_wire(), "claimant": claimant(self.state),
+                      "status": self.state.status_of(self.name), "name": self.name})
+
+    def _at_claimant(self, responder: Responder, req: Request) -> bool:
+        """Membership changes are made by the claimant alone: forward the request there
+        (True) unless this node is it (False)."""
+        boss = claimant(self.state)
+        if boss == self.name:
+            return False
+        hops = p.get_int(req.body, "hops", lo=0, hi=10, default=0) or 0
+        if hops >= 3:
+            raise Unavailable("the nodes disagree on who the claimant is (the cluster state is still spreading); retry")
+        body = dict(req.body, hops=hops + 1)
+
+        def relay(reply: Reply | None, error: DynqError | None) -> None:
+            if error is not None:
+                if isinstance(error, (Unavailable, Timeout)):
+                    responder.fail(Unavailable(
+                        f"the claimant {boss} (which makes membership changes) is unreachable: {error.message}"))
+                else:
+                    responder.fail(error)
+            elif reply is not None and not reply.ok:
+                responder.fail(error_from_wire(reply.error))
+            else:
+                body = reply.body if reply is not None else {}
+                if isinstance(body.get("state"), dict):
+                    try:
+                        self.offer_state(ClusterState.from_wire(body["state"]), f"from the claimant {boss}")
+                    except MembershipError:
+                        pass
+                responder.ok(body)
+
+        self.send(boss, req.op, body, self._timeout(req.body), relay)
+        return True
+
+    def handle_cluster_join(self, responder: Responder, req: Request) -> None:
+        """Sent to a new node: ask the cluster that ``cluster`` (an address) belongs to to
+        take this node in. The join is staged; `cluster commit` makes it happen."""
+        address = p.get_str(req.body, "cluster")
+        assert address is not None and self.peers is not None
+        if not address.startswith(("tcp://", "ipc://")):
+            raise InvalidRequest(f"'cluster' must be a node address like tcp://HOST:PORT, got {address!r:.80}")
+        if address == self.config.listen:
+            raise InvalidRequest("a node cannot join itself: give the address of a node in the cluster to join")
+        others = [m.name for m in self.state.members if m.name != self.name]
+        if self.is_member and others:
+            raise InvalidRequest(
+                f"{self.name} already belongs to a cluster with {', '.join(others)}; leave it first")
+        if self.storage.count():
+            raise InvalidRequest(f"{self.name} holds {self.storage.count()} keys; only an empty node can join a cluster")
+        channel = "~" + address
+        self.peers.connect(channel, address)
+
+        def joined(reply: Reply | None, error: DynqError | None) -> None:
+            if error is not None:
+                responder.fail(error)
+                return
+            assert reply is not None
+            if not reply.ok:
+                responder.fail(error_from_wire(reply.error))
+                return
+            try:
+                state = ClusterState.from_wire(reply.body.get("state"))
+            except MembershipError as exc:
+                responder.fail(ProtocolError(f"{address} answered with an unusable cluster state: {exc}"))
+                return
+            if state.ring.q != self.ring.q:
+                log.info("joining a cluster with q = %d (this node's config says %d; the cluster's wins)",
+                         state.ring.q, self.ring.q)
+            self.adopt(state, f"joining via {address}")
+            responder.ok({"claimant": claimant(state), "members": [m.name for m in state.members],
+                          "staged": reply.body.get("staged")})
+
+        self.send(channel, p.OP_MEMBER_JOIN, {"member": member_to_wire(self.config.self_member)},
+                  self._timeout(req.body), joined)
+
+    def handle_member_join(self, responder: Responder, req: Request) -> None:
+        member = member_from_wire(req.body.get("member"))
+        if self._at_claimant(responder, req):
+            return
+        try:
+            self._set_staged(self.staged.join(self.state, member))
+        except MembershipError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        log.info("staged: %s joins (at %s)", member.name, member.address)
+        responder.ok({"state": self.state.to_wire(), "staged": self.staged.to_wire()})
+
+    def handle_cluster_leave(self, responder: Responder, req: Request) -> None:
+        name = p.get_str(req.body, "node", required=False)
+        if not name:  # default: the node the operator talked to
+            req.body["node"] = name = self.name
+        if self._at_claimant(responder, req):
+            return
+        try:
+            self._set_staged(self.staged.leave(self.state, name))
+        except MembershipError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        log.info("staged: %s leaves", name)
+        responder.ok({"staged": self.staged.to_wire()})
+
+    def handle_cluster_plan(self, responder: Responder, req: Request) -> None:
+        if self._at_claimant(responder, req):
+            return
+        body: dict[str, Any] = {"claimant": self.name, "version": self.state.version,
+                                "in_progress": len(self.state.transfers)}
+        if not self.staged:
+            responder.ok(dict(body, empty=True))
+            return
+        try:
+            responder.ok(dict(body, **plan(self.state, self.staged).to_wire(self.state)))
+        except MembershipError as exc:
+            raise InvalidRequest(str(exc)) from exc
+
+    def handle_cluster_clear(self, responder: Responder, req: Request) -> None:
+        if self._at_claimant(responder, req):
+            return
+        cleared = self.staged.to_wire()
+        self._set_staged(Staged())
+        log.info("staged changes cleared: %s", cleared)
+        responder.ok({"cleared": cleared})
+
+    def handle_cluster_commit(self, responder: Responder, req: Request) -> None:
+        plan_id = p.get_str(req.body, "plan", required=False)
+        if self._at_claimant(responder, req):
+            return
+        try:
+            state = commit(self.state, self.staged, plan_id)
+        except MembershipError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        self._set_staged(Staged())
+        self.adopt(state, "committed")
+        self._push_state()
+        responder.ok({"state": state.to_wire(), "version": state.version, "transfers": len(state.transfers)})
+
+    def record_transfer_done(self, transfer: Transfer) -> dict[str, Any]:
+        """(claimant) One transfer finished; the last one switches the ring."""
+        state = self.state.transfer_done(transfer)
+        if state is not self.state:
+            self.adopt(state, f"transfer done: {transfer.describe()}")
+            self._push_state()
+        return {"state": self.state.to_wire()}
+
+    def handle_transfer_done(self, responder: Responder, req: Request) -> None:
+        raw = req.body.get("t")
+        if (not isinstance(raw, list) or len(raw) != 3 or not isinstance(raw[0], int)
+                or not isinstance(raw[1], str) or not isinstance(raw[2], str)):
+            raise InvalidRequest("field 't' must be [partition, source, target]")
+        if self._at_claimant(responder, req):
+            return
+        responder.ok(self.record_transfer_done(Transfer(raw[0], raw[1], raw[2])))
+
+    async def tell_claimant(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Send a membership request to the claimant (or handle it here, if this is it)."""
+        boss = claimant(self.state)
+        if boss == self.name and op == p.OP_TRANSFER_DONE:
+            raw = body["t"]
+            return self.record_transfer_done(Transfer(raw[0], raw[1], raw[2]))
+        assert self.loop is not None
+        future: asyncio.Future[tuple[Reply | None, DynqError | None]] = self.loop.create_future()
+
+        def done(reply: Reply | None, error: DynqError | None) -> None:
+            if not future.done():
+                future.set_result((reply, error))
+
+        self.send(boss, op, body, self._replica_timeout, done)
+        reply, error = await future
+        if error is not None:
+            raise error
+        assert reply is not None
+        if not reply.ok:
+            raise error_from_wire(reply.error)
+        if isinstance(reply.body.get("state"), dict):
+            try:
+                self.offer_state(ClusterState.from_wire(reply.body["state"]), f"from the claimant {boss}")
+            except MembershipError as exc:
+                log.warning("the claimant sent an unusable state: %s", exc)
+        return reply.body
+
+    def handle_transfers(self, responder: Responder, req: Request) -> None:
+        """This node's outgoing transfers, and the cluster's pending ones as it knows them."""
+        responder.ok({
+            "name": self.name,
+            "version": self.state.version,
+            "planned": self.state.planned,
+            "pending": [t.to_wire() for t in self.state.transfers],
+            "progress": [pr.to_wire() for pr in self.transfers.progress.values()],
+        })
+
     def handle_stats(self, responder: Responder, req: Request) -> None:
         responder.ok(self.stats_snapshot())
 
@@ -861,6 +1266,30 @@ class Node:
             "latency": {op: hist.summary() for op, hist in sorted(self.latencies.by_op.items())},
             "peers": self.health.snapshot(),
             "peers_down": self.health.down(),
+            "stray_writes": self.stats.stray_writes,
+            "cluster": {
+                "version": self.state.version,
+                "status": self.state.status_of(self.name),
+                "claimant": claimant(self.state),
+                "members": len(self.state.ring.members),
+                "transfers_pending": len(self.state.transfers),
+                "transfers_planned": self.state.planned,
+                "staged": bool(self.staged),
+            },
+            "transfers": {
+                "active": len(self.transfers.active),
+                "keys_sent": self.transfers.keys_sent,
+                "bytes_sent": self.transfers.bytes_sent,
+                "completed": self.transfers.completed,
+                "retries": self.transfers.failures,
+            },
+            "gossip": {
+                "sent": self.gossip.sent if self.gossip else 0,
+                "received": self.gossip.received if self.gossip else 0,
+                "malformed": self.gossip.malformed if self.gossip else 0,
+                "marked_down": self.stats.marked_down_by_gossip,
+                "state_pulls": self.stats.state_pulls,
+            },
         }
 
 

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS hints (
     seq INTEGER NOT NULL,
     PRIMARY KEY (target, key)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS hints_by_key ON hints(key);
 """
 
 
@@ -180,6 +181,38 @@ class Storage:
             return staged[1]
         blob = self.get_blob(key)
         return None if blob is None else decode_object(blob, self.limits)
+
+    def partition_count(self, partition: int) -> int:
+        for (n,) in self.conn.execute("SELECT count(*) FROM objects WHERE partition = ?", (partition,)):
+            return int(n)
+        return 0
+
+    def partition_chunk(self, partition: int, after: bytes, limit: int, max_bytes: int) -> list[tuple[bytes, bytes]]:
+        """Committed (key, object) rows of ``partition`` with keys after ``after``, in key
+        order: at most ``limit`` rows and about ``max_bytes`` (always at least one row)."""
+        rows: list[tuple[bytes, bytes]] = []
+        size = 0
+        for key, blob in self.conn.execute(
+            "SELECT key, obj FROM objects WHERE partition = ? AND key > ? ORDER BY key LIMIT ?",
+            (partition, after, limit),
+        ):
+            size += len(key) + len(blob)
+            if rows and size > max_bytes:
+                break
+            rows.append((bytes(key), bytes(blob)))
+        return rows
+
+    def drop_partition_rows(self, partition: int, limit: int) -> int:
+        """Delete up to ``limit`` objects of a partition this node handed off; keys with
+        hints stay (they are a fallback's copies, governed by their hints)."""
+        with self.conn:
+            self.conn.execute(
+                "DELETE FROM objects WHERE rowid IN (SELECT o.rowid FROM objects o WHERE o.partition = ? "
+                "AND NOT EXISTS (SELECT 1 FROM hints h WHERE h.key = o.key) LIMIT ?)",
+                (partition, limit),
+            )
+            dropped = int(self.conn.changes())
+        return dropped
 
     def count(self) -> int:
         for (n,) in self.conn.execute("SELECT count(*) FROM objects"):

@@ -12,17 +12,33 @@ from dynq.localcluster import LocalCluster
 from dynq_client import Client
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel says are free on 127.0.0.1 right now (bound all at once, so distinct)."""
-    socks = []
+def free_ports(count: int, span: int = 2) -> list[int]:
+    """``count`` ports that the kernel says are free on 127.0.0.1 right now, each with the
+    ``span - 1`` ports after it free too (a node uses its port + 1 for gossip). All are
+    held while searching, so they are distinct. Bounded: gives up after 200 tries."""
+    held: list[socket.socket] = []
+    found: list[int] = []
     try:
-        for _ in range(count):
+        for _ in range(200):
+            if len(found) == count:
+                return found
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            held.append(s)
+            port = s.getsockname()[1]
+            extra = []
+            try:
+                for i in range(1, span):
+                    t = socket.socket()
+                    held.append(t)
+                    t.bind(("127.0.0.1", port + i))
+                    extra.append(t)
+            except OSError:
+                continue
+            found.append(port)
+        raise RuntimeError(f"could not find {count} free runs of {span} ports")
     finally:
-        for s in socks:
+        for s in held:
             s.close()
 
 

@@ -46,6 +46,16 @@ OP_STATS = "stats"
 OP_INSPECT = "inspect"  # one key on one node: object and hints (admin)
 OP_BACKUP = "backup"  # online copy of the node's database to a path on its machine (admin)
 OP_READ_REPAIR = "read_repair"  # a client-coordinated read pushing the merged object to a stale replica
+# membership (admin and peers); changes are made by the claimant, other nodes forward them
+OP_CLUSTER_STATE = "cluster_state"  # this node's cluster state; with "state", offer a newer one
+OP_CLUSTER_JOIN = "cluster_join"  # (to a new node) join the cluster another node belongs to
+OP_MEMBER_JOIN = "member_join"  # (to the cluster) stage a new member
+OP_CLUSTER_LEAVE = "cluster_leave"  # stage a member leaving
+OP_CLUSTER_PLAN = "cluster_plan"  # what committing the staged changes would do
+OP_CLUSTER_CLEAR = "cluster_clear"  # drop the staged changes
+OP_CLUSTER_COMMIT = "cluster_commit"  # start the transition
+OP_TRANSFER_DONE = "transfer_done"  # a source finished one partition transfer
+OP_TRANSFERS = "transfers"  # this node's transfers and the cluster's pending ones
 
 
 @dataclass(frozen=True, slots=True)

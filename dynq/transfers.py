@@ -1,0 +1,281 @@
+"""Ownership handoff: a node streams the key partitions it is giving up to their new replicas.
+
+For each transfer the cluster state assigns to this node as source (see
+:func:`dynq.membership.plan_transfers`):
+
+1. start tracking the partition: every key committed here from now on is noted;
+2. stream the partition's rows in key order, in chunks bounded by items and bytes, as
+   ordinary ``replica_put_batch`` requests (the target merges them through the normal
+   version logic); one chunk in flight at a time, the next only after the ack
+   (backpressure), and at most ``transfer_rate`` objects/s; a failed chunk is retried
+   from the same place, so killing the target mid-transfer costs a retry, not a restart;
+3. send the keys noted since (delta passes) until a pass finds nothing new, and report the
+   transfer done to the claimant;
+4. once the cluster has switched to the new ring and a grace period passed (so that nodes
+   and clients still routing by the old ring have caught up), send what was noted since
+   the report, and drop the partition's rows if this node no longer replicates it. A node
+   that left the cluster keeps its copy on disk; it just stops serving.
+
+Writes made during the transition also go straight to the incoming replicas (see
+``ClusterState.pending_replicas``), so the delta passes are small; they cover writes
+coordinated by nodes that had not yet heard of the transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dynq_client import protocol as p
+from dynq_client.errors import DynqError, error_from_wire
+from dynq_client.protocol import Reply
+
+from .membership import Transfer
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 5.0
+MAX_DELTA_PASSES = 20
+
+
+@dataclass
+class Progress:
+    """What one running (or finished) transfer has done, for `dynq cluster transfers`."""
+
+    transfer: Transfer
+    total: int  # rows in the partition when the transfer started
+    sent: int = 0  # objects acknowledged by the target (full pass and deltas)
+    bytes: int = 0
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    retries: int = 0
+    state: str = "streaming"  # streaming | delta | reported | done
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": self.transfer.to_wire(), "total": self.total, "sent": self.sent, "bytes": self.bytes,
+            "started": self.started, "finished": self.finished, "retries": self.retries, "state": self.state,
+        }
+
+
+class TransferFailed(Exception):
+    """A chunk could not be delivered; the transfer is retried later from where it stopped."""
+
+
+class PartitionTransfers:
+    """Runs this node's outgoing transfers, one at a time."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._tracked: dict[Transfer, set[bytes]] = {}  # keys committed since tracking began
+        self._by_partition: dict[int, list[Transfer]] = {}
+        self.progress: dict[Transfer, Progress] = {}
+        self._cursor: dict[Transfer, bytes] = {}  # last key the target acknowledged
+        self._reported: dict[Transfer, float | None] = {}  # -> when the switch was first seen
+        self.keys_sent = 0
+        self.bytes_sent = 0
+        self.completed = 0
+        self.failures = 0
+        self.wake = asyncio.Event()
+
+    # --- called by the node on every commit of a tracked partition ----------------------------
+
+    def tracking(self, partition: int) -> bool:
+        return partition in self._by_partition
+
+    def note_commit(self, partition: int, key: bytes) -> None:
+        for transfer in self._by_partition.get(partition, ()):
+            self._tracked[transfer].add(key)
+
+    def _track(self, transfer: Transfer) -> None:
+        if transfer not in self._tracked:
+            self._tracked[transfer] = set()
+            self._by_partition.setdefault(transfer.partition, []).append(transfer)
+
+    def _untrack(self, transfer: Transfer) -> None:
+        self._tracked.pop(transfer, None)
+        listed = self._by_partition.get(transfer.partition, [])
+        if transfer in listed:
+            listed.remove(transfer)
+        if not listed:
+            self._by_partition.pop(transfer.partition, None)
+        self._cursor.pop(transfer, None)
+
+    @property
+    def active(self) -> list[Progress]:
+        return [pr for pr in self.progress.values() if pr.state != "done"]
+
+    @property
+    def busy(self) -> bool:
+        """Whether anything is left to do here (a leaving node waits for this to exit)."""
+        mine = [t for t in self.node.state.transfers if t.source == self.node.name]
+        return bool(mine) or bool(self._reported)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=0.5)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+            try:
+                await self._step()
+                delay = RETRY_MIN_S
+            except TransferFailed as exc:
+                self.failures += 1
+                log.warning("transfer interrupted, retrying in %.1f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+            except Exception:  # never let the loop die
+                log.exception("transfer step failed")
+                await asyncio.sleep(RETRY_MAX_S)
+
+    async def _step(self) -> None:
+        node = self.node
+        state = node.state
+        for transfer in state.transfers:
+            if transfer.source == node.name and transfer not in self._reported:
+                await self._transfer(transfer)
+                return  # one at a time; the state may have changed meanwhile
+        await self._finish_reported()
+
+    async def _transfer(self, transfer: Transfer) -> None:
+        node, storage = self.node, self.node.storage
+        progress = self.progress.get(transfer)
+        if progress is None or transfer not in self._tracked:
+            self._track(transfer)  # before the scan: nothing committed from now on is missed
+            progress = self.progress[transfer] = Progress(transfer, storage.partition_count(transfer.partition))
+            log.info("transfer %s: starting, %d objects", transfer.describe(), progress.total)
+        if progress.state == "streaming":
+            cursor = self._cursor.get(transfer, b"")
+            while True:
+                rows = storage.partition_chunk(transfer.partition, cursor, node.config.transfer_batch,
+                                               node.limits.max_message_bytes // 2)
+                if not rows:
+                    break
+                await self._send(transfer, rows, progress)
+                cursor = self._cursor[transfer] = rows[-1][0]
+            progress.state = "delta"
+        for _ in range(MAX_DELTA_PASSES):
+            if not await self._delta(transfer, progress):
+                break
+        await self._report(transfer)
+        progress.state = "reported"
+        self._reported[transfer] = None
+
+    async def _delta(self, transfer: Transfer, progress: Progress) -> int:
+        """Send the keys committed since tracking began (or since the last pass)."""
+        keys = self._tracked.get(transfer)
+        if not keys:
+            return 0
+        self._tracked[transfer] = set()
+        storage = self.node.storage
+        rows = [(key, blob) for key in sorted(keys) if (blob := storage.get_blob(key)) is not None]
+        chunk: list[tuple[bytes, bytes]] = []
+        size = 0
+        limit = self.node.limits.max_message_bytes // 2
+        try:
+            for row in rows:
+                if chunk and (len(chunk) >= self.node.config.transfer_batch or size + len(row[1]) > limit):
+                    await self._send(transfer, chunk, progress)
+                    chunk, size = [], 0
+                chunk.append(row)
+                size += len(row[0]) + len(row[1])
+            if chunk:
+                await self._send(transfer, chunk, progress)
+        except TransferFailed:
+            self._tracked.setdefault(transfer, set()).update(keys)  # try these again
+            raise
+        return len(rows)
+
+    async def _send(self, transfer: Transfer, rows: list[tuple[bytes, bytes]], progress: Progress) -> None:
+        node = self.node
+        if transfer not in node.state.transfers and transfer not in self._reported:
+            raise TransferFailed(f"{transfer.describe()} is no longer planned")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Reply | None, DynqError | None]] = loop.create_future()
+
+        def done(reply: Reply | None, error: DynqError | None) -> None:
+            if not future.done():
+                future.set_result((reply, error))
+
+        items = [{"k": key, "ob": blob} for key, blob in rows]
+        node.send(transfer.target, p.OP_REPLICA_PUT_BATCH, {"items": items},
+                  node.config.request_timeout_ms / 1000, done)
+        reply, error = await future
+        if error is None and reply is not None and not reply.ok:
+            error = error_from_wire(reply.error)
+        if error is None and reply is not None:
+            results = reply.body.get("r")
+            if not isinstance(results, list) or len(results) != len(rows) or any(r is not None for r in results):
+                error = DynqError(f"{transfer.target} did not take every object of the chunk: {results!r:.200}")
+        if error is not None:
+            progress.retries += 1
+            raise TransferFailed(f"{transfer.describe()}: {error.code}: {error.message}")
+        n_bytes = sum(len(key) + len(blob) for key, blob in rows)
+        progress.sent += len(rows)
+        progress.bytes += n_bytes
+        self.keys_sent += len(rows)
+        self.bytes_sent += n_bytes
+        rate = node.config.transfer_rate
+        if rate:
+            await asyncio.sleep(len(rows) / rate)
+
+    async def _report(self, transfer: Transfer) -> None:
+        try:
+            await self.node.tell_claimant(p.OP_TRANSFER_DONE, {"t": transfer.to_wire()})
+        except DynqError as exc:
+            raise TransferFailed(f"{transfer.describe()}: the claimant did not take the report: {exc}") from exc
+        log.info("transfer %s: reported done (%d objects, %d bytes)", transfer.describe(),
+                 self.progress[transfer].sent, self.progress[transfer].bytes)
+
+    async def _finish_reported(self) -> None:
+        """After the switch and a grace period: last delta, then drop what is not ours."""
+        node = self.node
+        state = node.state
+        now = time.monotonic()
+        for transfer, seen in list(self._reported.items()):
+            if transfer in state.transfers:
+                continue  # the claimant has not recorded it yet: report again
+            if state.next_ring is not None and seen is None:
+                continue  # other transfers of this transition still run: reads still come here
+            if seen is None:
+                self._reported[transfer] = now
+                continue
+            if now - seen < node.config.transfer_cleanup_delay_ms / 1000:
+                continue
+            progress = self.progress[transfer]
+            while await self._delta(transfer, progress):
+                pass
+            self._untrack(transfer)
+            del self._reported[transfer]
+            progress.state = "done"
+            progress.finished = time.time()
+            self.completed += 1
+            if node.is_member and not node.state.is_replica(node.name, transfer.partition) \
+                    and not self.tracking(transfer.partition):
+                dropped = await self._drop_partition(transfer.partition)
+                log.info("partition %d handed off to %s; dropped %d local objects",
+                         transfer.partition, transfer.target, dropped)
+        # a transfer reported but forgotten by a newer state (re-planned): report again
+        for transfer in [t for t in self._reported if t in state.transfers and t.source == node.name]:
+            await self._report(transfer)
+
+    async def _drop_partition(self, partition: int) -> int:
+        total = 0
+        while True:
+            dropped = self.node.storage.drop_partition_rows(partition, limit=1000)
+            total += dropped
+            if dropped < 1000:
+                return total
+            await asyncio.sleep(0)  # let requests through between slices
