@@ -283,24 +283,36 @@ def render_config(
     zone: str = "",
     weight: int = 1,
     synchronous: str = "full",
+    seeds: list[str] | tuple[str, ...] = (),
 ) -> str:
-    """A valid, commented TOML config (used by `dynq up` and the tests)."""
+    """A valid, commented TOML config (`dynq up`, `dynq config init`, the tests). Without
+    ``members`` the node starts as a cluster of its own and joins one with
+    `dynq cluster join`."""
     lines = [
         "# dynq node configuration (see etc/dynq/dynq.toml for every setting).",
         "[node]",
         f"name = {_q(name)}",
-        f"listen = {_q(listen)}          # ROUTER address for clients and peers",
+        f"listen = {_q(listen)}          # ROUTER address for clients and peers; gossip uses port + 1",
         f"data_dir = {_q(data_dir)}",
-        f"zone = {_q(zone)}",
-        f"weight = {weight}",
+        f"zone = {_q(zone)}            # failure domain: replicas of a key go to distinct zones first",
+        f"weight = {weight}            # share of partitions relative to other nodes",
         "",
         "[cluster]",
-        f"n = {n}   # replicas per key",
+        f"n = {n}   # replicas per key (a joining node takes the cluster's)",
         f"q = {q}   # partitions in the ring (power of two, fixed at creation)",
         f"r = {r}   # default read quorum",
         f"w = {w}   # default write quorum",
+        "# Nodes to contact at startup (bootstrap only; the cluster state is stored after a join).",
+        "seeds = [" + ", ".join(_q(seed) for seed in seeds) + "]",
         "",
     ]
+    if not members:
+        lines += [
+            "# No [[cluster.members]]: this node starts as a cluster of its own. Join it to a cluster:",
+            "#   dynq cluster join <address of a cluster node> --seed " + listen,
+            "#   dynq cluster plan --seed <any cluster node>; dynq cluster commit --seed <any cluster node>",
+            "",
+        ]
     for m in members:
         lines += [
             "[[cluster.members]]",

@@ -42,6 +42,7 @@ class LocalNode:
     config_path: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    static: bool = True  # listed in every node's [[cluster.members]]; False: joins dynamically
 
     @property
     def name(self) -> str:
@@ -94,7 +95,8 @@ class LocalCluster:
 
     @property
     def members(self) -> list[Member]:
-        return [node.member for node in self.nodes.values()]
+        """The statically configured members."""
+        return [node.member for node in self.nodes.values() if node.static]
 
     @property
     def seeds(self) -> list[str]:
@@ -102,6 +104,8 @@ class LocalCluster:
 
     def write_configs(self) -> None:
         for node in self.nodes.values():
+            if not node.static:
+                continue
             node.config_path.parent.mkdir(parents=True, exist_ok=True)
             text = render_config(
                 name=node.name,
@@ -115,6 +119,18 @@ class LocalCluster:
                 synchronous=self.synchronous,
             )
             node.config_path.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
+
+    def add_node(self, name: str, address: str) -> LocalNode:
+        """Configure (not start) a node the way `dynq config init` does: no static members,
+        the cluster's nodes as seeds. It joins with `dynq cluster join`."""
+        node_dir = self.data_dir / name
+        node = LocalNode(Member(name, address), node_dir / "dynq.toml", node_dir / "node.log", static=False)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        text = render_config(name=name, listen=address, data_dir=".", members=[], n=self.n, q=self.q,
+                             r=self.r, w=self.w, synchronous=self.synchronous, seeds=self.seeds)
+        node.config_path.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
+        self.nodes[name] = node
+        return node
 
     def start(self, name: str, env: dict[str, str] | None = None) -> None:
         """Start one node (``env``: extra environment variables, e.g. NOTIFY_SOCKET)."""

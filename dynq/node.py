@@ -290,8 +290,7 @@ class Node:
                  f", moving to {len(state.next_ring.members)} members" if state.next_ring else "")
         self._sync_peers()
         self.transfers.wake.set()
-        was_serving = any(m.name == self.name for m in old.ring.members)
-        if was_serving and not self.is_member and not self._left:
+        if self.name in old.leaving and not self.is_member and not self._left:
             self._left = True
             log.info("%s has left the cluster; handing off what remains, then exiting", self.name)
             assert self.loop is not None
@@ -303,7 +302,7 @@ class Node:
         if state.key <= self.state.key:
             return False
         names = {m.name for m in state.members}
-        if self.name not in names and self.is_member and not self._left:
+        if self.name not in names and self.is_member and self.name not in self.state.leaving:
             return False
         self.adopt(state, reason)
         return True
@@ -313,9 +312,12 @@ class Node:
         if self.peers is None or self.gossip is None:
             return
         wanted = {m.name: m.address for m in self.state.members if m.name != self.name}
+        assert self.loop is not None
         for name, address in wanted.items():
             self.peers.connect(name, address)
             self.gossip.subscribe(name, gossip_address(address))
+            if self.detector.last_heard(name) is None:  # silence from now on counts, too
+                self.detector.heartbeat(name, self.loop.time())
         for name in self.peers.connected_names():
             if name not in wanted and not name.startswith("~"):
                 self.peers.disconnect(name)
@@ -1025,11 +1027,12 @@ class Node:
         self.send(peer, p.OP_CLUSTER_STATE, {}, 2.0, got)
 
     def _push_state(self) -> None:
-        """After a change made here, tell every member at once (gossip would, a round later)."""
+        """After a change made here, tell every member at once (gossip would, a round later).
+        A node that just left hears of it by gossip, or in the reply to its next report."""
         body = {"state": self.state.to_wire()}
-        for m in self.state.members:
-            if m.name != self.name:
-                self.send(m.name, p.OP_CLUSTER_STATE, body, 2.0, _ignore)
+        for name in sorted(m.name for m in self.state.members):
+            if name != self.name:
+                self.send(name, p.OP_CLUSTER_STATE, body, 2.0, _ignore)
 
     # --- handlers: membership --------------------------------------------------------------
 
@@ -1177,8 +1180,9 @@ class Node:
 
     def record_transfer_done(self, transfer: Transfer) -> dict[str, Any]:
         """(claimant) One transfer finished; the last one switches the ring."""
-        state = self.state.transfer_done(transfer)
-        if state is not self.state:
+        previous = self.state
+        state = previous.transfer_done(transfer)
+        if state is not previous:
             self.adopt(state, f"transfer done: {transfer.describe()}")
             self._push_state()
         return {"state": self.state.to_wire()}

@@ -270,6 +270,20 @@ class AsyncClient:
         timeout, unless ``retry`` is False: the request was never delivered, so repeating
         it is safe."""
         await self.connect()
+        return await self._call_retrying(node, op, body, retry)
+
+    async def call_address(self, address: str, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Like :meth:`call`, to the node at ``address``, which need not be in the routing
+        table (a node that is not a member yet, or a seed); no routing table is needed."""
+        mux = self._ensure_mux()
+        name = f"seed:{address}"
+        mux.connect(name, address)
+        try:
+            return await self._call_retrying(name, op, body, True)
+        finally:
+            mux.disconnect(name)
+
+    async def _call_retrying(self, node: str, op: str, body: dict[str, Any] | None, retry: bool) -> dict[str, Any]:
         if not retry:
             return (await self._call(node, op, body or {}, self.timeout)).body
         async for attempt in tenacity.AsyncRetrying(
@@ -530,6 +544,9 @@ class Client:
 
     def call(self, node: str, op: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
         return self._run(self._async.call(node, op, body, retry=retry))
+
+    def call_address(self, address: str, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._run(self._async.call_address(address, op, body))
 
     def close(self) -> None:
         if self._loop.is_closed():
