@@ -16,6 +16,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+_LN10 = math.log(10)
+
 
 @dataclass
 class _History:
@@ -75,11 +77,12 @@ class PhiAccrualDetector:
         std = max(math.sqrt(variance), self.min_std)
         elapsed = now - history.last
         y = (elapsed - mean - self.acceptable_pause) / std
-        # Logistic approximation of the normal CDF's tail (as Akka uses); avoids log(0).
-        e = math.exp(-y * (1.5976 + 0.070566 * y * y))
-        if elapsed > mean + self.acceptable_pause:
-            return -math.log10(e / (1.0 + e))
-        return -math.log10(1.0 - 1.0 / (1.0 + e))
+        # phi = -log10(P(a heartbeat comes later still)), with Akka's logistic approximation
+        # of the normal tail, P = 1 / (1 + exp(z)); computed so that it never overflows.
+        z = y * (1.5976 + 0.070566 * y * y)
+        if z >= 0:
+            return (z + math.log1p(math.exp(-z))) / _LN10
+        return math.log1p(math.exp(z)) / _LN10
 
     def is_suspect(self, name: str, now: float) -> bool:
         return self.phi(name, now) > self.threshold

@@ -122,6 +122,29 @@ def render_prometheus(stats: dict[str, Any], latencies: Latencies) -> str:
     metric("dynq_peer_up", "gauge", "1 if this node considers the peer usable (up or suspect), else 0.",
            [({"peer": p}, 0.0 if s == "down" else 1.0) for p, s in sorted(peers.items())])
     metric("dynq_peers_down", "gauge", "Peers this node considers down.", [({}, float(len(stats.get("peers_down", []))))])
+    cluster = stats.get("cluster", {})
+    transfers = stats.get("transfers", {})
+    gossip = stats.get("gossip", {})
+    for name, kind, help_, value in (
+        ("dynq_cluster_version", "gauge", "Version of the cluster state this node holds.", cluster.get("version", 0)),
+        ("dynq_cluster_members", "gauge", "Members of the serving ring.", cluster.get("members", 0)),
+        ("dynq_cluster_transfers_pending", "gauge", "Partition transfers the running membership change still needs.",
+         cluster.get("transfers_pending", 0)),
+        ("dynq_transfers_active", "gauge", "Outgoing partition transfers running on this node.", transfers.get("active", 0)),
+        ("dynq_transfer_objects_sent_total", "counter", "Objects this node streamed to new replicas.",
+         transfers.get("keys_sent", 0)),
+        ("dynq_transfer_bytes_sent_total", "counter", "Bytes this node streamed to new replicas.",
+         transfers.get("bytes_sent", 0)),
+        ("dynq_transfers_completed_total", "counter", "Outgoing partition transfers finished.",
+         transfers.get("completed", 0)),
+        ("dynq_transfer_retries_total", "counter", "Transfer chunks retried (target unreachable or refused).",
+         transfers.get("retries", 0)),
+        ("dynq_stray_writes_total", "counter", "Replica writes for keys this node no longer replicates (old rings).",
+         stats.get("stray_writes", 0)),
+        ("dynq_gossip_marked_down_total", "counter", "Peers marked down for missing heartbeats.",
+         gossip.get("marked_down", 0)),
+    ):
+        metric(name, kind, help_, [({}, float(value))])
     return "\n".join(out) + "\n"
 
 

@@ -979,16 +979,23 @@ class Node:
         assert self.loop is not None and self.gossip is not None
         interval = self.config.gossip_interval_ms / 1000
         while True:
-            self.gossip.publish(self.name, self.config.listen, self.state.version, self.state.digest)
-            now = self.loop.time()
-            for name in self.detector.known():
-                if (name in self._member_names and self.health.state(name) is not PeerState.DOWN
-                        and self.detector.is_suspect(name, now)):
-                    log.warning("no heartbeat from %s for %.1f s (phi %.1f): marking it down", name,
-                                now - (self.detector.last_heard(name) or now), self.detector.phi(name, now))
-                    self.stats.marked_down_by_gossip += 1
-                    self.health.unreachable(name, now)
+            try:
+                self._gossip_round()
+            except Exception:  # gossip must outlive any bug in one round
+                log.exception("gossip round failed")
             await asyncio.sleep(interval)
+
+    def _gossip_round(self) -> None:
+        assert self.loop is not None and self.gossip is not None
+        self.gossip.publish(self.name, self.config.listen, self.state.version, self.state.digest)
+        now = self.loop.time()
+        for name in self.detector.known():
+            if (name in self._member_names and self.health.state(name) is not PeerState.DOWN
+                    and self.detector.is_suspect(name, now)):
+                log.warning("no heartbeat from %s for %.1f s (phi %.1f): marking it down", name,
+                            now - (self.detector.last_heard(name) or now), self.detector.phi(name, now))
+                self.stats.marked_down_by_gossip += 1
+                self.health.unreachable(name, now)
 
     def _on_heartbeat(self, heartbeat: Heartbeat) -> None:
         assert self.loop is not None and self.peers is not None

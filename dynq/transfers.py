@@ -236,8 +236,9 @@ class PartitionTransfers:
             await self.node.tell_claimant(p.OP_TRANSFER_DONE, {"t": transfer.to_wire()})
         except DynqError as exc:
             raise TransferFailed(f"{transfer.describe()}: the claimant did not take the report: {exc}") from exc
-        log.info("transfer %s: reported done (%d objects, %d bytes)", transfer.describe(),
-                 self.progress[transfer].sent, self.progress[transfer].bytes)
+        first = self.progress[transfer].state != "reported"
+        log.log(logging.INFO if first else logging.DEBUG, "transfer %s: reported done (%d objects, %d bytes)",
+                transfer.describe(), self.progress[transfer].sent, self.progress[transfer].bytes)
 
     async def _finish_reported(self) -> None:
         """After the switch and a grace period: last delta, then drop what is not ours."""
