@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.putget import free_ports, parse_args, phase  # noqa: E402
-from dynq.localcluster import LocalCluster  # noqa: E402
+from bench.putget import parse_args, phase  # noqa: E402
+from dynq.localcluster import LocalCluster, free_ports  # noqa: E402
 from dynq_client import AsyncClient, Client  # noqa: E402
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,36 @@ from dynq_client.errors import DynqError
 from dynq_client.ring import Member
 
 from .config import render_config
+
+
+def free_ports(count: int, span: int = 2) -> list[int]:
+    """``count`` ports that the kernel says are free on 127.0.0.1 right now, each with the
+    ``span - 1`` ports after it free too (a node uses its port + 1 for gossip). All are
+    held while searching, so they are distinct. Bounded: gives up after 200 tries."""
+    held: list[socket.socket] = []
+    found: list[int] = []
+    try:
+        for _ in range(200):
+            if len(found) == count:
+                return found
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+            port = s.getsockname()[1]
+            extra = []
+            try:
+                for i in range(1, span):
+                    t = socket.socket()
+                    held.append(t)
+                    t.bind(("127.0.0.1", port + i))
+                    extra.append(t)
+            except OSError:
+                continue
+            found.append(port)
+        raise RuntimeError(f"could not find {count} free runs of {span} ports")
+    finally:
+        for s in held:
+            s.close()
 
 
 def node_command(config_path: Path) -> list[str]:

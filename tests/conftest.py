@@ -2,44 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from dynq.localcluster import LocalCluster
+from dynq.localcluster import LocalCluster, free_ports
 from dynq_client import Client
-
-
-def free_ports(count: int, span: int = 2) -> list[int]:
-    """``count`` ports that the kernel says are free on 127.0.0.1 right now, each with the
-    ``span - 1`` ports after it free too (a node uses its port + 1 for gossip). All are
-    held while searching, so they are distinct. Bounded: gives up after 200 tries."""
-    held: list[socket.socket] = []
-    found: list[int] = []
-    try:
-        for _ in range(200):
-            if len(found) == count:
-                return found
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            held.append(s)
-            port = s.getsockname()[1]
-            extra = []
-            try:
-                for i in range(1, span):
-                    t = socket.socket()
-                    held.append(t)
-                    t.bind(("127.0.0.1", port + i))
-                    extra.append(t)
-            except OSError:
-                continue
-            found.append(port)
-        raise RuntimeError(f"could not find {count} free runs of {span} ports")
-    finally:
-        for s in held:
-            s.close()
 
 
 def make_cluster(tmp_path: Path, nodes: int = 3, **kw: object) -> LocalCluster:

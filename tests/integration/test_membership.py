@@ -327,3 +327,21 @@ def test_config_init_writes_a_config_a_node_starts_from(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "exists" in again.stderr
 
+
+
+def test_two_operators_racing_commit_once(cluster: LocalCluster) -> None:
+    """Two operators commit the same staged join at the same moment through different nodes:
+    exactly one commit takes effect, and every node ends on the same ring."""
+    new_address = start_new_node(cluster, "n4")
+    assert dynq("cluster", "join", cluster.seeds[0], seed=new_address).returncode == 0
+    racers = [subprocess.Popen([sys.executable, "-m", "dynq", "cluster", "commit", "--seed", seed],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for seed in (cluster.nodes["n2"].address, cluster.nodes["n3"].address)]
+    results = [(r.wait(60), r.communicate()) for r in racers]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(out for code, out in results if code == 2)
+    assert "nothing is staged" in loser[1] or "in progress" in loser[1], loser
+    with Client(cluster.seeds) as client:
+        final = wait_for("one ring everywhere", lambda: converged(client, cluster, ["n1", "n2", "n3", "n4"]))
+    assert [m.name for m in final.ring.members] == ["n1", "n2", "n3", "n4"]
