@@ -153,6 +153,9 @@ class PartitionTransfers:
         node, storage = self.node, self.node.storage
         progress = self.progress.get(transfer)
         if progress is None or transfer not in self._tracked:
+            # The target must know it is becoming a replica, or it would treat what we send
+            # as stray writes (the commit's push may not have reached it yet).
+            await self._request(transfer, p.OP_CLUSTER_STATE, {"state": node.state.to_wire()})
             self._track(transfer)  # before the scan: nothing committed from now on is missed
             progress = self.progress[transfer] = Progress(transfer, storage.partition_count(transfer.partition))
             log.info("transfer %s: starting, %d objects", transfer.describe(), progress.total)
@@ -198,30 +201,39 @@ class PartitionTransfers:
             raise
         return len(rows)
 
-    async def _send(self, transfer: Transfer, rows: list[tuple[bytes, bytes]], progress: Progress) -> None:
+    async def _request(self, transfer: Transfer, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One request to the transfer's target; TransferFailed unless it succeeded."""
         node = self.node
-        if transfer not in node.state.transfers and transfer not in self._reported:
-            raise TransferFailed(f"{transfer.describe()} is no longer planned")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[Reply | None, DynqError | None]] = loop.create_future()
+        future: asyncio.Future[tuple[Reply | None, DynqError | None]] = asyncio.get_running_loop().create_future()
 
         def done(reply: Reply | None, error: DynqError | None) -> None:
             if not future.done():
                 future.set_result((reply, error))
 
-        items = [{"k": key, "ob": blob} for key, blob in rows]
-        node.send(transfer.target, p.OP_REPLICA_PUT_BATCH, {"items": items},
-                  node.config.request_timeout_ms / 1000, done)
+        node.send(transfer.target, op, body, node.config.request_timeout_ms / 1000, done)
         reply, error = await future
         if error is None and reply is not None and not reply.ok:
             error = error_from_wire(reply.error)
-        if error is None and reply is not None:
-            results = reply.body.get("r")
-            if not isinstance(results, list) or len(results) != len(rows) or any(r is not None for r in results):
-                error = DynqError(f"{transfer.target} did not take every object of the chunk: {results!r:.200}")
-        if error is not None:
+        if error is not None or reply is None:
+            message = f"{error.code}: {error.message}" if error is not None else "no reply"
+            raise TransferFailed(f"{transfer.describe()}: {message}")
+        return reply.body
+
+    async def _send(self, transfer: Transfer, rows: list[tuple[bytes, bytes]], progress: Progress) -> None:
+        node = self.node
+        if transfer not in node.state.transfers and transfer not in self._reported:
+            raise TransferFailed(f"{transfer.describe()} is no longer planned")
+        items = [{"k": key, "ob": blob} for key, blob in rows]
+        try:
+            body = await self._request(transfer, p.OP_REPLICA_PUT_BATCH, {"items": items})
+        except TransferFailed:
             progress.retries += 1
-            raise TransferFailed(f"{transfer.describe()}: {error.code}: {error.message}")
+            raise
+        results = body.get("r")
+        if not isinstance(results, list) or len(results) != len(rows) or any(r is not None for r in results):
+            progress.retries += 1
+            raise TransferFailed(f"{transfer.describe()}: {transfer.target} did not take every object of the "
+                                 f"chunk: {results!r:.200}")
         n_bytes = sum(len(key) + len(blob) for key, blob in rows)
         progress.sent += len(rows)
         progress.bytes += n_bytes

@@ -198,12 +198,11 @@ def test_client_refreshes_routing_table_on_newer_epoch(cluster3: LocalCluster) -
         node1 = cluster3.nodes["n1"]
         for node in cluster3.nodes.values():
             text = node.config_path.read_text()
-            if node.name == "n1":
-                text = text.replace("weight = 1\n", "weight = 2\n")
-            else:
-                marker = f'name = "n1"\naddress = "{node1.address}"\nzone = ""\nweight = 1'
-                assert marker in text
-                text = text.replace(marker, marker[:-1] + "2")
+            marker = f'name = "n1"\naddress = "{node1.address}"\nzone = ""\nweight = 1'
+            assert marker in text
+            text = text.replace(marker, marker[:-1] + "2")
+            if node.name == "n1":  # its [node] section too
+                text = text.replace("\nweight = 1 ", "\nweight = 2 ", 1)
             node.config_path.write_text(text)
         for name in cluster3.nodes:
             cluster3.start(name)
