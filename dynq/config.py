@@ -61,6 +61,12 @@ class NodeConfig:
     transfer_batch: int = 500
     transfer_rate: int = 20_000  # objects/s per outgoing transfer; 0: unlimited
     transfer_cleanup_delay_ms: int = 5000
+    # security: "none", or "curve" with the key files below (absolute paths)
+    security: str = "none"
+    server_key: Path | None = None  # the cluster keypair (.key_secret): every node's CURVE server key
+    node_key: Path | None = None  # this node's keypair (.key_secret), to connect to its peers
+    peer_keys: Path | None = None  # directory of allowed peer/operator public keys (*.key)
+    client_keys: Path | None = None  # directory of allowed client public keys (*.key)
     source: str = "<defaults>"  # where this config was read from, for messages
 
     @property
@@ -85,7 +91,9 @@ _METRICS_KEYS = {"port", "host"}
 _MEMBERSHIP_KEYS = {"gossip_interval_ms", "phi_threshold", "transfer_batch", "transfer_rate",
                     "transfer_cleanup_delay_ms"}
 _HANDOFF_KEYS = {"max_hints", "replay_batch", "replay_rate", "replay_interval_ms", "probe_interval_ms"}
+_SECURITY_KEYS = {"mode", "server_key", "node_key", "peer_keys", "client_keys"}
 _SECTIONS = {
+    "security": _SECURITY_KEYS,
     "membership": _MEMBERSHIP_KEYS,
     "handoff": _HANDOFF_KEYS,
     "metrics": _METRICS_KEYS,
@@ -157,6 +165,20 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     handoff = _Reader(source, "handoff", data.get("handoff", {}), _HANDOFF_KEYS)
     metrics = _Reader(source, "metrics", data.get("metrics", {}), _METRICS_KEYS)
     membership = _Reader(source, "membership", data.get("membership", {}), _MEMBERSHIP_KEYS)
+    security = _Reader(source, "security", data.get("security", {}), _SECURITY_KEYS)
+    mode = security.text("mode", "none").lower()
+    if mode not in ("none", "curve"):
+        raise security._err("mode", f"must be 'none' or 'curve', got {mode!r}")
+    key_paths: dict[str, Path | None] = dict.fromkeys(("server_key", "node_key", "peer_keys", "client_keys"))
+    if mode == "curve":
+        for key in key_paths:
+            path = Path(security.text(key))
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            is_dir = key.endswith("_keys")
+            if not (path.is_dir() if is_dir else path.is_file()):
+                raise security._err(key, f"{'directory' if is_dir else 'file'} {path} does not exist")
+            key_paths[key] = path
     log_format = logs.text("format", "text").lower()
     if log_format not in ("text", "json"):
         raise logs._err("format", f"must be 'text' or 'json', got {log_format!r}")
@@ -253,6 +275,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         transfer_batch=membership.number("transfer_batch", 500, 1, 10_000),
         transfer_rate=membership.number("transfer_rate", 20_000, 0, 10_000_000),
         transfer_cleanup_delay_ms=membership.number("transfer_cleanup_delay_ms", 5000, 0, 3_600_000),
+        security=mode,
+        server_key=key_paths["server_key"],
+        node_key=key_paths["node_key"],
+        peer_keys=key_paths["peer_keys"],
+        client_keys=key_paths["client_keys"],
         source=source,
     )
 

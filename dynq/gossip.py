@@ -88,14 +88,21 @@ class Gossip:
         context: zmq.Context[Any],
         bind: str,
         on_heartbeat: Callable[[Heartbeat], None],
+        secure_pub: Callable[[zmq.Socket[Any]], None] | None = None,
+        secure_sub: Callable[[zmq.Socket[Any]], None] | None = None,
     ) -> None:
+        """``secure_pub``/``secure_sub`` set CURVE options on the sockets (before bind/connect)."""
         self.loop = loop
         self.on_heartbeat = on_heartbeat
         self.pub = context.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 100)  # a stalled subscriber costs at most this many
+        if secure_pub is not None:
+            secure_pub(self.pub)
         self.pub.bind(bind)
         self.sub = context.socket(zmq.SUB)
+        if secure_sub is not None:
+            secure_sub(self.sub)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 1000)
         self.sub.setsockopt(zmq.MAXMSGSIZE, MAX_HEARTBEAT_BYTES)

@@ -21,6 +21,7 @@ from pathlib import Path
 from dynq_client.client import Client
 from dynq_client.errors import DynqError
 from dynq_client.ring import Member
+from dynq_client.security import CurveKeys
 
 from .config import render_config
 
@@ -106,6 +107,7 @@ class LocalCluster:
     w: int = 2
     synchronous: str = "full"
     extra_config: str = ""  # appended to every node's TOML (tests use it for limits)
+    security: str = "none"  # "curve": keys generated under data_dir/keys, see client_keys()
     nodes: dict[str, LocalNode] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -133,7 +135,52 @@ class LocalCluster:
     def seeds(self) -> list[str]:
         return [node.address for node in self.nodes.values()]
 
+    # --- CURVE keys: data_dir/keys/{cluster,admin,app,NODE}.key[_secret], peers/, clients/ ----
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    def _make_key(self, name: str, role: str | None) -> None:
+        """Generate NAME's keypair (once) and allow its public key as ``role``."""
+        from .security import generate_keys
+
+        public = self.keys_dir / f"{name}.key"
+        if not public.exists():
+            generate_keys(self.keys_dir, name)
+        if role is not None:
+            allowed = self.keys_dir / role
+            allowed.mkdir(parents=True, exist_ok=True)
+            shutil.copy(public, allowed / f"{name}.key")
+
+    def _make_keys(self) -> None:
+        self._make_key("cluster", None)
+        self._make_key("admin", "peers")  # operators: the CLI
+        self._make_key("app", "clients")  # applications: get/put/delete only
+        (self.keys_dir / "clients").mkdir(parents=True, exist_ok=True)
+        for node in self.nodes.values():
+            self._make_key(node.name, "peers")
+
+    def _security_config(self, name: str) -> str:
+        if self.security != "curve":
+            return ""
+        keys = self.keys_dir
+        return (f'\n[security]\nmode = "curve"\nserver_key = "{keys / "cluster.key_secret"}"\n'
+                f'node_key = "{keys / f"{name}.key_secret"}"\npeer_keys = "{keys / "peers"}"\n'
+                f'client_keys = "{keys / "clients"}"\n')
+
+    def client_keys(self, name: str = "admin") -> CurveKeys | None:
+        """Keys for a client of this cluster: "admin" (a peer key) or "app" (a client key)."""
+        if self.security != "curve":
+            return None
+        return CurveKeys.from_files(self.keys_dir / f"{name}.key_secret", self.keys_dir / "cluster.key")
+
+    def client(self, seeds: list[str] | None = None, timeout: float = 5.0, keys: str = "admin") -> Client:
+        return Client(seeds or self.seeds, timeout=timeout, curve=self.client_keys(keys))
+
     def write_configs(self) -> None:
+        if self.security == "curve":
+            self._make_keys()
         for node in self.nodes.values():
             if not node.static:
                 continue
@@ -149,7 +196,8 @@ class LocalCluster:
                 w=self.w,
                 synchronous=self.synchronous,
             )
-            node.config_path.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
+            node.config_path.write_text(text + self._security_config(node.name)
+                                        + ("\n" + self.extra_config if self.extra_config else ""))
 
     def add_node(self, name: str, address: str) -> LocalNode:
         """Configure (not start) a node the way `dynq config init` does: no static members,
@@ -159,8 +207,14 @@ class LocalCluster:
         node_dir.mkdir(parents=True, exist_ok=True)
         text = render_config(name=name, listen=address, data_dir=".", members=[], n=self.n, q=self.q,
                              r=self.r, w=self.w, synchronous=self.synchronous, seeds=self.seeds)
-        node.config_path.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
         self.nodes[name] = node
+        if self.security == "curve":  # allow its key everywhere: running nodes reload on SIGHUP
+            self._make_key(name, "peers")
+            for other in self.nodes.values():
+                if other.running:
+                    self.signal(other.name, signal.SIGHUP)
+        node.config_path.write_text(text + self._security_config(name)
+                                    + ("\n" + self.extra_config if self.extra_config else ""))
         return node
 
     def start(self, name: str, env: dict[str, str] | None = None) -> None:
@@ -229,7 +283,7 @@ class LocalCluster:
                         f"node {name} exited with code {node.process.returncode}:\n{node.log_tail()}"
                     )
                 try:
-                    with Client([node.address], timeout=2.0) as client:
+                    with self.client([node.address], timeout=2.0) as client:
                         reply = client.call(name, "ping", {"peers": True})
                     others = {m for m in self.nodes if m != name and self.nodes[m].running}
                     if others <= set(reply["reachable"]):

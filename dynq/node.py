@@ -27,6 +27,7 @@ import zmq
 from dynq_client import protocol as p
 from dynq_client.errors import (
     DynqError,
+    Forbidden,
     InternalError,
     InvalidRequest,
     KeyTooLarge,
@@ -73,6 +74,7 @@ from .membership import (
     plan,
 )
 from .metrics import Latencies, render_prometheus, serve_metrics
+from .security import GOSSIP_DOMAIN, REQUEST_DOMAIN, NodeSecurity
 from .storage import Storage
 from .transfers import PartitionTransfers
 
@@ -81,6 +83,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[["Responder", Request], None]
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: enum.Flag arithmetic is slow on the hot path
+
+CLIENT_OPS = frozenset({p.OP_PING, p.OP_ROUTING_TABLE, p.OP_GET, p.OP_PUT, p.OP_DELETE, p.OP_READ_REPAIR, p.OP_STATS})
+"""What a client key may ask for under CURVE; every other op needs a peer (node or operator) key."""
 
 
 class Responder:
@@ -154,6 +159,7 @@ class Stats:
         self.replica_batches = 0  # replica_put messages sent (batched per peer and loop pass)
         self.replica_batch_items = 0  # replica writes they carried
         self.stray_writes = 0  # replica writes for keys this node does not replicate (old ring)
+        self.forbidden = 0  # requests refused for the sender's key (CURVE)
         self.marked_down_by_gossip = 0  # peers the failure detector declared down
         self.state_pulls = 0  # newer cluster states fetched after a heartbeat
 
@@ -165,6 +171,14 @@ class Node:
         self.config = config
         self.name = config.name
         self.limits = config.limits
+        self.security: NodeSecurity | None = None
+        if config.security == "curve":
+            assert config.server_key and config.node_key and config.peer_keys and config.client_keys
+            try:
+                self.security = NodeSecurity.load(config.server_key, config.node_key, config.peer_keys,
+                                                  config.client_keys)
+            except ValueError as exc:
+                raise ConfigError(f"{config.source}: [security] {exc}") from exc
         self.storage = Storage(config.db_path, synchronous=config.synchronous, limits=config.limits)
         self.actor = self.storage.actor_id(config.name)  # the identity this node mints dots with
         self.state = self._load_state()  # cluster membership: serving ring, next ring, transfers
@@ -354,18 +368,28 @@ class Node:
         self.loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self.context = zmq.Context()
+        if self.security is not None:  # before any bind: without a ZAP handler libzmq lets anyone in
+            self.security.start(self.context)
         self.router = self.context.socket(zmq.ROUTER)
         configure_socket(self.router, self.limits)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if self.security is not None:
+            self.security.serve(self.router, REQUEST_DOMAIN)
         try:
             self.router.bind(self.config.listen)
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot listen on {self.config.listen}: {exc}") from exc
+        security = self.security
         self.peers = RequestMux(
-            self.loop, context=self.context, limits=self.limits, connect_grace=0.5, health=self.health
+            self.loop, context=self.context, limits=self.limits, connect_grace=0.5, health=self.health,
+            socket_setup=security.own.apply if security else None,
         )
         try:
-            self.gossip = Gossip(self.loop, self.context, gossip_address(self.config.listen), self._on_heartbeat)
+            self.gossip = Gossip(
+                self.loop, self.context, gossip_address(self.config.listen), self._on_heartbeat,
+                secure_pub=(lambda sock: security.serve(sock, GOSSIP_DOMAIN)) if security else None,
+                secure_sub=security.own.apply if security else None,
+            )
         except (zmq.ZMQError, ValueError) as exc:
             raise ConfigError(f"cannot bind gossip for {self.config.listen}: {exc}") from exc
         self._sync_peers()
@@ -374,9 +398,9 @@ class Node:
             if seed not in known:  # bootstrap only: listen to it until it is a member
                 self.gossip.subscribe("~" + seed, gossip_address(seed))
         self.loop.add_reader(self.router.fileno(), self._drain_router)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
             try:
-                self.loop.add_signal_handler(sig, self.stop)
+                self.loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError):  # not the main thread (tests in-process)
                 pass
         log.info(
@@ -417,6 +441,13 @@ class Node:
         if self._stopping is not None:
             self._stopping.set()
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the allowed keys (a removed key is refused from its next message)."""
+        if self.security is not None:
+            self.security.keyring.reload()
+        else:
+            log.info("SIGHUP: nothing to reload (security is off)")
+
     async def _shutdown(self) -> None:
         """Stop taking requests, let those in flight finish (bounded), flush, close."""
         assert self.loop is not None and self.router is not None and self.context is not None
@@ -439,12 +470,17 @@ class Node:
             self.gossip.close()
         self.router.close(0)
         self.storage.close()
+        if self.security is not None:
+            self.security.stop()
         self.context.term()
         log.info("node %s stopped", self.name)
 
     # --- the ROUTER ----------------------------------------------------------------------
 
     def _drain_router(self) -> None:
+        if self.security is not None:
+            self._drain_router_secure()
+            return
         router = self.router
         assert router is not None
         while True:
@@ -463,7 +499,29 @@ class Node:
                 continue
             self._dispatch(frames[0], frames[1])
 
-    def _dispatch(self, ident: bytes, frame: bytes) -> None:
+    def _drain_router_secure(self) -> None:
+        """The CURVE path: each message carries its sender's User-Id (role and key)."""
+        router = self.router
+        assert router is not None and self.security is not None
+        while True:
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                log.warning("router recv failed: %s", exc)
+                return
+            if len(frames) != 2:
+                self.stats.dropped_frames += 1
+                continue
+            try:
+                user = frames[1].get("User-Id")
+            except zmq.ZMQError:
+                user = None
+            role = self.security.role_of(user if isinstance(user, str) else None)
+            self._dispatch(frames[0].bytes, frames[1].bytes, role or "none")
+
+    def _dispatch(self, ident: bytes, frame: bytes, role: str = "peer") -> None:
         try:
             request = p.decode_request(frame, self.limits)
         except p.BadRequest as exc:
@@ -485,6 +543,11 @@ class Node:
         self.stats.requests[op] += 1
         if handler is None:
             responder.fail(UnknownOp(f"unknown op {short_repr(request.op)}"))
+            return
+        if role != "peer" and (role != "client" or request.op not in CLIENT_OPS):
+            self.stats.forbidden += 1
+            responder.fail(Forbidden(
+                f"op {request.op!r} needs a peer key" if role == "client" else "this key is not allowed (revoked?)"))
             return
         self._guarded(responder, handler, responder, request)
 
@@ -1278,6 +1341,8 @@ class Node:
             "peers": self.health.snapshot(),
             "peers_down": self.health.down(),
             "stray_writes": self.stats.stray_writes,
+            "security": self.config.security,
+            "forbidden": self.stats.forbidden,
             "cluster": {
                 "version": self.state.version,
                 "status": self.state.status_of(self.name),

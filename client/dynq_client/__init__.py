@@ -12,6 +12,7 @@ from __future__ import annotations
 from .client import AsyncClient, Client, GetResult
 from .errors import (
     DynqError,
+    Forbidden,
     InternalError,
     InvalidContext,
     InvalidRequest,
@@ -26,13 +27,16 @@ from .errors import (
     UnknownOp,
     ValueTooLarge,
 )
+from .security import CurveKeys
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
     "Client",
+    "CurveKeys",
     "DynqError",
+    "Forbidden",
     "GetResult",
     "InternalError",
     "InvalidContext",

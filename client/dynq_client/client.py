@@ -26,6 +26,7 @@ from typing import Any, Coroutine, Iterable, TypeVar
 import tenacity
 
 from .errors import (
+    Forbidden,
     DynqError,
     InvalidRequest,
     KeyTooLarge,
@@ -49,6 +50,7 @@ from .protocol import (
 from .health import Health, sloppy_targets
 from .quorum import QuorumState, ReadQuorum
 from .routing import RoutingTable
+from .security import CurveKeys
 from .transport import ReplyCallback, RequestMux
 from .versions import VersionedObject, decode_reply_object, encode_context, encode_object
 
@@ -124,7 +126,10 @@ class AsyncClient:
         timeout: float = 5.0,
         *,
         limits: Limits = DEFAULT_LIMITS,
+        curve: CurveKeys | None = None,
     ) -> None:
+        """``curve``: this client's keypair and the cluster's public key, for a cluster
+        running with ``security = "curve"`` (see :class:`~dynq_client.security.CurveKeys`)."""
         self.seeds = [s for s in seeds]
         if not self.seeds:
             raise ValueError("at least one seed address is needed")
@@ -132,6 +137,7 @@ class AsyncClient:
             raise ValueError("timeout must be positive")
         self.timeout = timeout  # seconds for one whole operation
         self.limits = limits
+        self.curve = curve
         self.table: RoutingTable | None = None  # cached routing table; None until bootstrap
         self._mux: RequestMux | None = None
         self._refreshing: asyncio.Task[None] | None = None  # background table refresh, one at a time
@@ -179,7 +185,7 @@ class AsyncClient:
         if self._mux is None:
             self._mux = RequestMux(
                 asyncio.get_running_loop(), limits=self.limits, on_reply=self._observe_reply,
-                health=self.health,
+                health=self.health, socket_setup=self.curve.apply if self.curve else None,
             )
         return self._mux
 
@@ -395,7 +401,12 @@ class AsyncClient:
         body = {"k": key, "local": True}
         for replica in replicas:
             self._request(replica, OP_GET, body, self.timeout, functools.partial(on_reply, replica))
-        return await future
+        try:
+            return await future
+        except QuorumError as exc:
+            if exc.errors and all(e.startswith(Forbidden.code) for e in exc.errors.values()):
+                raise Forbidden(f"every replica refused this client's key: {exc.message}") from exc
+            raise
 
     def _read_repair(self, key: bytes, tally: ReadQuorum, primaries: tuple[str, ...]) -> None:
         """Every replica answered (late ones too): push the merge to the stale primaries."""
@@ -502,9 +513,12 @@ class Client:
     Not thread-safe: give each thread its own ``Client``.
     """
 
-    def __init__(self, seeds: Iterable[str], timeout: float = 5.0, *, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, seeds: Iterable[str], timeout: float = 5.0, *, limits: Limits = DEFAULT_LIMITS,
+        curve: CurveKeys | None = None,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
-        self._async = AsyncClient(seeds, timeout, limits=limits)
+        self._async = AsyncClient(seeds, timeout, limits=limits, curve=curve)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)

@@ -65,6 +65,13 @@ class UnknownOp(DynqError):
     code = "unknown_op"
 
 
+class Forbidden(DynqError):
+    """The caller's key may not do this (a client key asking for a peer or admin op, or a
+    key that was revoked)."""
+
+    code = "forbidden"
+
+
 class ProtocolError(DynqError):
     """A frame that is not a valid dynq message, or an unsupported protocol version."""
 
@@ -153,6 +160,7 @@ ERROR_CODES: dict[str, type[DynqError]] = {
         ValueTooLarge,
         InvalidContext,
         UnknownOp,
+        Forbidden,
         ProtocolError,
         TooManySiblings,
         StorageError,
