@@ -15,6 +15,7 @@ import click
 
 from dynq_client.client import Client
 from dynq_client.errors import DynqError, Unavailable
+from dynq_client.security import CurveKeys
 
 from .config import ConfigError, load_config
 from .logs import setup_logging
@@ -35,8 +36,29 @@ seed_option = click.option(
 timeout_option = click.option("--timeout", default=5.0, show_default=True, help="Seconds per request.")
 
 
+_CURVE: list[CurveKeys] = []  # set by the group options: the keys every command connects with
+
+
 def _client(seed: tuple[str, ...], timeout: float) -> Client:
-    return Client(_seeds(seed), timeout=timeout)
+    return Client(_seeds(seed), timeout=timeout, curve=_CURVE[0] if _CURVE else None)
+
+
+def _load_curve(key: str | None, server_key: str | None, keys: str | None) -> CurveKeys | None:
+    """Keys from --key/--server-key, or --keys DIR (DIR/admin.key_secret and DIR/cluster.key),
+    or ./dynq-data/keys when it exists (what `dynq up` writes); None: no CURVE."""
+    if keys is None and key is None and Path("dynq-data/keys/admin.key_secret").exists():
+        keys = "dynq-data/keys"
+    if keys is not None:
+        key = key or str(Path(keys) / "admin.key_secret")
+        server_key = server_key or str(Path(keys) / "cluster.key")
+    if key is None and server_key is None:
+        return None
+    if key is None or server_key is None:
+        raise click.UsageError("CURVE needs both --key (your .key_secret) and --server-key (the cluster's .key)")
+    try:
+        return CurveKeys.from_files(key, server_key)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def _fail(exc: Exception) -> None:
@@ -56,8 +78,38 @@ def _show_value(value: bytes) -> str:
 
 @click.group()
 @click.version_option(package_name="dynq")
-def main() -> None:
+@click.option("--key", envvar="DYNQ_KEY", default=None, help="Your keypair (.key_secret) for a CURVE cluster.")
+@click.option("--server-key", envvar="DYNQ_SERVER_KEY", default=None, help="The cluster's public key (.key).")
+@click.option("--keys", envvar="DYNQ_KEYS", default=None, type=click.Path(file_okay=False),
+              help="A keys directory as `dynq up` writes it (admin.key_secret, cluster.key); "
+                   "default ./dynq-data/keys if it exists.")
+def main(key: str | None, server_key: str | None, keys: str | None) -> None:
     """dynq: a Dynamo-style distributed key-value store."""
+    _CURVE.clear()
+    curve = _load_curve(key, server_key, keys)
+    if curve is not None:
+        _CURVE.append(curve)
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """CurveZMQ keys."""
+
+
+@keys_group.command("generate")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option("--name", required=True, help="Key name: NAME.key (public) and NAME.key_secret (mode 0600).")
+def keys_generate(out: str, name: str) -> None:
+    """Generate a CURVE keypair. Put NAME.key in the nodes' peer_keys (nodes, operators) or
+    client_keys (applications) directory and send the nodes SIGHUP (systemctl reload)."""
+    from .security import generate_keys
+
+    target = Path(out) / f"{name}.key_secret"
+    if target.exists():
+        click.echo(f"error: {target} exists; not overwriting a key", err=True)
+        sys.exit(1)
+    public, secret = generate_keys(Path(out), name)
+    click.echo(f"public: {public}\nsecret: {secret} (mode 0600)")
 
 
 # --- nodes ------------------------------------------------------------------------------
@@ -149,11 +201,13 @@ def config_init(name: str, data_dir: str, base_port: int, host: str, seeds: tupl
 @click.option("--base-port", default=7100, show_default=True, type=click.IntRange(1024, 65000),
               help="Port of the first node; node i listens on base-port + 10*i.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-def up(nodes: int, data_dir: str, base_port: int, host: str) -> None:
+@click.option("--security", type=click.Choice(["curve", "none"]), default="curve", show_default=True,
+              help="curve: keys generated into DATA_DIR/keys; the CLI finds them there.")
+def up(nodes: int, data_dir: str, base_port: int, host: str, security: str) -> None:
     """Start a local cluster, one process per node, until Ctrl-C."""
     from .localcluster import run_up
 
-    sys.exit(run_up(nodes, Path(data_dir), base_port, host, echo=click.echo))
+    sys.exit(run_up(nodes, Path(data_dir), base_port, host, echo=click.echo, security=security))
 
 
 # --- data -------------------------------------------------------------------------------

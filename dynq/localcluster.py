@@ -305,10 +305,11 @@ class LocalCluster:
         return out
 
 
-def run_up(nodes: int, data_dir: Path, base_port: int, host: str = "127.0.0.1", echo: object = print) -> int:
+def run_up(nodes: int, data_dir: Path, base_port: int, host: str = "127.0.0.1", echo: object = print,
+           security: str = "curve") -> int:
     """Start a local cluster and stay in the foreground until SIGINT/SIGTERM (`dynq up`)."""
     say = echo if callable(echo) else print
-    cluster = LocalCluster.on_ports(data_dir, nodes, base_port, host)
+    cluster = LocalCluster.on_ports(data_dir, nodes, base_port, host, security=security)
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -328,6 +329,10 @@ def run_up(nodes: int, data_dir: Path, base_port: int, host: str = "127.0.0.1", 
         say(f"dynq: {nodes} nodes up (N={cluster.n}, R={cluster.r}, W={cluster.w}, Q={cluster.q}); data in {cluster.data_dir}")
         for node in cluster.nodes.values():
             say(f"  {node.name}  {node.address}  pid {node.process.pid if node.process else '-'}  log {node.log_path}")
+        if security == "curve":
+            keys = cluster.keys_dir
+            say(f"CURVE on: keys in {keys} (the CLI uses {keys}/admin.key_secret: export DYNQ_KEYS={keys};"
+                f" applications: CurveKeys.from_files('{keys}/app.key_secret', '{keys}/cluster.key'))")
         say(f"try:  dynq put hello world --seed {cluster.seeds[0]}   (Ctrl-C stops the cluster)")
         reported: set[str] = set()
         while not stop_requested:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import os
 import socket
 import subprocess
 import sys
@@ -18,10 +19,11 @@ from tests.conftest import free_ports
 pytestmark = pytest.mark.integration
 
 
-def dynq(*args: str, seed: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def dynq(*args: str, seed: str, check: bool = True, keys: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DYNQ_KEYS": str(keys)} if keys is not None else None
     return subprocess.run(
         [sys.executable, "-m", "dynq", *args, "--seed", seed],
-        capture_output=True, text=True, timeout=60, check=check,
+        capture_output=True, text=True, timeout=60, check=check, env=env,
     )
 
 
@@ -70,19 +72,23 @@ def test_up_runs_a_cluster_the_cli_can_use_and_stops_it(tmp_path: Path) -> None:
         cfg = load_config(data / "n1" / "dynq.toml")
         assert cfg.listen == seed and len(cfg.members) == 3
 
-        assert dynq("put", "hello", "world", seed=seed).stdout.strip() == "ok"
-        got = dynq("get", "hello", seed=seed)
+        # `dynq up` runs with CURVE: without the keys it wrote, the CLI gets nowhere.
+        refused = dynq("get", "hello", "--timeout", "1", seed=seed, check=False)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        keys = data / "keys"
+        assert dynq("put", "hello", "world", seed=seed, keys=keys).stdout.strip() == "ok"
+        got = dynq("get", "hello", seed=seed, keys=keys)
         assert got.stdout.strip() == "world"
         context = got.stderr.split("context: ")[1].split()[0]
-        assert dynq("put", "hello", "there", "--context", context, seed=seed).returncode == 0
-        assert dynq("get", "hello", seed=seed).stdout.strip() == "there"
-        assert dynq("delete", "hello", seed=seed).returncode == 0
-        missing = dynq("get", "hello", seed=seed, check=False)
+        assert dynq("put", "hello", "there", "--context", context, seed=seed, keys=keys).returncode == 0
+        assert dynq("get", "hello", seed=seed, keys=keys).stdout.strip() == "there"
+        assert dynq("delete", "hello", seed=seed, keys=keys).returncode == 0
+        missing = dynq("get", "hello", seed=seed, check=False, keys=keys)
         assert missing.returncode == 1 and "(not found)" in missing.stdout
-        ring = dynq("ring", seed=seed).stdout
+        ring = dynq("ring", seed=seed, keys=keys).stdout
         assert "ring epoch 1" in ring and "n1" in ring and "n3" in ring
-        assert '"keys"' in dynq("stats", "--json", seed=seed).stdout
-        bad = dynq("put", "k", "v", "--w", "7", seed=seed, check=False)
+        assert '"keys"' in dynq("stats", "--json", seed=seed, keys=keys).stdout
+        bad = dynq("put", "k", "v", "--w", "7", seed=seed, check=False, keys=keys)
         assert bad.returncode == 2 and "w must be" in bad.stderr
     finally:
         up.send_signal(signal.SIGTERM)
