@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dynq.localcluster import LocalCluster, free_ports  # noqa: E402
-from dynq_client import AsyncClient  # noqa: E402
+from dynq_client import AsyncClient, CurveKeys  # noqa: E402
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -48,10 +48,11 @@ async def phase(db: AsyncClient, op: str, keys: list[bytes], value: bytes, concu
     return {"ops_s": len(keys) / elapsed, "p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99)}
 
 
-async def one_run(seeds: list[str], keys: int, value_size: int, run: int) -> dict[str, dict[str, float]]:
+async def one_run(seeds: list[str], keys: int, value_size: int, run: int,
+                  curve: CurveKeys | None = None) -> dict[str, dict[str, float]]:
     value = os.urandom(value_size)
     out: dict[str, dict[str, float]] = {}
-    async with AsyncClient(seeds, timeout=10.0) as db:
+    async with AsyncClient(seeds, timeout=10.0, curve=curve) as db:
         # Baseline for this run on this (noisy, shared) machine: one bare request round trip.
         pings = []
         for _ in range(500):
