@@ -47,7 +47,7 @@ _POLLIN = int(zmq.POLLIN)  # a plain int: enum.Flag arithmetic is slow on the ho
 def configure_socket(sock: zmq.Socket[Any], limits: Limits, hwm: int = 10_000) -> None:
     """The options every dynq socket gets: bounded messages and queues, no linger."""
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes + 4096)
+    sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)  # a bigger message drops its sender
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
 
