@@ -45,7 +45,7 @@ def cluster3(cluster_factory: object) -> LocalCluster:
 
 @pytest.fixture
 def client3(cluster3: LocalCluster) -> Iterator[Client]:
-    with Client(cluster3.seeds, timeout=5.0) as client:
+    with cluster3.client(timeout=5.0) as client:
         yield client
 
 

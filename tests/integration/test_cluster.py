@@ -22,6 +22,12 @@ from dynq_client import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(params=["none", "curve"])
+def cluster3(request: pytest.FixtureRequest, cluster_factory: object) -> LocalCluster:
+    """The core behaviours, with and without CurveZMQ on every connection."""
+    return cluster_factory(3, security=request.param)  # type: ignore[operator, no-any-return]
+
+
 def primaries(client: Client, key: bytes) -> tuple[str, ...]:
     assert client.table is not None
     return client.table.ring.preference_list_for(key).primaries
@@ -49,7 +55,7 @@ def test_every_primary_holds_the_write(cluster3: LocalCluster, client3: Client) 
 
 def test_concurrent_blind_writes_become_siblings_and_resolve(cluster3: LocalCluster) -> None:
     """Two writes without context are both kept; a put with the read's context resolves them."""
-    with Client(cluster3.seeds) as a, Client(cluster3.seeds) as b:
+    with cluster3.client() as a, cluster3.client() as b:
         a.put(b"cart", b"apples")
         b.put(b"cart", b"pears")
         got = a.get(b"cart")
@@ -116,7 +122,7 @@ def test_paused_replica_makes_w3_time_out_with_its_name(cluster3: LocalCluster, 
     victim = primaries(client3, key)[-1]
     cluster3.signal(victim, signal.SIGSTOP)
     try:
-        with Client(cluster3.seeds, timeout=1.0) as short:
+        with cluster3.client(timeout=1.0) as short:
             with pytest.raises(QuorumTimeout) as info:
                 short.put(key, b"v", w=3)
             assert victim in info.value.errors
@@ -133,7 +139,7 @@ def test_data_survives_a_full_restart(cluster3: LocalCluster, client3: Client) -
     for name in cluster3.nodes:
         cluster3.start(name)
     cluster3.wait_ready()
-    with Client(cluster3.seeds) as fresh:
+    with cluster3.client() as fresh:
         for i in range(100):
             assert fresh.get(f"p{i}".encode(), r=3).values == [f"{i}".encode()]
 
@@ -189,7 +195,7 @@ def test_any_node_coordinates_for_any_key(cluster_factory: object) -> None:
 
 def test_client_refreshes_routing_table_on_newer_epoch(cluster3: LocalCluster) -> None:
     """A reply carrying a newer ring epoch makes the client fetch the table again."""
-    with Client(cluster3.seeds) as client:
+    with cluster3.client() as client:
         client.put(b"epoch", b"1")
         assert client.table is not None
         old_epoch = client.table.epoch
