@@ -10,7 +10,7 @@ import pytest
 from dynq.localcluster import LocalCluster
 from dynq_client import Client, DynqError, QuorumError
 from dynq_client.versions import VersionedObject, decode_reply_object
-from tests.conftest import wait_known_down
+from tests.conftest import wait_known_down, wait_unreachable
 
 pytestmark = pytest.mark.integration
 
@@ -183,6 +183,7 @@ def test_concurrent_writes_across_a_failure_end_as_siblings(cluster_factory: Any
         client.put(key, b"v0", w=3)
         context = client.get(key, r=3).context
         cluster.kill(first)
+        wait_unreachable(client, first)  # a write sent in the instant of the kill has an unknown outcome
         client.put(key, b"side-A", context=context, w=2)  # the other primaries and a fallback
         others = [n for n in cluster.nodes if n != first]
         for name in others:
