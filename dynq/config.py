@@ -53,6 +53,14 @@ class NodeConfig:
     replay_rate: int = 2000
     replay_interval_ms: int = 500
     probe_interval_ms: int = 1000
+    # anti-entropy ([anti_entropy])
+    ae_enabled: bool = True
+    ae_interval_ms: int = 1000
+    ae_rate_objects: int = 2000
+    ae_rate_bytes: int = 8 * 1024 * 1024
+    ae_concurrency: int = 1
+    ae_rebuild_interval_s: int = 7 * 86400
+    ae_tombstone_grace_s: int = 86400
     source: str = "<defaults>"  # where this config was read from, for messages
 
     @property
@@ -75,7 +83,10 @@ _TIMEOUT_KEYS = {"request_ms"}
 _LOG_KEYS = {"level", "format"}
 _METRICS_KEYS = {"port", "host"}
 _HANDOFF_KEYS = {"max_hints", "replay_batch", "replay_rate", "replay_interval_ms", "probe_interval_ms"}
+_AE_KEYS = {"enabled", "interval_ms", "rate_objects", "rate_bytes", "concurrency", "rebuild_interval_s",
+            "tombstone_grace_s"}
 _SECTIONS = {
+    "anti_entropy": _AE_KEYS,
     "handoff": _HANDOFF_KEYS,
     "metrics": _METRICS_KEYS,
     "node": _NODE_KEYS,
@@ -145,6 +156,10 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     logs = _Reader(source, "log", data.get("log", {}), _LOG_KEYS)
     handoff = _Reader(source, "handoff", data.get("handoff", {}), _HANDOFF_KEYS)
     metrics = _Reader(source, "metrics", data.get("metrics", {}), _METRICS_KEYS)
+    ae = _Reader(source, "anti_entropy", data.get("anti_entropy", {}), _AE_KEYS)
+    ae_enabled = ae.table.get("enabled", True)
+    if not isinstance(ae_enabled, bool):
+        raise ae._err("enabled", f"must be true or false, got {ae_enabled!r}")
     log_format = logs.text("format", "text").lower()
     if log_format not in ("text", "json"):
         raise logs._err("format", f"must be 'text' or 'json', got {log_format!r}")
@@ -232,6 +247,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         replay_rate=handoff.number("replay_rate", 2000, 1, 1_000_000),
         replay_interval_ms=handoff.number("replay_interval_ms", 500, 10, 600_000),
         probe_interval_ms=handoff.number("probe_interval_ms", 1000, 10, 600_000),
+        ae_enabled=ae_enabled,
+        ae_interval_ms=ae.number("interval_ms", 1000, 1, 3_600_000),
+        ae_rate_objects=ae.number("rate_objects", 2000, 1, 10_000_000),
+        ae_rate_bytes=ae.number("rate_bytes", 8 * 1024 * 1024, 1024, 2**40),
+        ae_concurrency=ae.number("concurrency", 1, 1, 64),
+        ae_rebuild_interval_s=ae.number("rebuild_interval_s", 7 * 86400, 1, 10 * 365 * 86400),
+        ae_tombstone_grace_s=ae.number("tombstone_grace_s", 86400, 0, 10 * 365 * 86400),
         source=source,
     )
 

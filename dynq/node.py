@@ -57,6 +57,7 @@ from .config import ConfigError, NodeConfig
 from .coordinator import GetCoordinator, PutCoordinator
 from . import sdnotify
 from .hinted_handoff import HintedHandoff
+from .anti_entropy import AntiEntropy
 from .metrics import Latencies, render_prometheus, serve_metrics
 from .storage import Storage
 
@@ -183,6 +184,8 @@ class Node:
         self._replica_timeout = config.request_timeout_ms / 1000
         self.handoff: HintedHandoff | None = None
         self._background: list[asyncio.Task[None]] = []
+        self.anti_entropy = AntiEntropy(self)  # Merkle trees, exchange, repair loop, reaping
+        self.handlers.update(self.anti_entropy.handlers())
 
     # --- ring --------------------------------------------------------------------------
 
@@ -261,6 +264,7 @@ class Node:
         self._background = [
             self.loop.create_task(self._probe_down_peers()),
             self.loop.create_task(self.handoff.run()),
+            self.loop.create_task(self.anti_entropy.run()),
         ]
         if self.config.metrics_port:
             self._metrics_server = await serve_metrics(
@@ -861,6 +865,7 @@ class Node:
             "latency": {op: hist.summary() for op, hist in sorted(self.latencies.by_op.items())},
             "peers": self.health.snapshot(),
             "peers_down": self.health.down(),
+            "anti_entropy": self.anti_entropy.snapshot(),
         }
 
 
