@@ -240,13 +240,36 @@ def stats(node_name: str | None, as_json: bool, seed: tuple[str, ...], timeout: 
                     out[name] = {"error": str(exc)}
     except DynqError as exc:
         _fail(exc)
+    horizon = _consistency_horizon(out)
     if as_json:
-        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        click.echo(json.dumps(dict(out, cluster={"consistency_horizon_s": horizon}) if not node_name else out,
+                              indent=2, sort_keys=True))
         return
     for name, values in out.items():
         click.echo(f"[{name}]")
+        ae = values.get("anti_entropy")
+        if isinstance(ae, dict):  # per-partition detail only in --json
+            values = dict(values, anti_entropy={k: v for k, v in ae.items() if k != "partitions"})
         for key, value in _flatten(values):
             click.echo(f"  {key:<32} {value}")
+    if not node_name:
+        click.echo("[cluster]")
+        click.echo(f"  {'consistency_horizon_s':<32} {'never' if horizon is None else horizon}")
+
+
+def _consistency_horizon(stats_by_node: dict[str, Any]) -> float | None:
+    """Age in seconds of the partition whose last complete anti-entropy pass (by any node)
+    is the oldest; None if some partition never had one."""
+    import time
+
+    newest: dict[str, int] = {}
+    for values in stats_by_node.values():
+        parts = (values.get("anti_entropy") or {}).get("partitions") or {}
+        for partition, info in parts.items():
+            newest[partition] = max(newest.get(partition, 0), int(info.get("last_exchange_ms", 0)))
+    if not newest or min(newest.values()) == 0:
+        return None
+    return round(time.time() - min(newest.values()) / 1000, 1)
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
