@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 LEVEL_BATCH = 512  # tree nodes asked for per ae_level request
 SEGMENT_BATCH = 256  # segments asked for per ae_keys request
-OBJECT_BATCH = 200  # keys asked for per ae_objects request, objects pushed per paced step
+OBJECT_BATCH = 64  # keys asked for per ae_objects request, objects merged and pushed per paced step (small: the loop stays responsive)
 REAP_BATCH = 1000  # tombstones considered per reap round
 SAMPLE_KEYS = 100  # repaired keys reported back by ae_repair (bounded)
 
