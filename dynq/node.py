@@ -711,7 +711,8 @@ class Node:
         w = self._quorum(req.body, "w", self.config.w)
         pw = p.get_int(req.body, "pw", lo=0, hi=self.ring.n, default=0) or 0
         local = self.storage.current(key)
-        new = update(local, context, self.actor, value, int(time.time() * 1000))
+        actor = self.actor if local is not None else self.anti_entropy.actor_for_new_key()  # KV679: after reaping
+        new = update(local, context, actor, value, int(time.time() * 1000))
         if len(new.siblings) > self.limits.max_siblings:
             raise TooManySiblings(
                 f"key would have {len(new.siblings)} siblings (limit {self.limits.max_siblings}); "

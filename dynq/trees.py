@@ -115,11 +115,14 @@ class PartitionTrees:
         self._partition_bits = 0
         self.verifying: set[int] = set()  # partitions being verified now
         self.fixed_by_verify = 0  # leaf rows verification had to correct (total)
+        epoch = storage.get_meta("reap_epoch")
+        self.reap_epoch = int(epoch) if epoch else 0  # reap rounds that deleted something, ever
         if storage.count() == 0:  # a new (or emptied) database: nothing to verify
             now = _now_ms()
-            for p in self.tracked_partitions():
-                self.info.setdefault(p, PartitionInfo()).verified_ms = now
-                self._save(p)
+            with self.conn:  # one commit, not one per partition
+                for p in self.tracked_partitions():
+                    self.info.setdefault(p, PartitionInfo()).verified_ms = now
+                    self._save(p)
         storage.observer = self.observe
 
     # --- which partitions --------------------------------------------------------------
@@ -319,7 +322,12 @@ class PartitionTrees:
         one transaction). Call with nothing staged (the caller flushes first)."""
         deleted: list[bytes] = []
         fixes: list[tuple[int, int, int]] = []
+        epoch = self.reap_epoch + 1
         with self.conn:
+            # Committed with the deletes: a key created after them is minted under a new
+            # actor (see AntiEntropy.actor_for_new_key), even after a crash.
+            self.conn.execute("INSERT INTO meta(name, value) VALUES('reap_epoch', ?) "
+                              "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (str(epoch).encode(),))
             for key, h in items:
                 seg = self.segment(key)
                 self.conn.execute(
@@ -329,6 +337,8 @@ class PartitionTrees:
                     self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
                     deleted.append(key)
                     fixes.append((partition, seg, hash_int(h)))
+        if deleted:
+            self.reap_epoch = epoch
         self._apply(fixes)
         return deleted
 

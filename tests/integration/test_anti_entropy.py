@@ -174,6 +174,8 @@ def test_tombstones_are_reaped_only_when_safe_and_deleted_keys_stay_deleted(clus
         client.put(plain, b"v1", w=3)
         client.delete(plain, w=3)
 
+        stale_context = client.get(gone).context  # a client that read v1 long ago
+
         cluster.kill(victim)
         wait_known_down(client, running(cluster), victim)
         client.delete(gone, w=3)  # the victim's tombstone goes to a fallback, with a hint
@@ -213,6 +215,11 @@ def test_tombstones_are_reaped_only_when_safe_and_deleted_keys_stay_deleted(clus
         client.put(gone, b"again")  # a rewrite after reaping
         repair_all(client)
         assert client.get(gone, r=3).values == [b"again"]
+        # The stale reader writes with its old context: it never saw "again", so "again"
+        # must survive as a sibling (were its dot minted again under the old counter, the
+        # stale context would cover it and silently supersede it).
+        client.put(gone, b"stale", context=stale_context)
+        assert sorted(client.get(gone, r=3).values) == [b"again", b"stale"]
         reaped = sum(client.call(n, "stats")["anti_entropy"]["tombstones_reaped"] for n in cluster.nodes)
         assert reaped >= 3 * 2  # gone and plain, on three primaries each
 
