@@ -259,7 +259,7 @@ class AntiEntropy:
     async def exchange(self, partition: int, peer: str) -> ExchangeStats:
         """One exchange of ``partition`` with ``peer``: descend, diff keys, merge both ways."""
         st = ExchangeStats()
-        tree = self.trees.tree(partition)
+        tree = await self.trees.load(partition)
         body = await self._call(peer, p.OP_AE_ROOT, {"p": partition}, st)
         if body.get("ready") is not True:
             raise Unavailable(f"{peer}: its tree of partition {partition} is not built yet")
@@ -436,12 +436,22 @@ class AntiEntropy:
 
     def handle_root(self, responder: Responder, req: Request) -> None:
         partition = self._partition(req.body)
+        if partition not in self.trees.trees:  # load it in slices, then answer
+            self._spawn(responder, self._root_reply(partition))
+            return
         ready = self.trees.verified(partition) and partition not in self.trees.verifying
-        responder.ok({"h": hash_bytes(self.trees.tree(partition).root), "ready": ready})
+        responder.ok({"h": hash_bytes(self.trees.trees[partition].root), "ready": ready})
+
+    async def _root_reply(self, partition: int) -> dict[str, Any]:
+        tree = await self.trees.load(partition)
+        ready = self.trees.verified(partition) and partition not in self.trees.verifying
+        return {"h": hash_bytes(tree.root), "ready": ready}
 
     def handle_level(self, responder: Responder, req: Request) -> None:
         partition = self._partition(req.body)
-        tree = self.trees.tree(partition)
+        tree = self.trees.trees.get(partition)
+        if tree is None:  # ae_root loads it first; a tree dropped meanwhile means "start again"
+            raise Unavailable(f"tree of partition {partition} is not loaded; start from ae_root")
         depth = p.get_int(req.body, "d", lo=0, hi=tree.depth - 1) if tree.depth else None
         indices = req.body.get("i")
         if depth is None or not isinstance(indices, list) or len(indices) > LEVEL_BATCH * 8 or not all(

@@ -105,6 +105,7 @@ class PartitionTrees:
         self.segments, self.fanout = segments, fanout
         self.conn.execute(_SCHEMA)
         self.trees: dict[int, Tree] = {}  # partition -> loaded tree (lazily)
+        self.loading: dict[int, tuple[Tree, tuple[int, bytes]]] = {}  # partition -> (partial tree, rows read up to)
         self.info: dict[int, PartitionInfo] = {}  # partition -> persisted bookkeeping
         for p, verified, exchanged, repaired, build in self.conn.execute(
             "SELECT partition, verified_ms, exchanged_ms, keys_repaired, build_ms FROM ae_partitions"
@@ -163,7 +164,7 @@ class PartitionTrees:
         trees once the transaction has committed (nothing if it rolls back)."""
         tracked = self._refresh()
         rows: list[tuple[int, int, bytes, bytes, int]] = []
-        deltas: list[tuple[int, int, int]] = []
+        deltas: list[tuple[int, int, bytes, int]] = []
         bits, segments = self._partition_bits, self.segments
         for key, (partition, obj, blob) in staged.items():
             if not tracked[partition]:
@@ -178,23 +179,68 @@ class PartitionTrees:
             if old == new:
                 continue
             rows.append((partition, seg, key, hash_bytes(new), tombstone_ms(obj)))
-            deltas.append((partition, seg, old ^ new))
+            deltas.append((partition, seg, key, old ^ new))
         if not rows:
             return None
         conn.executemany(_UPSERT_LEAF, rows)
         return lambda: self._apply(deltas)
 
-    def _apply(self, deltas: list[tuple[int, int, int]]) -> None:
-        trees = self.trees
-        for partition, seg, delta in deltas:
+    def _apply(self, deltas: list[tuple[int, int, bytes, int]]) -> None:
+        """Committed leaf changes (partition, segment, key, old ^ new) into loaded trees, and
+        into a tree being loaded if its loader has already read past that row (rows after
+        its cursor will be read with the new value)."""
+        trees, loading = self.trees, self.loading
+        for partition, seg, key, delta in deltas:
             tree = trees.get(partition)
-            if tree is not None:  # not loaded: its leaf rows already say it all
+            if tree is not None:
                 tree.update(seg, delta)
+            elif partition in loading:
+                partial, cursor = loading[partition]
+                if (seg, key) <= cursor:
+                    partial.update(seg, delta)
+            # else: not loaded; its leaf rows already say it all
 
     # --- reading -----------------------------------------------------------------------
 
+    async def load(self, partition: int, slice_rows: int = 2000) -> Tree:
+        """The partition's tree; loaded from its leaf rows in slices on first use, so a
+        big partition never blocks the loop for long (writes meanwhile: see _apply)."""
+        tree = self.trees.get(partition)
+        if tree is not None:
+            return tree
+        while partition in self.loading:  # someone else is loading it: wait for them
+            await asyncio.sleep(0.005)
+            if partition in self.trees:
+                return self.trees[partition]
+        start = time.perf_counter()
+        partial = Tree.empty(self.segments, self.fanout)
+        cursor: tuple[int, bytes] = (-1, b"")
+        self.loading[partition] = (partial, cursor)
+        try:
+            while True:
+                rows = list(self.conn.execute(
+                    "SELECT segment, key, h FROM ae_leaves WHERE partition = ? AND (segment, key) > (?, ?) "
+                    "ORDER BY segment, key LIMIT ?", (partition, cursor[0], cursor[1], slice_rows)))
+                for seg, _key, h in rows:
+                    partial.update(seg, hash_int(h))
+                if rows:
+                    cursor = (int(rows[-1][0]), bytes(rows[-1][1]))
+                    self.loading[partition] = (partial, cursor)
+                if len(rows) < slice_rows:
+                    break
+                await asyncio.sleep(0)
+                if partition in self.trees:  # loaded synchronously meanwhile
+                    return self.trees[partition]
+        finally:
+            self.loading.pop(partition, None)
+        if self.is_tracked(partition):
+            self.trees[partition] = partial
+        self.info.setdefault(partition, PartitionInfo()).load_ms = (time.perf_counter() - start) * 1000
+        return partial
+
     def tree(self, partition: int) -> Tree:
-        """The partition's tree, loaded from its leaf rows on first use."""
+        """The partition's tree, loaded from its leaf rows in one step if needed (admin,
+        tests; the exchange uses :meth:`load`)."""
         tree = self.trees.get(partition)
         if tree is None:
             start = time.perf_counter()
@@ -242,7 +288,7 @@ class PartitionTrees:
         with self.conn:
             self.conn.executemany("DELETE FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?",
                                   [(partition, seg, key) for partition, seg, key, _ in orphans])
-        self._apply([(partition, seg, h) for partition, seg, _, h in orphans])
+        self._apply(orphans)
 
     async def verify(self, partition: int, slice_rows: int = 500) -> int:
         """Rebuild the partition's leaves from its objects, in slices; returns how many leaf
@@ -294,7 +340,7 @@ class PartitionTrees:
     def _verify_objects(self, partition: int, rows: list[tuple[bytes, bytes]]) -> int:
         bits, segments = self._partition_bits, self.segments
         upserts: list[tuple[int, int, bytes, bytes, int]] = []
-        deltas: list[tuple[int, int, int]] = []
+        deltas: list[tuple[int, int, bytes, int]] = []
         for key, blob in rows:
             seg = segment_of(key_hash(key), bits, segments)
             new = leaf_hash(key, blob)
@@ -310,7 +356,7 @@ class PartitionTrees:
                 except Exception:  # an undecodable row still gets a leaf: repair will merge over it
                     tomb = 0
                 upserts.append((partition, seg, key, hash_bytes(new), tomb))
-                deltas.append((partition, seg, old ^ new))
+                deltas.append((partition, seg, key, old ^ new))
         if upserts:
             with self.conn:
                 self.conn.executemany(_UPSERT_LEAF, upserts)
@@ -321,7 +367,7 @@ class PartitionTrees:
         """Reap: delete each key whose leaf hash is still the given one (compare-and-delete,
         one transaction). Call with nothing staged (the caller flushes first)."""
         deleted: list[bytes] = []
-        fixes: list[tuple[int, int, int]] = []
+        fixes: list[tuple[int, int, bytes, int]] = []
         epoch = self.reap_epoch + 1
         with self.conn:
             # Committed with the deletes: a key created after them is minted under a new
@@ -336,7 +382,7 @@ class PartitionTrees:
                 if self.conn.changes():
                     self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
                     deleted.append(key)
-                    fixes.append((partition, seg, hash_int(h)))
+                    fixes.append((partition, seg, key, hash_int(h)))
         if deleted:
             self.reap_epoch = epoch
         self._apply(fixes)
