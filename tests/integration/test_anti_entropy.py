@@ -14,6 +14,7 @@ import apsw
 import pytest
 
 from dynq.localcluster import LocalCluster
+from dynq.metrics import Latencies, render_prometheus
 from dynq_client import Client
 from dynq_client.versions import encode_object, update
 from tests.conftest import wait_known_down
@@ -132,6 +133,15 @@ def test_altered_rows_are_repaired_and_only_they_are_sent(cluster_factory: Any, 
             assert replica(client, victim, key).values == [b"v2"]  # type: ignore[union-attr]
         again = repair_all(client)  # nothing left to do
         assert sum(r["keys_repaired"] for r in again) == 0
+
+        stats = subprocess.run([sys.executable, "-m", "dynq", "stats", "--json", "--seed", cluster.seeds[0]],
+                               capture_output=True, text=True, timeout=60)
+        assert stats.returncode == 0, stats.stderr
+        every = json.loads(stats.stdout)
+        assert 0 <= every["cluster"]["consistency_horizon_s"] < 600  # every partition had a complete pass
+        assert every["n2"]["anti_entropy"]["tree_fixes"] == 6  # its own leaves: 3 orphaned, 3 stale
+        text = render_prometheus(every["n1"], Latencies())
+        assert "dynq_ae_horizon_seconds" in text and 'dynq_ae_partition_tree_build_ms{node="n1",partition="0"}' in text
 
 
 def test_siblings_on_one_replica_survive_repair(cluster_factory: Any) -> None:
