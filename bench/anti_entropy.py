@@ -183,6 +183,8 @@ def main() -> None:
     parser.add_argument("--p99-diverged", type=int, default=20_000,
                         help="diverged keys while measuring put latency under repair (default limits)")
     parser.add_argument("--p99-puts", type=int, default=3000)
+    parser.add_argument("--p99-rates", default="2000,500", help="rate_objects values to measure latency under")
+    parser.add_argument("--only-p99", action="store_true", help="skip the tree build and exchange timings")
     parser.add_argument("--dir", default=None, help="where to put the databases (default: a temp dir)")
     args = parser.parse_args()
     counts = [int(x) for x in args.diverged.split(",") if x]
@@ -194,9 +196,12 @@ def main() -> None:
         size = (base / "dynq.db").stat().st_size
         print(f"base: {args.keys} keys, {args.value_size} B values, {size / 1e6:.0f} MB, "
               f"written through the storage path in {built_s:.1f} s ({args.keys / built_s:.0f} keys/s)", flush=True)
-        builds = [tree_build_times(base, addresses) for _ in range(args.runs)]
-        print(f"tree build from the data (all {Q} partitions): median {statistics.median(b[0] for b in builds):.2f} s; "
-              f"load from leaf rows (restart): median {statistics.median(b[1] for b in builds):.2f} s", flush=True)
+        if args.only_p99:
+            counts = []
+        builds = [tree_build_times(base, addresses) for _ in range(0 if args.only_p99 else args.runs)]
+        if builds:
+            print(f"tree build from the data (all {Q} partitions): median {statistics.median(b[0] for b in builds):.2f} s; "
+                  f"load from leaf rows (restart): median {statistics.median(b[1] for b in builds):.2f} s", flush=True)
         for d in counts:
             runs = []
             for run in range(args.runs):
@@ -219,22 +224,27 @@ def main() -> None:
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             print(f"D={d}: full exchange median {med['s']:.2f} s, {med['bytes'] / 1e3:.1f} kB "
                   f"({med['bytes'] / max(1, d):.0f} B per diverged key), {med['keys']:.0f} keys repaired", flush=True)
-        lat_runs: list[dict[str, Any]] = []
+        rates = [int(x) for x in args.p99_rates.split(",") if x]
+        lat_runs: dict[int, list[dict[str, Any]]] = {rate: [] for rate in rates}
         for run in range(args.runs):
-            cluster = start_pair(root / f"p99-{run}", base, addresses, args.p99_diverged, args.keys, THROTTLED)
-            try:
-                lat_runs.append(asyncio.run(latency_under_repair(cluster.seeds, args.p99_puts)))
-            finally:
-                cluster.stop_all()
-                shutil.rmtree(cluster.data_dir, ignore_errors=True)
-            r = lat_runs[-1]
-            print(f"  p99 run {run + 1}: idle p50 {r['idle_p50']:.2f} p99 {r['idle_p99']:.2f} ms; during repair "
-                  f"p50 {r['busy_p50']:.2f} p99 {r['busy_p99']:.2f} ms ({r['busy_puts']} puts, repair "
-                  f"{r['repair_s']:.1f} s)", flush=True)
-        med = {k: statistics.median(float(r[k]) for r in lat_runs) for k in lat_runs[0]}
-        print(f"put latency, repair of {args.p99_diverged} diverged keys at default limits: idle p99 "
-              f"{med['idle_p99']:.2f} ms, during repair p99 {med['busy_p99']:.2f} ms "
-              f"(x{med['busy_p99'] / med['idle_p99']:.2f}); p50 {med['idle_p50']:.2f} -> {med['busy_p50']:.2f} ms")
+            for rate in rates:  # interleaved, so drift on the shared machine hits every rate alike
+                extra = THROTTLED + f"rate_objects = {rate}\n"
+                cluster = start_pair(root / f"p99-{run}-{rate}", base, addresses, args.p99_diverged, args.keys, extra)
+                try:
+                    lat_runs[rate].append(asyncio.run(latency_under_repair(cluster.seeds, args.p99_puts)))
+                finally:
+                    cluster.stop_all()
+                    shutil.rmtree(cluster.data_dir, ignore_errors=True)
+                r = lat_runs[rate][-1]
+                print(f"  p99 run {run + 1}, rate_objects {rate}: idle p50 {r['idle_p50']:.2f} p99 {r['idle_p99']:.2f} "
+                      f"ms; during repair p50 {r['busy_p50']:.2f} p99 {r['busy_p99']:.2f} ms ({r['busy_puts']} puts, "
+                      f"repair {r['repair_s']:.1f} s)", flush=True)
+        for rate in rates:
+            med = {k: statistics.median(float(r[k]) for r in lat_runs[rate]) for k in lat_runs[rate][0]}
+            ratio = statistics.median(float(r["busy_p99"]) / float(r["idle_p99"]) for r in lat_runs[rate])
+            print(f"put latency, repair of {args.p99_diverged} diverged keys at rate_objects {rate}: idle p99 "
+                  f"{med['idle_p99']:.2f} ms, during repair p99 {med['busy_p99']:.2f} ms (median ratio x{ratio:.2f}); "
+                  f"p50 {med['idle_p50']:.2f} -> {med['busy_p50']:.2f} ms; repair {med['repair_s']:.1f} s")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEVEL_BATCH = 512  # tree nodes asked for per ae_level request
-SEGMENT_BATCH = 256  # segments asked for per ae_keys request
+SEGMENT_BATCH = 32  # segments asked for per ae_keys request (~15 keys each at 1M keys per node)
 OBJECT_BATCH = 64  # keys asked for per ae_objects request, objects merged and pushed per paced step (small: the loop stays responsive)
 REAP_BATCH = 1000  # tombstones considered per reap round
 SAMPLE_KEYS = 100  # repaired keys reported back by ae_repair (bounded)
@@ -282,20 +282,20 @@ class AntiEntropy:
             if not frontier:  # a write that landed meanwhile made them equal
                 return st
         st.segments = len(frontier)
-        remote_keys: dict[bytes, int] = {}
         pending = list(frontier)
-        while pending:
+        while pending:  # a few segments at a time: every synchronous step stays small
+            received = st.bytes_received
             body = await self._call(peer, p.OP_AE_KEYS, {"p": partition, "s": pending[:SEGMENT_BATCH]}, st)
             served = _served_segments(body, peer, set(pending))
-            for seg, pairs in served.items():
-                remote_keys.update(pairs)
             pending = [seg for seg in pending if seg not in served]
-        local_keys = {k: hash_int(h) for pairs in self.trees.segment_keys(partition, frontier).values()
-                      for k, h in pairs}
-        diff = diff_keys(local_keys, remote_keys)
-        theirs = await self._pull(partition, peer, sorted(diff.only_remote | diff.different), st)
-        await self._merge_and_push(peer, sorted(diff.keys), theirs, st)
-        st.repaired |= diff.keys
+            await self.limiter.take(0, st.bytes_received - received)
+            remote_keys = {k: h for pairs in served.values() for k, h in pairs.items()}
+            local_keys = {k: hash_int(h) for pairs in self.trees.segment_keys(partition, list(served)).values()
+                          for k, h in pairs}
+            diff = diff_keys(local_keys, remote_keys)
+            theirs = await self._pull(partition, peer, sorted(diff.only_remote | diff.different), st)
+            await self._merge_and_push(peer, sorted(diff.keys), theirs, st)
+            st.repaired |= diff.keys
         return st
 
     async def _pull(self, partition: int, peer: str, keys: list[bytes], st: ExchangeStats) -> dict[bytes, bytes | None]:

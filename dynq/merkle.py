@@ -99,15 +99,15 @@ class Tree:
     def root(self) -> int:
         return self.levels[0][0]
 
+    def __post_init__(self) -> None:
+        # (level, segments per node of that level), root first: the write path's only loop
+        self._path = [(level, self.segments // len(level)) for level in self.levels]
+
     def update(self, segment: int, delta: int) -> None:
         """XOR ``delta`` (old leaf hash ^ new leaf hash) into a segment and its ancestors."""
-        if not delta:
-            return
-        index = segment
-        for depth in range(self.depth, 0, -1):
-            self.levels[depth][index] ^= delta
-            index //= len(self.levels[depth]) // len(self.levels[depth - 1])
-        self.levels[0][0] ^= delta
+        if delta:
+            for level, per in self._path:
+                level[segment // per] ^= delta
 
     def children(self, depth: int, index: int) -> list[int]:
         """Hashes of the children (at ``depth + 1``) of node ``index`` at ``depth``."""

@@ -166,20 +166,22 @@ class PartitionTrees:
         rows: list[tuple[int, int, bytes, bytes, int]] = []
         deltas: list[tuple[int, int, bytes, int]] = []
         bits, segments = self._partition_bits, self.segments
-        for key, (partition, obj, blob) in staged.items():
-            if not tracked[partition]:
-                continue
-            seg = segment_of(key_hash(key), bits, segments)
+        mine = [(partition, segment_of(key_hash(key), bits, segments), key, obj, blob)
+                for key, (partition, obj, blob) in staged.items() if tracked[partition]]
+        if not mine:
+            return None
+        # The old leaf hashes, in one statement for the whole commit.
+        old = {bytes(k): bytes(h) for k, h in conn.executemany(
+            "SELECT key, h FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?",
+            [(partition, seg, key) for partition, seg, key, _, _ in mine])}
+        for partition, seg, key, obj, blob in mine:
             new = leaf_hash(key, blob)
-            old = 0
-            for (h,) in conn.execute(
-                "SELECT h FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?", (partition, seg, key)
-            ):
-                old = hash_int(h)
-            if old == new:
+            before = old.get(key)
+            delta = new ^ (hash_int(before) if before is not None else 0)
+            if not delta:
                 continue
             rows.append((partition, seg, key, hash_bytes(new), tombstone_ms(obj)))
-            deltas.append((partition, seg, key, old ^ new))
+            deltas.append((partition, seg, key, delta))
         if not rows:
             return None
         conn.executemany(_UPSERT_LEAF, rows)
