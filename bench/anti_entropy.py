@@ -140,10 +140,14 @@ def roots_agree(client: Client) -> bool:
     return [x[:2] for x in a] == [x[:2] for x in b]
 
 
-async def latency_under_repair(seeds: list[str], puts: int) -> dict[str, float]:
+async def latency_under_repair(seeds: list[str], puts: int, warm: bool) -> dict[str, float]:
     """Put p99 idle, then with a repair pass of every partition running (default limits)."""
     value = b"z" * 100
     async with AsyncClient(seeds, timeout=30.0) as db:
+        if warm:  # steady state: a node that has been up a while has its trees in memory
+            await db.call("n1", "ae_tree")
+            await db.call("n2", "ae_tree")
+
         async def put_loop(prefix: str, stop: asyncio.Event | None) -> list[float]:
             lat: list[float] = []
             for i in range(puts):
@@ -184,6 +188,8 @@ def main() -> None:
                         help="diverged keys while measuring put latency under repair (default limits)")
     parser.add_argument("--p99-puts", type=int, default=3000)
     parser.add_argument("--p99-rates", default="2000,500", help="rate_objects values to measure latency under")
+    parser.add_argument("--cold", action="store_true",
+                        help="measure latency with trees not yet loaded (just after a restart)")
     parser.add_argument("--only-p99", action="store_true", help="skip the tree build and exchange timings")
     parser.add_argument("--dir", default=None, help="where to put the databases (default: a temp dir)")
     args = parser.parse_args()
@@ -231,7 +237,7 @@ def main() -> None:
                 extra = THROTTLED + f"rate_objects = {rate}\n"
                 cluster = start_pair(root / f"p99-{run}-{rate}", base, addresses, args.p99_diverged, args.keys, extra)
                 try:
-                    lat_runs[rate].append(asyncio.run(latency_under_repair(cluster.seeds, args.p99_puts)))
+                    lat_runs[rate].append(asyncio.run(latency_under_repair(cluster.seeds, args.p99_puts, not args.cold)))
                 finally:
                     cluster.stop_all()
                     shutil.rmtree(cluster.data_dir, ignore_errors=True)

@@ -204,7 +204,7 @@ class PartitionTrees:
 
     # --- reading -----------------------------------------------------------------------
 
-    async def load(self, partition: int, slice_rows: int = 2000) -> Tree:
+    async def load(self, partition: int, slice_rows: int = 500) -> Tree:
         """The partition's tree; loaded from its leaf rows in slices on first use, so a
         big partition never blocks the loop for long (writes meanwhile: see _apply)."""
         tree = self.trees.get(partition)
