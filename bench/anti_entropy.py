@@ -190,6 +190,8 @@ def main() -> None:
     parser.add_argument("--p99-rates", default="2000,500", help="rate_objects values to measure latency under")
     parser.add_argument("--cold", action="store_true",
                         help="measure latency with trees not yet loaded (just after a restart)")
+    parser.add_argument("--no-build-times", action="store_true", help="skip the tree build timings")
+    parser.add_argument("--no-p99", action="store_true", help="skip the latency measurement")
     parser.add_argument("--only-p99", action="store_true", help="skip the tree build and exchange timings")
     parser.add_argument("--dir", default=None, help="where to put the databases (default: a temp dir)")
     args = parser.parse_args()
@@ -204,7 +206,8 @@ def main() -> None:
               f"written through the storage path in {built_s:.1f} s ({args.keys / built_s:.0f} keys/s)", flush=True)
         if args.only_p99:
             counts = []
-        builds = [tree_build_times(base, addresses) for _ in range(0 if args.only_p99 else args.runs)]
+        builds = [tree_build_times(base, addresses)
+                  for _ in range(0 if args.only_p99 or args.no_build_times else args.runs)]
         if builds:
             print(f"tree build from the data (all {Q} partitions): median {statistics.median(b[0] for b in builds):.2f} s; "
                   f"load from leaf rows (restart): median {statistics.median(b[1] for b in builds):.2f} s", flush=True)
@@ -230,7 +233,7 @@ def main() -> None:
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             print(f"D={d}: full exchange median {med['s']:.2f} s, {med['bytes'] / 1e3:.1f} kB "
                   f"({med['bytes'] / max(1, d):.0f} B per diverged key), {med['keys']:.0f} keys repaired", flush=True)
-        rates = [int(x) for x in args.p99_rates.split(",") if x]
+        rates = [] if args.no_p99 else [int(x) for x in args.p99_rates.split(",") if x]
         lat_runs: dict[int, list[dict[str, Any]]] = {rate: [] for rate in rates}
         for run in range(args.runs):
             for rate in rates:  # interleaved, so drift on the shared machine hits every rate alike

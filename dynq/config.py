@@ -56,7 +56,7 @@ class NodeConfig:
     # anti-entropy ([anti_entropy])
     ae_enabled: bool = True
     ae_interval_ms: int = 1000
-    ae_rate_objects: int = 2000
+    ae_rate_objects: int = 500
     ae_rate_bytes: int = 8 * 1024 * 1024
     ae_concurrency: int = 1
     ae_rebuild_interval_s: int = 7 * 86400
@@ -249,7 +249,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         probe_interval_ms=handoff.number("probe_interval_ms", 1000, 10, 600_000),
         ae_enabled=ae_enabled,
         ae_interval_ms=ae.number("interval_ms", 1000, 1, 3_600_000),
-        ae_rate_objects=ae.number("rate_objects", 2000, 1, 10_000_000),
+        ae_rate_objects=ae.number("rate_objects", 500, 1, 10_000_000),
         ae_rate_bytes=ae.number("rate_bytes", 8 * 1024 * 1024, 1024, 2**40),
         ae_concurrency=ae.number("concurrency", 1, 1, 64),
         ae_rebuild_interval_s=ae.number("rebuild_interval_s", 7 * 86400, 1, 10 * 365 * 86400),
