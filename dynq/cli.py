@@ -333,13 +333,36 @@ def stats(node_name: str | None, as_json: bool, seed: tuple[str, ...], timeout: 
                     out[name] = {"error": str(exc)}
     except DynqError as exc:
         _fail(exc)
+    horizon = _consistency_horizon(out)
     if as_json:
-        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        click.echo(json.dumps(dict(out, cluster={"consistency_horizon_s": horizon}) if not node_name else out,
+                              indent=2, sort_keys=True))
         return
     for name, values in out.items():
         click.echo(f"[{name}]")
+        ae = values.get("anti_entropy")
+        if isinstance(ae, dict):  # per-partition detail only in --json
+            values = dict(values, anti_entropy={k: v for k, v in ae.items() if k != "partitions"})
         for key, value in _flatten(values):
             click.echo(f"  {key:<32} {value}")
+    if not node_name:
+        click.echo("[cluster]")
+        click.echo(f"  {'consistency_horizon_s':<32} {'never' if horizon is None else horizon}")
+
+
+def _consistency_horizon(stats_by_node: dict[str, Any]) -> float | None:
+    """Age in seconds of the partition whose last complete anti-entropy pass (by any node)
+    is the oldest; None if some partition never had one."""
+    import time
+
+    newest: dict[str, int] = {}
+    for values in stats_by_node.values():
+        parts = (values.get("anti_entropy") or {}).get("partitions") or {}
+        for partition, info in parts.items():
+            newest[partition] = max(newest.get(partition, 0), int(info.get("last_exchange_ms", 0)))
+    if not newest or min(newest.values()) == 0:
+        return None
+    return round(time.time() - min(newest.values()) / 1000, 1)
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -675,6 +698,72 @@ def cluster_status(as_json: bool, seed: tuple[str, ...], timeout: float) -> None
                        f"{r.get('keys', '-'):>8} {r.get('hints_pending', '-'):>7}  {notes}")
         click.echo("DEGRADED" if degraded else "healthy")
     sys.exit(1 if degraded else 0)
+
+
+@main.command()
+@click.option("--partition", "partition", type=int, default=None, help="Only this partition (default: all).")
+@click.option("--node", "node_name", default=None,
+              help="Run the passes on this node (default: the first reachable primary of each partition).")
+@click.option("--rebuild", is_flag=True, help="First rebuild the trees of every replica from their data.")
+@click.option("--json", "as_json", is_flag=True, help="One result per partition, as JSON.")
+@seed_option
+@timeout_option
+def repair(partition: int | None, node_name: str | None, rebuild: bool, as_json: bool,
+           seed: tuple[str, ...], timeout: float) -> None:
+    """Run anti-entropy now: for each partition, one node exchanges Merkle trees with every
+    other primary and repairs what differs (then reaps tombstones past their grace).
+    Exit code 0: every partition reached all its primaries; 1: some did not (a primary
+    unreachable or an exchange failed); 2: no cluster or bad arguments."""
+    results: list[dict[str, Any]] = []
+    try:
+        with _client(seed, max(timeout, 600.0)) as db:
+            assert db.table is not None
+            ring_ = db.table.ring
+            if partition is not None and not 0 <= partition < ring_.q:
+                raise click.BadParameter(f"must be in 0..{ring_.q - 1}", param_hint="--partition")
+            if node_name is not None and node_name not in {m.name for m in ring_.members}:
+                raise click.BadParameter(f"{node_name!r} is not a member", param_hint="--node")
+            partitions = [partition] if partition is not None else list(range(ring_.q))
+            if node_name is not None:
+                partitions = [p for p in partitions if node_name in ring_.preference_list(p).primaries]
+                if not partitions:
+                    raise click.BadParameter(f"{node_name} is not a primary of partition {partition}",
+                                             param_hint="--node")
+            with click.progressbar(partitions, label="repairing", file=sys.stderr,
+                                   item_show_func=lambda p: None if p is None else f"partition {p}") as bar:
+                for p in bar:
+                    results.append(_repair_partition(db, ring_.preference_list(p).primaries, p, node_name, rebuild))
+    except DynqError as exc:
+        _fail(exc)
+    incomplete = [r for r in results if not r.get("complete")]
+    if as_json:
+        click.echo(json.dumps([{k: (v if k != "sample" else [_show_value(x) for x in v]) for k, v in r.items()}
+                               for r in results], indent=2))
+    else:
+        total = {k: sum(int(r.get(k, 0)) for r in results)
+                 for k in ("keys_repaired", "keys_sent", "keys_received", "bytes", "reaped", "tree_fixes")}
+        click.echo(f"{len(results) - len(incomplete)}/{len(results)} partitions repaired: "
+                   f"{total['keys_repaired']} keys differed ({total['keys_sent']} sent, {total['keys_received']} "
+                   f"received), {total['bytes']} bytes, {total['reaped']} tombstones reaped, "
+                   f"{total['tree_fixes']} tree rows fixed")
+        for r in incomplete:
+            why = r.get("error") or "; ".join([f"{n} unreachable" for n in r.get("skipped", [])]
+                                              + [f"{n}: {e}" for n, e in r.get("failed", {}).items()])
+            click.echo(f"  partition {r['partition']}: incomplete: {why}", err=True)
+    sys.exit(1 if incomplete else 0)
+
+
+def _repair_partition(db: Client, primaries: tuple[str, ...], partition: int, node_name: str | None,
+                      rebuild: bool) -> dict[str, Any]:
+    """One partition's pass on ``node_name`` or the first primary that takes it."""
+    errors: dict[str, str] = {}
+    for name in [node_name] if node_name else list(primaries):
+        try:
+            result: dict[str, Any] = db.call(name, "ae_repair", {"p": partition, "rebuild": rebuild}, retry=False)
+            return result
+        except DynqError as exc:
+            errors[name] = str(exc)
+    return {"partition": partition, "complete": False, "error": f"no primary ran the pass: {errors}"}
 
 
 if __name__ == "__main__":

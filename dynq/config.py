@@ -67,6 +67,14 @@ class NodeConfig:
     node_key: Path | None = None  # this node's keypair (.key_secret), to connect to its peers
     peer_keys: Path | None = None  # directory of allowed peer/operator public keys (*.key)
     client_keys: Path | None = None  # directory of allowed client public keys (*.key)
+    # anti-entropy ([anti_entropy])
+    ae_enabled: bool = True
+    ae_interval_ms: int = 1000
+    ae_rate_objects: int = 500
+    ae_rate_bytes: int = 8 * 1024 * 1024
+    ae_concurrency: int = 1
+    ae_rebuild_interval_s: int = 7 * 86400
+    ae_tombstone_grace_s: int = 86400
     source: str = "<defaults>"  # where this config was read from, for messages
 
     @property
@@ -92,7 +100,10 @@ _MEMBERSHIP_KEYS = {"gossip_interval_ms", "phi_threshold", "transfer_batch", "tr
                     "transfer_cleanup_delay_ms"}
 _HANDOFF_KEYS = {"max_hints", "replay_batch", "replay_rate", "replay_interval_ms", "probe_interval_ms"}
 _SECURITY_KEYS = {"mode", "server_key", "node_key", "peer_keys", "client_keys"}
+_AE_KEYS = {"enabled", "interval_ms", "rate_objects", "rate_bytes", "concurrency", "rebuild_interval_s",
+            "tombstone_grace_s"}
 _SECTIONS = {
+    "anti_entropy": _AE_KEYS,
     "security": _SECURITY_KEYS,
     "membership": _MEMBERSHIP_KEYS,
     "handoff": _HANDOFF_KEYS,
@@ -179,6 +190,10 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
             if not (path.is_dir() if is_dir else path.is_file()):
                 raise security._err(key, f"{'directory' if is_dir else 'file'} {path} does not exist")
             key_paths[key] = path
+    ae = _Reader(source, "anti_entropy", data.get("anti_entropy", {}), _AE_KEYS)
+    ae_enabled = ae.table.get("enabled", True)
+    if not isinstance(ae_enabled, bool):
+        raise ae._err("enabled", f"must be true or false, got {ae_enabled!r}")
     log_format = logs.text("format", "text").lower()
     if log_format not in ("text", "json"):
         raise logs._err("format", f"must be 'text' or 'json', got {log_format!r}")
@@ -280,6 +295,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         node_key=key_paths["node_key"],
         peer_keys=key_paths["peer_keys"],
         client_keys=key_paths["client_keys"],
+        ae_enabled=ae_enabled,
+        ae_interval_ms=ae.number("interval_ms", 1000, 1, 3_600_000),
+        ae_rate_objects=ae.number("rate_objects", 500, 1, 10_000_000),
+        ae_rate_bytes=ae.number("rate_bytes", 8 * 1024 * 1024, 1024, 2**40),
+        ae_concurrency=ae.number("concurrency", 1, 1, 64),
+        ae_rebuild_interval_s=ae.number("rebuild_interval_s", 7 * 86400, 1, 10 * 365 * 86400),
+        ae_tombstone_grace_s=ae.number("tombstone_grace_s", 86400, 0, 10 * 365 * 86400),
         source=source,
     )
 

@@ -118,6 +118,22 @@ def render_prometheus(stats: dict[str, Any], latencies: Latencies) -> str:
     ):
         metric(f"dynq_{key}" + ("_total" if kind == "counter" and not key.endswith("total") else ""), kind, help_,
                [({}, float(stats.get(key, 0)))])
+    ae = stats.get("anti_entropy") or {}
+    for key, kind, help_ in (
+        ("exchanges", "counter", "Anti-entropy exchanges finished."),
+        ("exchange_failures", "counter", "Anti-entropy exchanges that failed."),
+        ("keys_repaired", "counter", "Keys found different by anti-entropy."),
+        ("bytes_sent", "counter", "Anti-entropy request bytes sent."),
+        ("tombstones_reaped", "counter", "Tombstones deleted after every primary held them."),
+        ("horizon_s", "gauge", "Age of the oldest partition this node has not completed a pass of."),
+    ):
+        name = "dynq_ae_" + key.replace("_s", "_seconds") if key == "horizon_s" else "dynq_ae_" + key
+        metric(name + ("_total" if kind == "counter" else ""), kind, help_, [({}, float(ae.get(key, 0)))])
+    parts = ae.get("partitions", {})
+    metric("dynq_ae_partition_last_exchange_ms", "gauge", "Wall-clock ms of the last complete pass, per partition.",
+           [({"partition": p}, float(v.get("last_exchange_ms", 0))) for p, v in sorted(parts.items())])
+    metric("dynq_ae_partition_tree_build_ms", "gauge", "Duration of the last tree build from data, per partition.",
+           [({"partition": p}, float(v.get("tree_build_ms", 0))) for p, v in sorted(parts.items())])
     peers = stats.get("peers", {})
     metric("dynq_peer_up", "gauge", "1 if this node considers the peer usable (up or suspect), else 0.",
            [({"peer": p}, 0.0 if s == "down" else 1.0) for p, s in sorted(peers.items())])

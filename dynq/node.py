@@ -73,6 +73,7 @@ from .membership import (
     member_to_wire,
     plan,
 )
+from .anti_entropy import AntiEntropy
 from .metrics import Latencies, render_prometheus, serve_metrics
 from .security import GOSSIP_DOMAIN, REQUEST_DOMAIN, NodeSecurity
 from .storage import Storage
@@ -232,6 +233,8 @@ class Node:
         self._replica_timeout = config.request_timeout_ms / 1000
         self.handoff: HintedHandoff | None = None
         self._background: list[asyncio.Task[None]] = []
+        self.anti_entropy = AntiEntropy(self)  # Merkle trees, exchange, repair loop, reaping
+        self.handlers.update(self.anti_entropy.handlers())
 
     # --- ring --------------------------------------------------------------------------
 
@@ -414,6 +417,7 @@ class Node:
             self.loop.create_task(self.handoff.run()),
             self.loop.create_task(self._gossip_loop()),
             self.loop.create_task(self.transfers.run()),
+            self.loop.create_task(self.anti_entropy.run()),
         ]
         if self.config.metrics_port:
             self._metrics_server = await serve_metrics(
@@ -910,7 +914,8 @@ class Node:
         w = self._quorum(req.body, "w", self.config.w)
         pw = p.get_int(req.body, "pw", lo=0, hi=self.ring.n, default=0) or 0
         local = self.storage.current(key)
-        new = update(local, context, self.actor, value, int(time.time() * 1000))
+        actor = self.actor if local is not None else self.anti_entropy.actor_for_new_key()  # KV679: after reaping
+        new = update(local, context, actor, value, int(time.time() * 1000))
         if len(new.siblings) > self.limits.max_siblings:
             raise TooManySiblings(
                 f"key would have {len(new.siblings)} siblings (limit {self.limits.max_siblings}); "
@@ -1366,6 +1371,7 @@ class Node:
                 "marked_down": self.stats.marked_down_by_gossip,
                 "state_pulls": self.stats.state_pulls,
             },
+            "anti_entropy": self.anti_entropy.snapshot(),
         }
 
 

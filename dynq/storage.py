@@ -84,6 +84,10 @@ class Storage:
         self.commits = 0  # transactions committed
         self.rows_committed = 0  # rows written by them
         self.commit_failures = 0
+        # Called inside each commit's transaction with what it writes (anti-entropy's leaves);
+        # returns what to run once the commit succeeded.
+        self.observer: Callable[[apsw.Connection, dict[bytes, tuple[int, VersionedObject, bytes]]],
+                                Callable[[], None] | None] | None = None
 
     # --- identity and metadata -------------------------------------------------------
 
@@ -260,6 +264,7 @@ class Storage:
                 cb(None)
             return
         error: StorageError | None = None
+        after_commit: Callable[[], None] | None = None
         try:
             with self.conn:
                 self.conn.executemany(
@@ -267,8 +272,12 @@ class Storage:
                     "ON CONFLICT(key) DO UPDATE SET obj = excluded.obj",
                     [(key, partition, blob) for key, (partition, _obj, blob) in staged.items()],
                 )
+                if self.observer is not None:
+                    after_commit = self.observer(self.conn, staged)
                 if hints:
                     new_hints = self._write_hints(hints)
+            if after_commit is not None:
+                after_commit()
             self.commits += 1
             self.rows_committed += len(staged)
             if hints:

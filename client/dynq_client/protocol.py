@@ -56,6 +56,16 @@ OP_CLUSTER_CLEAR = "cluster_clear"  # drop the staged changes
 OP_CLUSTER_COMMIT = "cluster_commit"  # start the transition
 OP_TRANSFER_DONE = "transfer_done"  # a source finished one partition transfer
 OP_TRANSFERS = "transfers"  # this node's transfers and the cluster's pending ones
+# Anti-entropy (peer-only, except ae_repair and ae_tree which the admin CLI and tests use).
+OP_AE_ROOT = "ae_root"  # a partition's root hash on this replica
+OP_AE_LEVEL = "ae_level"  # children hashes of some nodes of a partition's tree
+OP_AE_KEYS = "ae_keys"  # (key, leaf hash) of some segments
+OP_AE_OBJECTS = "ae_objects"  # encoded objects of some keys
+OP_AE_VERIFY = "ae_verify"  # rebuild a partition's leaves from its objects
+OP_AE_REAP_CHECK = "ae_reap_check"  # what a node holds (leaf hash, copy, hints) for tombstone keys
+OP_AE_REAP = "ae_reap"  # delete tombstones whose leaf hash is still the given one
+OP_AE_REPAIR = "ae_repair"  # run a repair pass of a partition now (admin: dynq repair)
+OP_AE_TREE = "ae_tree"  # roots and key counts of this node's partitions (admin, tests)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,9 @@ def test_defaults_and_self_added_to_members() -> None:
         ({"bogus": {}}, "[bogus]"),
         ({"cluster": {"members": [{"name": "n2"}]}}, "cluster.members[0].address"),
         ({"cluster": {"members": [{"name": "", "address": "tcp://127.0.0.1:1"}]}}, "cluster.members[0].name"),
+        ({"anti_entropy": {"enabled": "yes"}}, "anti_entropy.enabled"),
+        ({"anti_entropy": {"rate_objects": 0}}, "anti_entropy.rate_objects"),
+        ({"anti_entropy": {"tombstone_grace": 5}}, "anti_entropy.tombstone_grace"),
     ],
 )
 def test_errors_name_the_bad_key(patch: dict[str, dict[str, object]], named: str) -> None:
@@ -62,3 +65,11 @@ def test_rendered_config_round_trips(tmp_path: Path) -> None:
     path.write_text(render_config(name="a", listen="tcp://127.0.0.1:7000", data_dir=".", members=members, n=2, r=1, w=1))
     cfg = load_config(path)
     assert cfg.members == tuple(members) and cfg.data_dir == tmp_path and cfg.n == 2
+
+
+def test_anti_entropy_defaults_and_overrides() -> None:
+    """[anti_entropy] defaults (on, one exchange at a time, a day of tombstone grace) and overrides."""
+    cfg = parse_config(MINIMAL)
+    assert (cfg.ae_enabled, cfg.ae_concurrency, cfg.ae_tombstone_grace_s) == (True, 1, 86400)
+    cfg = parse_config(dict(MINIMAL, anti_entropy={"enabled": False, "interval_ms": 50, "rate_bytes": 4096}))
+    assert (cfg.ae_enabled, cfg.ae_interval_ms, cfg.ae_rate_bytes) == (False, 50, 4096)

@@ -1,0 +1,412 @@
+"""The node's Merkle trees: one per partition it is a primary of, kept current on every
+commit, persisted with the objects, and verifiable against the data.
+
+Persistence is one row per key, written in the *same transaction* as the object::
+
+    ae_leaves(partition, segment, key, h, tomb_ms)   -- h = leaf_hash(key, object bytes)
+    ae_partitions(partition, verified_ms, exchanged_ms, keys_repaired, build_ms)
+
+so the leaves can never disagree with the objects after a crash, and a restart never
+re-reads or re-hashes the objects: a partition's in-memory :class:`~dynq.merkle.Tree`
+is loaded lazily from its leaf rows (XOR per segment) the first time it is needed, and
+from then on every commit XORs ``old ^ new`` into it. The old leaf hash comes from the
+leaf row (a point read of a small row), never from the old object.
+
+The leaf table also makes exchange cheap: the keys of one segment are an index range
+scan (``PRIMARY KEY (partition, segment, key)``), and tombstones old enough to reap are
+found through a partial index on ``tomb_ms``.
+
+Only partitions this node is a *primary* of have leaves. A fallback's hinted copies
+live in partitions it is not a primary of, so they never enter a tree, and roots of two
+primaries compare exactly what they are responsible for; the copy is governed by its
+hint (and dropped after handoff).
+
+:meth:`PartitionTrees.verify` rebuilds a partition's leaves from the objects (periodic,
+and on demand when a tree is missing or suspected wrong): it walks the objects in key
+order in slices, compares each with its leaf row and fixes what differs, then walks the
+leaf rows and drops those without an object. Each slice is one synchronous step, so
+writes committed between slices keep leaves and objects consistent through the normal
+path; the loop keeps serving in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import apsw
+
+from dynq_client.ring import key_hash
+from dynq_client.versions import VersionedObject, decode_object
+
+from .merkle import FANOUT, SEGMENTS, Tree, hash_bytes, hash_int, leaf_hash, segment_of
+
+if TYPE_CHECKING:
+    from dynq_client.ring import Ring
+
+    from .storage import Storage
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ae_leaves (
+    partition INTEGER NOT NULL,
+    segment INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    h BLOB NOT NULL,
+    tomb_ms INTEGER NOT NULL,
+    PRIMARY KEY (partition, segment, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ae_tombstones ON ae_leaves(partition, tomb_ms) WHERE tomb_ms > 0;
+CREATE TABLE IF NOT EXISTS ae_partitions (
+    partition INTEGER PRIMARY KEY,
+    verified_ms INTEGER NOT NULL DEFAULT 0,
+    exchanged_ms INTEGER NOT NULL DEFAULT 0,
+    keys_repaired INTEGER NOT NULL DEFAULT 0,
+    build_ms REAL NOT NULL DEFAULT 0
+);
+"""
+
+_UPSERT_LEAF = (
+    "INSERT INTO ae_leaves(partition, segment, key, h, tomb_ms) VALUES(?, ?, ?, ?, ?) "
+    "ON CONFLICT(partition, segment, key) DO UPDATE SET h = excluded.h, tomb_ms = excluded.tomb_ms"
+)
+
+Staged = dict[bytes, tuple[int, VersionedObject, bytes]]
+
+
+def tombstone_ms(obj: VersionedObject) -> int:
+    """When a tombstone was written (its newest sibling's time), or 0 for a live object."""
+    if not obj.is_tombstone:
+        return 0
+    return max(1, max(s.timestamp_ms for s in obj.siblings))
+
+
+@dataclass
+class PartitionInfo:
+    """What this node remembers about one partition's anti-entropy."""
+
+    verified_ms: int = 0  # when the leaves were last verified against the objects (0: never)
+    exchanged_ms: int = 0  # end of the last repair pass that reached every other primary
+    keys_repaired: int = 0  # keys this node changed or sent while exchanging it (total)
+    build_ms: float = 0.0  # duration of the last verification (tree build from the data)
+    load_ms: float = 0.0  # duration of the last load of the tree from its leaf rows
+
+
+class PartitionTrees:
+    """Leaves and trees of the partitions this node is a primary of."""
+
+    def __init__(self, storage: Storage, name: str, ring: Callable[[], Ring],
+                 segments: int = SEGMENTS, fanout: int = FANOUT) -> None:
+        self.storage = storage
+        self.conn: apsw.Connection = storage.conn
+        self.name = name
+        self._ring = ring  # the node's current ring (it may change while we run)
+        self.segments, self.fanout = segments, fanout
+        self.conn.execute(_SCHEMA)
+        self.trees: dict[int, Tree] = {}  # partition -> loaded tree (lazily)
+        self.loading: dict[int, tuple[Tree, tuple[int, bytes]]] = {}  # partition -> (partial tree, rows read up to)
+        self.info: dict[int, PartitionInfo] = {}  # partition -> persisted bookkeeping
+        for p, verified, exchanged, repaired, build in self.conn.execute(
+            "SELECT partition, verified_ms, exchanged_ms, keys_repaired, build_ms FROM ae_partitions"
+        ):
+            self.info[int(p)] = PartitionInfo(int(verified), int(exchanged), int(repaired), float(build))
+        self._ring_seen: Ring | None = None  # ring for which _tracked was computed
+        self._tracked: list[bool] = []  # partition -> this node is one of its primaries
+        self._partition_bits = 0
+        self.verifying: set[int] = set()  # partitions being verified now
+        self.fixed_by_verify = 0  # leaf rows verification had to correct (total)
+        epoch = storage.get_meta("reap_epoch")
+        self.reap_epoch = int(epoch) if epoch else 0  # reap rounds that deleted something, ever
+        if storage.count() == 0:  # a new (or emptied) database: nothing to verify
+            now = _now_ms()
+            with self.conn:  # one commit, not one per partition
+                for p in self.tracked_partitions():
+                    self.info.setdefault(p, PartitionInfo()).verified_ms = now
+                    self._save(p)
+        storage.observer = self.observe
+
+    # --- which partitions --------------------------------------------------------------
+
+    def _refresh(self) -> list[bool]:
+        ring = self._ring()
+        if ring is not self._ring_seen:
+            self._ring_seen = ring
+            self._tracked = [self.name in ring.preference_list(p).primaries for p in range(ring.q)]
+            self._partition_bits = ring.q.bit_length() - 1
+            for p in list(self.trees):
+                if not self._tracked[p]:
+                    del self.trees[p]
+            for p, info in self.info.items():  # leaves of a partition we left go stale: verify again
+                if p >= ring.q or not self._tracked[p]:
+                    info.verified_ms = 0
+        return self._tracked
+
+    def tracked_partitions(self) -> list[int]:
+        return [p for p, mine in enumerate(self._refresh()) if mine]
+
+    def is_tracked(self, partition: int) -> bool:
+        tracked = self._refresh()
+        return 0 <= partition < len(tracked) and tracked[partition]
+
+    def segment(self, key: bytes) -> int:
+        self._refresh()
+        return segment_of(key_hash(key), self._partition_bits, self.segments)
+
+    def verified(self, partition: int) -> bool:
+        info = self.info.get(partition)
+        return info is not None and info.verified_ms > 0
+
+    # --- the commit hook (inside Storage.flush's transaction) ----------------------------
+
+    def observe(self, conn: apsw.Connection, staged: Staged) -> Callable[[], None] | None:
+        """Write the leaf rows of the staged objects; return what to apply to the in-memory
+        trees once the transaction has committed (nothing if it rolls back)."""
+        tracked = self._refresh()
+        rows: list[tuple[int, int, bytes, bytes, int]] = []
+        deltas: list[tuple[int, int, bytes, int]] = []
+        bits, segments = self._partition_bits, self.segments
+        mine = [(partition, segment_of(key_hash(key), bits, segments), key, obj, blob)
+                for key, (partition, obj, blob) in staged.items() if tracked[partition]]
+        if not mine:
+            return None
+        # The old leaf hashes, in one statement for the whole commit.
+        old = {bytes(k): bytes(h) for k, h in conn.executemany(
+            "SELECT key, h FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?",
+            [(partition, seg, key) for partition, seg, key, _, _ in mine])}
+        for partition, seg, key, obj, blob in mine:
+            new = leaf_hash(key, blob)
+            before = old.get(key)
+            delta = new ^ (hash_int(before) if before is not None else 0)
+            if not delta:
+                continue
+            rows.append((partition, seg, key, hash_bytes(new), tombstone_ms(obj)))
+            deltas.append((partition, seg, key, delta))
+        if not rows:
+            return None
+        conn.executemany(_UPSERT_LEAF, rows)
+        return lambda: self._apply(deltas)
+
+    def _apply(self, deltas: list[tuple[int, int, bytes, int]]) -> None:
+        """Committed leaf changes (partition, segment, key, old ^ new) into loaded trees, and
+        into a tree being loaded if its loader has already read past that row (rows after
+        its cursor will be read with the new value)."""
+        trees, loading = self.trees, self.loading
+        for partition, seg, key, delta in deltas:
+            tree = trees.get(partition)
+            if tree is not None:
+                tree.update(seg, delta)
+            elif partition in loading:
+                partial, cursor = loading[partition]
+                if (seg, key) <= cursor:
+                    partial.update(seg, delta)
+            # else: not loaded; its leaf rows already say it all
+
+    # --- reading -----------------------------------------------------------------------
+
+    async def load(self, partition: int, slice_rows: int = 500) -> Tree:
+        """The partition's tree; loaded from its leaf rows in slices on first use, so a
+        big partition never blocks the loop for long (writes meanwhile: see _apply)."""
+        tree = self.trees.get(partition)
+        if tree is not None:
+            return tree
+        while partition in self.loading:  # someone else is loading it: wait for them
+            await asyncio.sleep(0.005)
+            if partition in self.trees:
+                return self.trees[partition]
+        start = time.perf_counter()
+        partial = Tree.empty(self.segments, self.fanout)
+        cursor: tuple[int, bytes] = (-1, b"")
+        self.loading[partition] = (partial, cursor)
+        try:
+            while True:
+                rows = list(self.conn.execute(
+                    "SELECT segment, key, h FROM ae_leaves WHERE partition = ? AND (segment, key) > (?, ?) "
+                    "ORDER BY segment, key LIMIT ?", (partition, cursor[0], cursor[1], slice_rows)))
+                for seg, _key, h in rows:
+                    partial.update(seg, hash_int(h))
+                if rows:
+                    cursor = (int(rows[-1][0]), bytes(rows[-1][1]))
+                    self.loading[partition] = (partial, cursor)
+                if len(rows) < slice_rows:
+                    break
+                await asyncio.sleep(0)
+                if partition in self.trees:  # loaded synchronously meanwhile
+                    return self.trees[partition]
+        finally:
+            self.loading.pop(partition, None)
+        if self.is_tracked(partition):
+            self.trees[partition] = partial
+        self.info.setdefault(partition, PartitionInfo()).load_ms = (time.perf_counter() - start) * 1000
+        return partial
+
+    def tree(self, partition: int) -> Tree:
+        """The partition's tree, loaded from its leaf rows in one step if needed (admin,
+        tests; the exchange uses :meth:`load`)."""
+        tree = self.trees.get(partition)
+        if tree is None:
+            start = time.perf_counter()
+            tree = Tree.empty(self.segments, self.fanout)
+            for seg, h in self.conn.execute(
+                "SELECT segment, h FROM ae_leaves WHERE partition = ?", (partition,)
+            ):
+                tree.update(seg, hash_int(h))
+            if self.is_tracked(partition):
+                self.trees[partition] = tree
+            self.info.setdefault(partition, PartitionInfo()).load_ms = (time.perf_counter() - start) * 1000
+        return tree
+
+    def segment_keys(self, partition: int, segments: list[int]) -> dict[int, list[tuple[bytes, bytes]]]:
+        out: dict[int, list[tuple[bytes, bytes]]] = {}
+        for seg in segments:
+            out[seg] = [(bytes(k), bytes(h)) for k, h in self.conn.execute(
+                "SELECT key, h FROM ae_leaves WHERE partition = ? AND segment = ? ORDER BY key", (partition, seg))]
+        return out
+
+    def leaf(self, partition: int, key: bytes) -> bytes | None:
+        for (h,) in self.conn.execute(
+            "SELECT h FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?",
+            (partition, self.segment(key), key),
+        ):
+            return bytes(h)
+        return None
+
+    def leaf_count(self, partition: int) -> int:
+        for (n,) in self.conn.execute("SELECT count(*) FROM ae_leaves WHERE partition = ?", (partition,)):
+            return int(n)
+        return 0
+
+    def reap_candidates(self, partition: int, older_than_ms: int, limit: int) -> list[tuple[bytes, bytes]]:
+        """Tombstones written before ``older_than_ms``: (key, leaf hash)."""
+        return [(bytes(k), bytes(h)) for k, h in self.conn.execute(
+            "SELECT key, h FROM ae_leaves WHERE partition = ? AND tomb_ms > 0 AND tomb_ms < ? LIMIT ?",
+            (partition, older_than_ms, limit))]
+
+    # --- changes outside the write path --------------------------------------------------
+
+    def _drop(self, orphans: list[tuple[int, int, bytes, int]]) -> None:
+        """Delete leaf rows (partition, segment, key, hash) in one transaction, then take
+        them out of the loaded trees."""
+        with self.conn:
+            self.conn.executemany("DELETE FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?",
+                                  [(partition, seg, key) for partition, seg, key, _ in orphans])
+        self._apply(orphans)
+
+    async def verify(self, partition: int, slice_rows: int = 500) -> int:
+        """Rebuild the partition's leaves from its objects, in slices; returns how many leaf
+        rows were wrong (missing, different, or without an object)."""
+        if partition in self.verifying:  # someone else is at it: wait for them
+            while partition in self.verifying:
+                await asyncio.sleep(0.01)
+            return 0
+        self.verifying.add(partition)
+        start = time.perf_counter()
+        fixed = 0
+        try:
+            cursor = b""
+            while True:  # 1. every object has the right leaf
+                rows = [(bytes(k), bytes(o)) for k, o in self.conn.execute(
+                    "SELECT key, obj FROM objects WHERE partition = ? AND key > ? ORDER BY key LIMIT ?",
+                    (partition, cursor, slice_rows))]
+                if not rows:
+                    break
+                cursor = rows[-1][0]
+                fixed += self._verify_objects(partition, rows)
+                await asyncio.sleep(0)
+            seg_cursor, key_cursor = -1, b""
+            while True:  # 2. every leaf has an object
+                leaves = [(int(s), bytes(k), bytes(h)) for s, k, h in self.conn.execute(
+                    "SELECT segment, key, h FROM ae_leaves WHERE partition = ? AND (segment, key) > (?, ?) "
+                    "ORDER BY segment, key LIMIT ?", (partition, seg_cursor, key_cursor, slice_rows))]
+                if not leaves:
+                    break
+                seg_cursor, key_cursor = leaves[-1][0], leaves[-1][1]
+                orphans: list[tuple[int, int, bytes, int]] = []
+                for seg, key, h in leaves:
+                    if not any(True for _ in self.conn.execute(
+                            "SELECT 1 FROM objects WHERE key = ? AND partition = ?", (key, partition))):
+                        orphans.append((partition, seg, key, hash_int(h)))
+                if orphans:
+                    self._drop(orphans)
+                    fixed += len(orphans)
+                await asyncio.sleep(0)
+        finally:
+            self.verifying.discard(partition)
+        info = self.info.setdefault(partition, PartitionInfo())
+        info.verified_ms = _now_ms()
+        info.build_ms = (time.perf_counter() - start) * 1000
+        self.fixed_by_verify += fixed
+        self._save(partition)
+        return fixed
+
+    def _verify_objects(self, partition: int, rows: list[tuple[bytes, bytes]]) -> int:
+        bits, segments = self._partition_bits, self.segments
+        upserts: list[tuple[int, int, bytes, bytes, int]] = []
+        deltas: list[tuple[int, int, bytes, int]] = []
+        for key, blob in rows:
+            seg = segment_of(key_hash(key), bits, segments)
+            new = leaf_hash(key, blob)
+            old_b = None
+            for (h,) in self.conn.execute(
+                "SELECT h FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?", (partition, seg, key)
+            ):
+                old_b = bytes(h)
+            old = 0 if old_b is None else hash_int(old_b)
+            if old != new:
+                try:
+                    tomb = tombstone_ms(decode_object(blob, self.storage.limits))
+                except Exception:  # an undecodable row still gets a leaf: repair will merge over it
+                    tomb = 0
+                upserts.append((partition, seg, key, hash_bytes(new), tomb))
+                deltas.append((partition, seg, key, old ^ new))
+        if upserts:
+            with self.conn:
+                self.conn.executemany(_UPSERT_LEAF, upserts)
+            self._apply(deltas)
+        return len(upserts)
+
+    def delete_if_unchanged(self, partition: int, items: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """Reap: delete each key whose leaf hash is still the given one (compare-and-delete,
+        one transaction). Call with nothing staged (the caller flushes first)."""
+        deleted: list[bytes] = []
+        fixes: list[tuple[int, int, bytes, int]] = []
+        epoch = self.reap_epoch + 1
+        with self.conn:
+            # Committed with the deletes: a key created after them is minted under a new
+            # actor (see AntiEntropy.actor_for_new_key), even after a crash.
+            self.conn.execute("INSERT INTO meta(name, value) VALUES('reap_epoch', ?) "
+                              "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (str(epoch).encode(),))
+            for key, h in items:
+                seg = self.segment(key)
+                self.conn.execute(
+                    "DELETE FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ? AND h = ?",
+                    (partition, seg, key, h))
+                if self.conn.changes():
+                    self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
+                    deleted.append(key)
+                    fixes.append((partition, seg, key, hash_int(h)))
+        if deleted:
+            self.reap_epoch = epoch
+        self._apply(fixes)
+        return deleted
+
+    def record(self, partition: int, *, exchanged: bool, keys_repaired: int) -> None:
+        info = self.info.setdefault(partition, PartitionInfo())
+        if exchanged:
+            info.exchanged_ms = _now_ms()
+        info.keys_repaired += keys_repaired
+        self._save(partition)
+
+    def _save(self, partition: int) -> None:
+        info = self.info[partition]
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO ae_partitions(partition, verified_ms, exchanged_ms, keys_repaired, build_ms) "
+                "VALUES(?, ?, ?, ?, ?) ON CONFLICT(partition) DO UPDATE SET verified_ms = excluded.verified_ms, "
+                "exchanged_ms = excluded.exchanged_ms, keys_repaired = excluded.keys_repaired, "
+                "build_ms = excluded.build_ms",
+                (partition, info.verified_ms, info.exchanged_ms, info.keys_repaired, info.build_ms))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
