@@ -85,7 +85,10 @@ def check_siblings(history: History, final: Mapping[str, set[str]]) -> Verdict:
     covered_by_maybe: dict[str, set[str]] = defaultdict(set)
     acked_deletes: dict[str, int] = defaultdict(int)
     keys: set[str] = set(final)
+    reads: list[tuple[str, frozenset[str]]] = []
     for op in history.ops:
+        if op.f == "read" and op.outcome == OK and op.result is not None:
+            reads.append((op.key, op.result))
         if op.f not in ("put", "delete"):
             continue
         keys.add(op.key)
@@ -120,6 +123,11 @@ def check_siblings(history: History, final: Mapping[str, set[str]]) -> Verdict:
         if acked_deletes[key] and maybe[key] <= covered_by_acked[key] and got:
             undeleted += 1
             v.problems.append(f"{key}: deleted (every write covered by an acknowledged delete) but holds {sorted(got)[:5]}")
+    for key, seen in reads:  # during the run too: a read may only return writes of possible effect
+        extra = set(seen) - maybe[key]
+        phantom += len(extra)
+        if extra:
+            v.problems.append(f"{key}: a read during the run returned values never written: {sorted(extra)[:20]}")
     c = history.counts(("put", "delete"))
     v.counts = {"ops": c["ops"], "acknowledged": c[OK], "failed": c[FAIL], "unknown": c[UNKNOWN], "lost": lost,
                 "phantom": phantom, "resurrected": resurrected, "undeleted": undeleted, "reads": c["reads"]}

@@ -159,3 +159,12 @@ def test_hints_must_drain() -> None:
     assert check_hints_drained({"n1": 0, "n2": 0}).ok
     v = check_hints_drained({"n1": 0, "n2": 3})
     assert not v.ok and "n2 still holds 3 hints" in v.problems[0]
+
+
+def test_siblings_a_read_during_the_run_must_not_see_failed_writes() -> None:
+    """A value seen by any read must come from a write that may have executed."""
+    h = History()
+    put(h, "k", "a", FAIL)
+    h.complete(h.invoke(1, "read", "k"), OK, result=frozenset({"a"}))
+    v = check_siblings(h, {})
+    assert not v.ok and "during the run" in v.problems[0]
