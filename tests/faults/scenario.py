@@ -100,6 +100,7 @@ def run_scenario(
     quiet: tuple[float, float] = (2.0, 5.0),
     faulty: tuple[float, float] = (4.0, 10.0),
     extra_checks: Callable[[FaultCluster, Client, Workload, Result], None] | None = None,
+    before_check: Callable[[FaultCluster], None] | None = None,
 ) -> Result:
     t0 = time.monotonic()
     rng = random.Random(f"{seed}/{name}")
@@ -123,6 +124,8 @@ def run_scenario(
                 result.errors[kind] = result.errors.get(kind, 0) + 1
         if schedule.error is not None:
             result.problems.append(f"nemesis failed: {schedule.error!r}")
+        if before_check is not None:
+            before_check(cluster)
         heal_and_check(cluster, workload, history, result, extra_checks)
     finally:
         result.wall_s = time.monotonic() - t0

@@ -15,7 +15,7 @@ from dynq_client import Client, DynqError
 
 from .cluster import FaultCluster
 from .conftest import RESULTS
-from .nemesis import Crash, DiskFull, Partition, Pause, Wipe
+from .nemesis import Crash, DiskFull, Nemesis, Partition, Pause, Wipe
 from .scenario import Result, run_scenario
 from .workloads import Workload
 
@@ -100,3 +100,19 @@ def test_wiped_database_restarted_empty(run: Any) -> None:
     """One node loses its database (kill -9, files deleted, restarted as a new actor), again and
     again: the other replicas keep every acknowledged add and repair it."""
     run("wipe-db/set-add", "set-add", lambda c: Wipe(c, "n3"), quiet=(4.0, 8.0), faulty=(2.0, 4.0))
+
+
+def test_the_checks_catch_lost_writes_end_to_end(netns_ready: None, tmp_path: Path, fault_seed: int) -> None:
+    """The pipeline can fail: a short set-add run, then every node's database deleted before
+    the final read. The checker must report the acknowledged adds as lost."""
+    def wipe_everything(cluster: FaultCluster) -> None:
+        for name in cluster.nodes:
+            cluster.kill(name)
+            cluster.wipe(name)
+        cluster.start_all()
+
+    result = run_scenario("negative: all databases wiped", tmp_path, fault_seed, 5.0, "set-add", Nemesis,
+                          before_check=wipe_everything)
+    RESULTS.append(result.summary() + "   (expected to FAIL: proves the checks can fail)")
+    assert not result.ok
+    assert result.counts()["lost"] == result.counts()["acknowledged"] > 0
