@@ -15,9 +15,11 @@ The history is plain data; the checkers (``checker.py``) read it without any I/O
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 from dynq_client.errors import (
@@ -111,6 +113,18 @@ class History:
     def fail_or_unknown(self, op: Op, exc: BaseException) -> None:
         """Complete ``op`` from an exception, classified by :func:`classify`."""
         self.complete(op, classify(exc), error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def dump(self, path: Path) -> None:
+        """One JSON line per operation (for reading a failed run's history)."""
+        with path.open("w") as fh:
+            for op in self.ops:
+                fh.write(json.dumps({
+                    "index": op.index, "process": op.process, "f": op.f, "key": op.key, "value": op.value,
+                    "covers": sorted(op.covers), "invoke_t": round(op.invoke_t, 4), "type": op.outcome,
+                    "complete_t": None if op.complete_t is None else round(op.complete_t, 4),
+                    "result": sorted(op.result) if isinstance(op.result, frozenset) else op.result,
+                    "error": op.error,
+                }) + "\n")
 
     def counts(self, fs: Iterable[str] = ("add", "put", "delete")) -> dict[str, int]:
         """Operations of kinds ``fs`` by outcome (reads are not writes: counted apart)."""

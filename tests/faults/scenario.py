@@ -117,6 +117,7 @@ def run_scenario(
         time.sleep(duration)
         schedule.stop()
         history = workload.stop()
+        history.dump(tmp_path / "history.jsonl")
         result.events, result.faults = schedule.events, nemesis.faults
         for op in history.ops:
             if op.error:
@@ -131,6 +132,7 @@ def run_scenario(
         result.wall_s = time.monotonic() - t0
         try:
             if not result.ok:
+                result.problems.append(f"history: {tmp_path / 'history.jsonl'}; node logs under {cluster.data_dir}")
                 for node in cluster.nodes.values():
                     result.problems.append(f"log tail of {node.name}:\n{node.log_tail(15)}")
         finally:
