@@ -59,6 +59,13 @@ def check_set_adds(history: History, final: Mapping[str, set[int]]) -> Verdict:
             failed[op.key].add(op.value)
     v = Verdict("set-add")
     lost = unexpected = recovered = 0
+    for op in history.ops:  # what the adds' reads saw during the run: only adds of possible effect
+        if op.f == "add" and isinstance(op.result, frozenset):
+            extra = set(op.result) - maybe[op.key]
+            unexpected += len(extra)
+            if extra:
+                v.problems.append(f"{op.key}: a read during the run saw elements no add may have written: "
+                                  f"{sorted(extra)[:20]} (op {op.index})")
     for key in sorted(set(acked) | set(final) | set(maybe)):
         got = final.get(key, set())
         missing = acked[key] - got

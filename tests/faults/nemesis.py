@@ -228,6 +228,12 @@ class Schedule:
         self._t0 = time.monotonic()
         self._thread.start()
 
+    def halt(self) -> None:
+        """Stop the thread without healing (teardown after an error; idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=60)

@@ -73,6 +73,17 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _free_subnet(start: int) -> str:
+    """A 10.x.y.0/24 that no interface here uses (another run's bridge, say)."""
+    used = set(re.findall(r"inet (10\.\d+\.\d+)\.", run("ip", "-o", "-4", "addr", "show", check=False).stdout))
+    for i in range(10_000):
+        n = (start + i) % 25_000
+        subnet = f"10.{100 + n // 250}.{n % 250}"
+        if subnet not in used:
+            return subnet
+    raise RuntimeError("no free 10.x.y.0/24 subnet")
+
+
 @dataclass
 class Hosts:
     """``count`` namespaces on one bridge; :meth:`close` removes all of it (idempotent)."""
@@ -90,7 +101,7 @@ class Hosts:
         pid = os.getpid()
         tag = f"{pid}x{_counter}"
         self.bridge = f"dqb{tag}"[:15]
-        subnet = f"10.{100 + (pid >> 8) % 100}.{(pid + _counter * 37) % 250}"
+        subnet = _free_subnet(pid + _counter * 37)
         self.gateway = f"{subnet}.1"
         self.names = [f"{PREFIX}{pid}-{_counter}-n{i + 1}" for i in range(self.count)]
         self.ips = [f"{subnet}.{11 + i}" for i in range(self.count)]

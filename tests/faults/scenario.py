@@ -106,6 +106,8 @@ def run_scenario(
     rng = random.Random(f"{seed}/{name}")
     result = Result(name, seed)
     cluster = FaultCluster.create(tmp_path / "cluster", nodes=5, tmpfs_node=tmpfs_node, extra_config=FAULT_CONFIG)
+    schedule: Schedule | None = None
+    workload: Workload | None = None
     try:
         cluster.start_all()
         cluster.wait_ready(timeout=60)
@@ -130,7 +132,11 @@ def run_scenario(
         heal_and_check(cluster, workload, history, result, extra_checks)
     finally:
         result.wall_s = time.monotonic() - t0
-        try:
+        try:  # on an error mid-run: no thread may touch the cluster while it is torn down
+            if schedule is not None:
+                schedule.halt()
+            if workload is not None:
+                workload.halt()
             if not result.ok:
                 result.problems.append(f"history: {tmp_path / 'history.jsonl'}; node logs under {cluster.data_dir}")
                 for node in cluster.nodes.values():

@@ -168,3 +168,12 @@ def test_siblings_a_read_during_the_run_must_not_see_failed_writes() -> None:
     h.complete(h.invoke(1, "read", "k"), OK, result=frozenset({"a"}))
     v = check_siblings(h, {})
     assert not v.ok and "during the run" in v.problems[0]
+
+
+def test_set_adds_a_read_during_the_run_must_not_see_failed_adds() -> None:
+    """An add whose read saw an element from a failed add is caught."""
+    h = History()
+    h.complete(h.invoke(0, "add", "k", 1), FAIL)
+    h.complete(h.invoke(1, "add", "k", 2), OK, result=frozenset({1}))
+    v = check_set_adds(h, {"k": {2}})
+    assert not v.ok and "during the run" in v.problems[0]

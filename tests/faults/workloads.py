@@ -66,6 +66,12 @@ class Workload:
             raise RuntimeError(f"workload {self.kind} crashed: {self.error!r}") from self.error
         return self.history
 
+    def halt(self) -> None:
+        """Stop the workers and wait for them, without raising (teardown; idempotent)."""
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=self.timeout * 4 + 30)
+
     def _main(self) -> None:
         try:
             asyncio.run(self._run())
@@ -103,15 +109,16 @@ class Workload:
         except DynqError as exc:
             self.history.complete(op, FAIL, error=f"read: {exc}"[:300])  # nothing was written
             return
-        merged = {element}
+        seen: set[int] = set()
         for value in got.values:
-            merged |= decode_set(value)
+            seen |= decode_set(value)
         try:
-            await db.put(key, encode_set(merged), context=got.context)
+            await db.put(key, encode_set(seen | {element}), context=got.context)
         except DynqError as exc:
             self.history.fail_or_unknown(op, exc)
+            op.result = frozenset(seen)
             return
-        self.history.complete(op, OK)
+        self.history.complete(op, OK, result=frozenset(seen))  # result: what its read saw
 
     async def _read(self, db: AsyncClient, process: int, key: str) -> tuple[list[bytes], bytes] | None:
         op = self.history.invoke(process, "read", key)
