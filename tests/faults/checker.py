@@ -137,7 +137,9 @@ def check_siblings(history: History, final: Mapping[str, set[str]]) -> Verdict:
             v.problems.append(f"{key}: a read during the run returned values never written: {sorted(extra)[:20]}")
     c = history.counts(("put", "delete"))
     v.counts = {"ops": c["ops"], "acknowledged": c[OK], "failed": c[FAIL], "unknown": c[UNKNOWN], "lost": lost,
-                "phantom": phantom, "resurrected": resurrected, "undeleted": undeleted, "reads": c["reads"]}
+                "phantom": phantom, "resurrected": resurrected, "undeleted": undeleted, "reads": c["reads"],
+                "keys_with_siblings": sum(1 for values in final.values() if len(values) > 1),
+                "keys_absent": sum(1 for key in keys if not final.get(key))}
     return v
 
 
