@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from .history import FAIL, OK, UNKNOWN, History
 
@@ -143,7 +143,7 @@ def check_siblings(history: History, final: Mapping[str, set[str]]) -> Verdict:
     return v
 
 
-def check_convergence(views: Mapping[Hashable, Mapping[str, bytes | None]]) -> Verdict:
+def check_convergence(views: Mapping[Any, Mapping[str, bytes | None]]) -> Verdict:
     """``views``: item (key, or partition) -> replica -> digest (canonical dump or Merkle root).
     Every replica of an item must hold the same digest; a replica that could not be asked
     is passed as a missing entry by the caller and reported through ``expected`` instead."""
