@@ -1,0 +1,180 @@
+"""Checkers: pure functions from a history (and what the cluster holds after heal) to a verdict.
+
+No I/O here: the scenario tests gather the final state, these decide. Each checker
+returns a :class:`Verdict` whose ``problems`` name every violation, so a failing run says
+exactly which write was lost or which value came from nowhere.
+
+* :func:`check_set_adds` - workload "set-add": every acknowledged add must be in the final
+  set; nothing may be in it that no add (acknowledged or of unknown outcome) put there.
+* :func:`check_siblings` - workloads of unique values written with or without a context
+  (blind writes, write/delete/rewrite cycles): an acknowledged write is *covered* when a
+  later write or delete carried a context that had seen it. Every acknowledged write no
+  write of possible effect covers must survive as a value (a sibling if need be); no
+  value may appear that was never written, or that an acknowledged write or delete
+  covered (a resurrection); keys whose every write an acknowledged delete covered must be
+  absent.
+* :func:`check_convergence` - every replica of every item holds the same digest. Items
+  are keys and digests canonical dumps (the encoded object each primary holds) today; the
+  same check takes partitions and Merkle roots once anti-entropy exists.
+* :func:`check_hints_drained` - no node holds a hint after heal.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .history import FAIL, OK, UNKNOWN, History
+
+
+@dataclass
+class Verdict:
+    name: str
+    problems: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        head = f"{self.name}: {'ok' if self.ok else 'FAILED'} {self.counts}"
+        return "\n  ".join([head] + self.problems[:50] + ([f"... {len(self.problems) - 50} more"] if len(self.problems) > 50 else []))
+
+
+def check_set_adds(history: History, final: Mapping[str, set[int]]) -> Verdict:
+    """``final``: key -> the union of the sets in every sibling of the key after heal."""
+    acked: dict[str, set[int]] = defaultdict(set)
+    maybe: dict[str, set[int]] = defaultdict(set)  # acknowledged or unknown
+    failed: dict[str, set[int]] = defaultdict(set)
+    for op in history.ops:
+        if op.f != "add":
+            continue
+        if op.outcome == OK:
+            acked[op.key].add(op.value)
+        if op.outcome in (OK, UNKNOWN):
+            maybe[op.key].add(op.value)
+        if op.outcome == FAIL:
+            failed[op.key].add(op.value)
+    v = Verdict("set-add")
+    lost = unexpected = recovered = 0
+    for op in history.ops:  # what the adds' reads saw during the run: only adds of possible effect
+        if op.f == "add" and isinstance(op.result, frozenset):
+            extra = set(op.result) - maybe[op.key]
+            unexpected += len(extra)
+            if extra:
+                v.problems.append(f"{op.key}: a read during the run saw elements no add may have written: "
+                                  f"{sorted(extra)[:20]} (op {op.index})")
+    for key in sorted(set(acked) | set(final) | set(maybe)):
+        got = final.get(key, set())
+        missing = acked[key] - got
+        lost += len(missing)
+        if missing:
+            v.problems.append(f"{key}: acknowledged adds lost: {sorted(missing)[:20]}")
+        extra = got - maybe[key]
+        unexpected += len(extra)
+        if extra:
+            why = "failed adds" if extra <= failed[key] else "never-added elements"
+            v.problems.append(f"{key}: elements read that no add may have written ({why}): {sorted(extra)[:20]}")
+        recovered += len((maybe[key] - acked[key]) & got)
+    c = history.counts(("add",))
+    v.counts = {"ops": c["ops"], "acknowledged": c[OK], "failed": c[FAIL], "unknown": c[UNKNOWN],
+                "lost": lost, "unexpected": unexpected, "unknown_present": recovered, "reads": c["reads"]}
+    return v
+
+
+def check_siblings(history: History, final: Mapping[str, set[str]]) -> Verdict:
+    """``final``: key -> the live (non-tombstone) sibling values after heal."""
+    acked: dict[str, set[str]] = defaultdict(set)
+    maybe: dict[str, set[str]] = defaultdict(set)
+    covered_by_acked: dict[str, set[str]] = defaultdict(set)
+    covered_by_maybe: dict[str, set[str]] = defaultdict(set)
+    acked_deletes: dict[str, int] = defaultdict(int)
+    keys: set[str] = set(final)
+    reads: list[tuple[str, frozenset[str]]] = []
+    for op in history.ops:
+        if op.f == "read" and op.outcome == OK and op.result is not None:
+            reads.append((op.key, op.result))
+        if op.f not in ("put", "delete"):
+            continue
+        keys.add(op.key)
+        if op.outcome == FAIL:
+            continue
+        if op.f == "put":
+            maybe[op.key].add(op.value)
+            if op.outcome == OK:
+                acked[op.key].add(op.value)
+        covered_by_maybe[op.key] |= op.covers
+        if op.outcome == OK:
+            covered_by_acked[op.key] |= op.covers
+            if op.f == "delete":
+                acked_deletes[op.key] += 1
+    v = Verdict("siblings")
+    lost = phantom = resurrected = undeleted = 0
+    for key in sorted(keys):
+        got = final.get(key, set())
+        expected = acked[key] - covered_by_maybe[key]
+        missing = expected - got
+        lost += len(missing)
+        if missing:
+            v.problems.append(f"{key}: acknowledged writes lost (no later write covered them): {sorted(missing)[:20]}")
+        extra = got - maybe[key]
+        phantom += len(extra)
+        if extra:
+            v.problems.append(f"{key}: values read that were never written (or whose write failed): {sorted(extra)[:20]}")
+        back = got & covered_by_acked[key]
+        resurrected += len(back)
+        if back:
+            v.problems.append(f"{key}: values an acknowledged write or delete superseded came back: {sorted(back)[:20]}")
+        if acked_deletes[key] and maybe[key] <= covered_by_acked[key] and got:
+            undeleted += 1
+            v.problems.append(f"{key}: deleted (every write covered by an acknowledged delete) but holds {sorted(got)[:5]}")
+    for key, seen in reads:  # during the run too: a read may only return writes of possible effect
+        extra = set(seen) - maybe[key]
+        phantom += len(extra)
+        if extra:
+            v.problems.append(f"{key}: a read during the run returned values never written: {sorted(extra)[:20]}")
+    c = history.counts(("put", "delete"))
+    v.counts = {"ops": c["ops"], "acknowledged": c[OK], "failed": c[FAIL], "unknown": c[UNKNOWN], "lost": lost,
+                "phantom": phantom, "resurrected": resurrected, "undeleted": undeleted, "reads": c["reads"],
+                "keys_with_siblings": sum(1 for values in final.values() if len(values) > 1),
+                "keys_absent": sum(1 for key in keys if not final.get(key))}
+    return v
+
+
+def check_convergence(views: Mapping[Any, Mapping[str, bytes | None]]) -> Verdict:
+    """``views``: item (key, or partition) -> replica -> digest (canonical dump or Merkle root).
+    Every replica of an item must hold the same digest; a replica that could not be asked
+    is passed as a missing entry by the caller and reported through ``expected`` instead."""
+    v = Verdict("convergence")
+    divergent = 0
+    for item, per_replica in views.items():
+        if len(set(per_replica.values())) > 1:
+            divergent += 1
+            holders: dict[bytes | None, list[str]] = defaultdict(list)
+            for replica, digest in sorted(per_replica.items()):
+                holders[digest].append(replica)
+            groups = "; ".join(f"{'+'.join(names)}: {_short(d)}" for d, names in holders.items())
+            v.problems.append(f"{item!r}: replicas disagree ({groups})")
+    v.counts = {"items": len(views), "divergent": divergent}
+    return v
+
+
+def check_hints_drained(pending: Mapping[str, int]) -> Verdict:
+    v = Verdict("hints")
+    for node, count in sorted(pending.items()):
+        if count:
+            v.problems.append(f"{node} still holds {count} hints")
+    v.counts = {"pending": sum(pending.values())}
+    return v
+
+
+def _short(digest: bytes | None) -> str:
+    if digest is None:
+        return "nothing"
+    return f"{len(digest)}B:{digest[:8].hex()}"
+
+
+def all_ok(verdicts: Iterable[Verdict]) -> bool:
+    return all(v.ok for v in verdicts)

@@ -1,0 +1,168 @@
+"""Workloads: several concurrent clients (one :class:`AsyncClient` each, all on one event
+loop in a driver thread) writing to a few dozen keys and recording every operation in a
+:class:`History`. Bounded in time (``duration``) and in count (``max_ops`` per worker).
+
+* ``set-add``: read the key, add a unique integer to the union of every sibling's set,
+  write back with the read's context (Jepsen's Riak test).
+* ``siblings``: mostly blind writes (no context) of unique values to the same keys, so
+  concurrent writes become siblings; sometimes read and write back with the context,
+  which supersedes what the read returned (and keeps the sibling count bounded).
+* ``cycle``: read, then write a new value or delete with the read's context: write /
+  delete / rewrite cycles on every key.
+Every value is unique (worker, counter), which is what lets the checkers tell writes apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from dynq_client import AsyncClient, DynqError
+
+from .history import FAIL, OK, History
+
+
+def encode_set(elements: set[int]) -> bytes:
+    return ",".join(str(e) for e in sorted(elements)).encode()
+
+
+def decode_set(value: bytes) -> set[int]:
+    return {int(x) for x in value.decode().split(",") if x}
+
+
+@dataclass
+class Workload:
+    kind: str  # set-add | siblings | cycle
+    seeds: list[str]
+    rng: random.Random
+    keys: int = 24
+    workers: int = 6
+    duration: float = 60.0
+    max_ops: int = 100_000  # per worker: a bound even if time misbehaves
+    timeout: float = 2.0  # client timeout per operation
+    history: History = field(default_factory=History)
+    error: BaseException | None = None
+    _elements: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @property
+    def key_names(self) -> list[str]:
+        return [f"{self.kind}-{i}" for i in range(self.keys)]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name=f"workload-{self.kind}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> History:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout * 4 + 30)
+        if self.error is not None:
+            raise RuntimeError(f"workload {self.kind} crashed: {self.error!r}") from self.error
+        return self.history
+
+    def halt(self) -> None:
+        """Stop the workers and wait for them, without raising (teardown; idempotent)."""
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=self.timeout * 4 + 30)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:
+            self.error = exc
+
+    async def _run(self) -> None:
+        deadline = time.monotonic() + self.duration
+        seeds = [self.rng.getrandbits(32) for _ in range(self.workers)]
+        await asyncio.gather(*(self._worker(p, random.Random(s), deadline) for p, s in enumerate(seeds)))
+
+    async def _worker(self, process: int, rng: random.Random, deadline: float) -> None:
+        step = {"set-add": self._add, "siblings": self._sibling, "cycle": self._cycle}[self.kind]
+        db = AsyncClient(self.seeds, timeout=self.timeout)
+        try:
+            for n in range(self.max_ops):
+                if self._stop.is_set() or time.monotonic() > deadline:
+                    return
+                try:
+                    await db.connect()
+                except DynqError:
+                    await asyncio.sleep(0.2)
+                    continue
+                await step(db, process, rng, n)
+                await asyncio.sleep(rng.uniform(0, 0.01))
+        finally:
+            await db.close()
+
+    async def _add(self, db: AsyncClient, process: int, rng: random.Random, n: int) -> None:
+        key = rng.choice(self.key_names)
+        element = next(self._elements)
+        op = self.history.invoke(process, "add", key, element)
+        try:
+            got = await db.get(key)
+        except DynqError as exc:
+            self.history.complete(op, FAIL, error=f"read: {exc}"[:300])  # nothing was written
+            return
+        seen: set[int] = set()
+        for value in got.values:
+            seen |= decode_set(value)
+        try:
+            await db.put(key, encode_set(seen | {element}), context=got.context)
+        except DynqError as exc:
+            self.history.fail_or_unknown(op, exc)
+            op.result = frozenset(seen)
+            return
+        self.history.complete(op, OK, result=frozenset(seen))  # result: what its read saw
+
+    async def _read(self, db: AsyncClient, process: int, key: str) -> tuple[list[bytes], bytes] | None:
+        op = self.history.invoke(process, "read", key)
+        try:
+            got = await db.get(key)
+        except DynqError as exc:
+            self.history.complete(op, FAIL, error=str(exc)[:300])
+            return None
+        self.history.complete(op, OK, result=frozenset(v.decode() for v in got.values))
+        return got.values, got.context
+
+    async def _put(self, db: AsyncClient, process: int, key: str, n: int,
+                   read: tuple[list[bytes], bytes] | None) -> None:
+        value = f"p{process}-{n}"
+        covers = [v.decode() for v in read[0]] if read else []
+        op = self.history.invoke(process, "put", key, value, covers)
+        try:
+            await db.put(key, value.encode(), context=read[1] if read else None)
+        except DynqError as exc:
+            self.history.fail_or_unknown(op, exc)
+            return
+        self.history.complete(op, OK)
+
+    async def _sibling(self, db: AsyncClient, process: int, rng: random.Random, n: int) -> None:
+        key = rng.choice(self.key_names)
+        read = None
+        if rng.random() < 0.3:
+            read = await self._read(db, process, key)
+            if read is None:
+                return
+        await self._put(db, process, key, n, read)
+
+    async def _cycle(self, db: AsyncClient, process: int, rng: random.Random, n: int) -> None:
+        key = rng.choice(self.key_names)
+        read = await self._read(db, process, key)
+        if read is None:
+            return
+        if read[0] and rng.random() < 0.5:
+            op = self.history.invoke(process, "delete", key, None, [v.decode() for v in read[0]])
+            try:
+                await db.delete(key, context=read[1])
+            except DynqError as exc:
+                self.history.fail_or_unknown(op, exc)
+                return
+            self.history.complete(op, OK)
+        else:
+            await self._put(db, process, key, n, read)
