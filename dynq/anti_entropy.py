@@ -143,19 +143,6 @@ class AntiEntropy:
             p.OP_AE_TREE: self.handle_tree,
         }
 
-    def actor_for_new_key(self) -> str:
-        """The actor that mints the first dot of a key this node does not hold.
-
-        Once this node has reaped tombstones, a key it does not hold may be one it reaped,
-        whose old dots (this actor's counters 1, 2, ...) live on in clients' contexts (and
-        in any copy that escaped). Restarting the counter at 1 under the same actor would
-        let such a stale context "cover" the new write and silently supersede it (Riak's
-        KV679). So new keys are minted by ``actor.rN`` (N = reap epoch): a fresh actor whose
-        dots no old context has seen. Later writes of the key use the node's own actor
-        again, so a key's clock holds at most two entries per coordinating node."""
-        epoch = self.trees.reap_epoch
-        return self.node.actor if not epoch else f"{self.node.actor}.r{epoch}"
-
     @property
     def timeout(self) -> float:
         return self.config.request_timeout_ms / 1000

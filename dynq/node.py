@@ -914,7 +914,8 @@ class Node:
         w = self._quorum(req.body, "w", self.config.w)
         pw = p.get_int(req.body, "pw", lo=0, hi=self.ring.n, default=0) or 0
         local = self.storage.current(key)
-        actor = self.actor if local is not None else self.anti_entropy.actor_for_new_key()  # KV679: after reaping
+        forgotten = self.storage.is_forgotten(key)
+        actor = self.actor_for(local, forgotten)
         new = update(local, context, actor, value, int(time.time() * 1000))
         if len(new.siblings) > self.limits.max_siblings:
             raise TooManySiblings(
@@ -938,12 +939,40 @@ class Node:
         used = {name for name, _ in targets}
         spares = [f for f in self.ring.preference_list_for(key).fallbacks if f not in used and self.is_up(f)]
         incoming = [x for x in self.state.pending_replicas(self.ring.partition_for(key)) if x not in used]
+        outcome = responder.outcome
+        if forgotten:  # minted by a fresh actor now: later writes may use it again
+            def outcome(body: dict[str, Any] | None, error: DynqError | None) -> None:
+                if error is None:
+                    self.storage.remember(key)
+                responder.outcome(body, error)
+
         coordinator = PutCoordinator(
-            self, key, new, blob, targets, w, self._timeout(req.body), responder.outcome, pw, spares, incoming
+            self, key, new, blob, targets, w, self._timeout(req.body), outcome, pw, spares, incoming
         )
         if coordinator.hinted:
             self.stats.hinted_writes += 1
         coordinator.start()
+
+    def actor_for(self, local: VersionedObject | None, forgotten: bool) -> str:
+        """The actor that mints this node's next dot of a key.
+
+        A dot must never be minted twice, and a new clock entry must not claim dots this
+        node minted but can no longer see: merge would silently keep one of two writes (or
+        a stale context would supersede a newer write: Riak's KV679). Both can happen once
+        this node dropped its copy of the key (handed off, reaped) while others kept it.
+        So: after such a drop, a fresh actor ``ACTOR~N`` (N never handed out before);
+        otherwise the newest of this node's actors in the local clock (all of its dots
+        are in the local copy), or the node's own actor for a key it never held.
+        """
+        if forgotten:
+            return f"{self.actor}~{self.storage.next_dot()}"
+        if local is None:
+            return self.actor
+        prefix = self.actor + "~"
+        fresh = [a for a in local.clock if a.startswith(prefix) and a[len(prefix):].isdigit()]
+        if fresh:
+            return max(fresh, key=lambda a: int(a[len(prefix):]))
+        return self.actor
 
     # --- handlers: replica-facing --------------------------------------------------------
 

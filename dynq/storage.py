@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 CommitCallback = Callable[[StorageError | None], None]
 
+DOT_LEASE = 10_000
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     key BLOB PRIMARY KEY,
@@ -60,6 +62,7 @@ CREATE TABLE IF NOT EXISTS hints (
     PRIMARY KEY (target, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS hints_by_key ON hints(key);
+CREATE TABLE IF NOT EXISTS forgotten (key BLOB PRIMARY KEY) WITHOUT ROWID;
 """
 
 
@@ -84,6 +87,9 @@ class Storage:
         self.commits = 0  # transactions committed
         self.rows_committed = 0  # rows written by them
         self.commit_failures = 0
+        self.forgotten_count = self._count("forgotten")  # upper bound of rows in 'forgotten'
+        self._dot = 0  # last number handed out by next_dot
+        self._dot_lease = 0  # floors up to this are reserved in meta 'dot_lease'
         # Called inside each commit's transaction with what it writes (anti-entropy's leaves);
         # returns what to run once the commit succeeded.
         self.observer: Callable[[apsw.Connection, dict[bytes, tuple[int, VersionedObject, bytes]]],
@@ -104,6 +110,19 @@ class Storage:
         self.set_meta("actor", actor.encode())
         return actor
 
+    def next_dot(self) -> int:
+        """A number bigger than every one this database handed out before (it names fresh
+        actors, see Node.actor_for). Leased in blocks, so a restart skips ahead instead of
+        writing the counter every time."""
+        if self._dot >= self._dot_lease:
+            stored = self.get_meta("dot_lease")
+            base = max(self._dot, int(stored) if stored else 0)
+            self._dot_lease = base + DOT_LEASE
+            self.set_meta("dot_lease", str(self._dot_lease).encode())
+            self._dot = base
+        self._dot += 1
+        return self._dot
+
     def get_meta(self, name: str) -> bytes | None:
         for (value,) in self.conn.execute("SELECT value FROM meta WHERE name = ?", (name,)):
             return bytes(value)
@@ -118,6 +137,11 @@ class Storage:
             )
 
     # --- hints ------------------------------------------------------------------------
+
+    def _count(self, table: str) -> int:
+        for (n,) in self.conn.execute(f"SELECT count(*) FROM {table}"):
+            return int(n)
+        return 0
 
     def _max_hint_seq(self) -> int:
         for (seq,) in self.conn.execute("SELECT coalesce(max(seq), 0) FROM hints"):
@@ -164,6 +188,8 @@ class Storage:
                     "AND NOT EXISTS (SELECT 1 FROM hints WHERE key = ?)",
                     (key, blob, key),
                 )
+                if self.conn.changes():
+                    self.forget(key)
         if removed:
             self.hints_pending[target] -= 1
             if not self.hints_pending[target]:
@@ -210,13 +236,32 @@ class Storage:
         """Delete up to ``limit`` objects of a partition this node handed off; keys with
         hints stay (they are a fallback's copies, governed by their hints)."""
         with self.conn:
-            self.conn.execute(
-                "DELETE FROM objects WHERE rowid IN (SELECT o.rowid FROM objects o WHERE o.partition = ? "
-                "AND NOT EXISTS (SELECT 1 FROM hints h WHERE h.key = o.key) LIMIT ?)",
-                (partition, limit),
-            )
-            dropped = int(self.conn.changes())
-        return dropped
+            keys = [bytes(k) for (k,) in self.conn.execute(
+                "SELECT o.key FROM objects o WHERE o.partition = ? "
+                "AND NOT EXISTS (SELECT 1 FROM hints h WHERE h.key = o.key) LIMIT ?", (partition, limit))]
+            for key in keys:
+                self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
+                self.forget(key)
+        return len(keys)
+
+    # --- keys whose copy this node dropped -------------------------------------------------
+
+    def forget(self, key: bytes) -> None:
+        """Record (inside the caller's transaction) that this node dropped its copy of
+        ``key`` while other nodes may still hold it: its next write here must not be minted
+        by an actor whose earlier dots of this key it can no longer see."""
+        self.conn.execute("INSERT OR IGNORE INTO forgotten(key) VALUES(?)", (key,))
+        self.forgotten_count += 1
+
+    def is_forgotten(self, key: bytes) -> bool:
+        if not self.forgotten_count:  # the common case costs no query
+            return False
+        return any(True for _ in self.conn.execute("SELECT 1 FROM forgotten WHERE key = ?", (key,)))
+
+    def remember(self, key: bytes) -> None:
+        """The key was written here again, under a fresh actor: forget that we forgot."""
+        with self.conn:
+            self.conn.execute("DELETE FROM forgotten WHERE key = ?", (key,))
 
     def count(self) -> int:
         for (n,) in self.conn.execute("SELECT count(*) FROM objects"):

@@ -372,8 +372,9 @@ class PartitionTrees:
         fixes: list[tuple[int, int, bytes, int]] = []
         epoch = self.reap_epoch + 1
         with self.conn:
-            # Committed with the deletes: a key created after them is minted under a new
-            # actor (see AntiEntropy.actor_for_new_key), even after a crash.
+            # Reap rounds, counted (stats). Reaped keys are also recorded as forgotten, in
+            # the same transaction: their next write is minted by a fresh actor
+            # (Node.actor_for), even after a crash.
             self.conn.execute("INSERT INTO meta(name, value) VALUES('reap_epoch', ?) "
                               "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (str(epoch).encode(),))
             for key, h in items:
@@ -383,6 +384,7 @@ class PartitionTrees:
                     (partition, seg, key, h))
                 if self.conn.changes():
                     self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
+                    self.storage.forget(key)
                     deleted.append(key)
                     fixes.append((partition, seg, key, hash_int(h)))
         if deleted:

@@ -258,3 +258,37 @@ def test_blind_delete_that_cannot_meet_w_fails_clearly(cluster3: LocalCluster) -
         client.put(b"after", b"fine")
         assert client.get(b"after").values == [b"fine"]
         assert all(client.call(n, "stats")["in_flight"] == 1 for n in ("n1", "n2"))  # only the stats call itself
+
+
+def test_a_coordinator_that_dropped_its_copy_never_reuses_a_dot(cluster_factory: Any) -> None:
+    """A fallback coordinates a write while every primary is down, hands it off and drops
+    its copy; later, with the primaries down again, it coordinates a blind write of the same
+    key. Both writes must survive as siblings: minting the first write's dot again would
+    make merge silently keep only one of them."""
+    cluster: LocalCluster = cluster_factory(4)
+    key = b"reused-dot"
+    with Client(cluster.seeds) as client:
+        owners = primaries(client, key)
+    fallback = next(name for name in cluster.nodes if name not in owners)
+    address = cluster.nodes[fallback].address
+
+    def write_alone(value: bytes) -> None:
+        for name in owners:
+            cluster.kill(name)
+        with Client([address]) as lonely:
+            wait_until(lambda: all(lonely.call(fallback, "stats")["peers"].get(n) == "down"
+                                   or not lonely.call(fallback, "ping", {"peers": True}) for n in owners)
+                       or set(lonely.call(fallback, "ping", {"peers": True})["reachable"]).isdisjoint(owners),
+                       what="primaries unreachable from the fallback")
+            lonely.call(fallback, "put", {"k": key, "v": value, "w": 1})  # no context: blind
+        for name in owners:
+            cluster.start(name)
+        cluster.wait_ready()
+        with Client(cluster.seeds) as client:
+            wait_until(lambda: hints_pending(client, list(cluster.nodes)) == 0, what="hints drained")
+            wait_until(lambda: replica(client, fallback, key) is None, what="the fallback dropped its copy")
+
+    write_alone(b"first")
+    write_alone(b"second")
+    with Client(cluster.seeds) as client:
+        assert sorted(client.get(key, r=3).values) == [b"first", b"second"]
