@@ -26,7 +26,7 @@ import functools
 import logging
 from typing import Any, Callable, Protocol, Sequence
 
-from dynq_client.errors import DynqError, QuorumError, StorageError, Unavailable, error_from_wire
+from dynq_client.errors import DynqError, NotEnoughReplicas, StorageError, Unavailable, error_from_wire
 from dynq_client.protocol import Limits, Reply
 from dynq_client.quorum import QuorumState, QuorumTally, ReadQuorum
 from dynq_client.versions import VersionedObject, decode_object, decode_reply_object
@@ -151,7 +151,7 @@ class PutCoordinator:
         primaries = sum(1 for hint in self.hints.values() if hint is None)
         if primaries < self.pw:
             self.state = PutState.DONE
-            self.outcome(None, QuorumError(
+            self.outcome(None, NotEnoughReplicas(
                 f"put failed: pw={self.pw} primaries must acknowledge but only {primaries} are reachable",
                 required=self.pw, succeeded=0,
                 errors={name: "fallback, not a primary" for name, hint in self.hints.items() if hint},

@@ -31,8 +31,8 @@ from dynq_client.errors import (
     InternalError,
     InvalidRequest,
     KeyTooLarge,
+    NotEnoughReplicas,
     ProtocolError,
-    QuorumError,
     StorageError,
     Timeout,
     TooManySiblings,
@@ -932,7 +932,7 @@ class Node:
                 f"the limit is {self.limits.max_message_bytes - self.limits.max_key_bytes - 1024}"
             )
         if len(targets) < w:
-            raise QuorumError(
+            raise NotEnoughReplicas(
                 f"put failed: w={w} but only {len(targets)} replicas are reachable",
                 required=w, succeeded=0, errors={name: "down" for name in self.health.down()},
             )

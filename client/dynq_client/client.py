@@ -27,6 +27,8 @@ import tenacity
 
 from .errors import (
     Forbidden,
+    StorageError,
+    NotEnoughReplicas,
     DynqError,
     InvalidRequest,
     KeyTooLarge,
@@ -494,6 +496,7 @@ class AsyncClient:
         """Hand the write to the first node that takes it; Unavailable only if none did
         (then nothing was executed anywhere, and the caller may safely try again)."""
         errors: dict[str, str] = {}
+        refused: NotEnoughReplicas | StorageError | None = None
         now = asyncio.get_running_loop().time()
         usable = [node for node in candidates if self.health.usable(node, now)]
         for node in usable + [node for node in candidates if node not in usable]:
@@ -503,7 +506,14 @@ class AsyncClient:
             except Unavailable as exc:  # not executed there: safe to try the next node
                 self.health.unreachable(node, asyncio.get_running_loop().time())
                 errors[node] = exc.message
-                continue
+            except (NotEnoughReplicas, StorageError) as exc:
+                # Refused before anything was written (too few replicas reachable from there,
+                # or its own commit failed: a coordinator replicates only what it committed):
+                # another node may do better.
+                refused = exc
+                errors[node] = exc.message
+        if refused is not None:
+            raise refused
         raise Unavailable(f"{op}: no node of the key's preference list is reachable: {errors}")
 
 

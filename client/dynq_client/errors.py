@@ -145,6 +145,14 @@ class QuorumError(DynqError):
         }
 
 
+class NotEnoughReplicas(QuorumError):
+    """A write refused before anything was written: the coordinator could not reach enough
+    replicas (or primaries, for ``pw``). Safe to retry, or to send to another node, which
+    the client does by itself."""
+
+    code = "not_enough_replicas"
+
+
 class QuorumTimeout(QuorumError, Timeout):
     """The deadline passed before enough replicas answered."""
 
@@ -168,6 +176,7 @@ ERROR_CODES: dict[str, type[DynqError]] = {
         Timeout,
         InternalError,
         QuorumError,
+        NotEnoughReplicas,
         QuorumTimeout,
     )
 }

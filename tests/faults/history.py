@@ -25,6 +25,7 @@ from typing import Any, Iterable
 from dynq_client.errors import (
     DynqError,
     InvalidRequest,
+    NotEnoughReplicas,
     QuorumError,
     StorageError,
     Timeout,
@@ -34,11 +35,6 @@ from dynq_client.errors import (
 
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"
 
-# Messages of the quorum errors a coordinator raises *before* it writes anything
-# (dynq/node.py _write, dynq/coordinator.py PutCoordinator.start).
-_REFUSED_BEFORE_WRITING = ("replicas are reachable", "primaries must acknowledge but only")
-
-
 def classify(exc: BaseException) -> str:
     """``fail`` only when the error guarantees the write was executed nowhere, else ``unknown``.
 
@@ -47,17 +43,15 @@ def classify(exc: BaseException) -> str:
     * ``InvalidRequest``, ``TooManySiblings``: refused before anything was staged.
     * ``StorageError`` as the whole answer: the coordinator's own commit failed, and it
       never shows a dot to other replicas before it is durable locally.
-    * ``QuorumError`` with nothing succeeded, raised by the coordinator's checks before
-      writing. Any other quorum error (some replica may hold it) and every timeout is
+    * ``NotEnoughReplicas``: a coordinator refused before writing (too few replicas
+      reachable). Any other quorum error (some replica may hold it) and every timeout is
       unknown.
     """
     if isinstance(exc, Timeout):  # includes QuorumTimeout
         return UNKNOWN
-    if isinstance(exc, (Unavailable, InvalidRequest, TooManySiblings, StorageError)):
+    if isinstance(exc, (Unavailable, InvalidRequest, TooManySiblings, StorageError, NotEnoughReplicas)):
         return FAIL
     if isinstance(exc, QuorumError):
-        if exc.succeeded == 0 and any(m in exc.message for m in _REFUSED_BEFORE_WRITING):
-            return FAIL
         return UNKNOWN
     if isinstance(exc, DynqError):
         return UNKNOWN
