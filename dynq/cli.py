@@ -651,6 +651,8 @@ def cluster_status(as_json: bool, seed: tuple[str, ...], timeout: float) -> None
     """Every node at a glance (membership status, partitions owned, pending transfers,
     hints); exits 1 when the cluster is degraded (a node unreachable, or a node that cannot
     reach a peer), for scripts."""
+    import time
+
     from .membership import ClusterState
 
     rows: list[dict[str, Any]] = []
@@ -670,9 +672,13 @@ def cluster_status(as_json: bool, seed: tuple[str, ...], timeout: float) -> None
                     ping = db.call_address(m.address, "ping", {"peers": True})
                     stats_ = db.call_address(m.address, "stats", {})
                     others = {o.name for o in state.ring.members if o.name != m.name}
+                    ae = stats_.get("anti_entropy", {})
+                    exchanged = [v["last_exchange_ms"] for v in ae.get("partitions", {}).values()
+                                 if v.get("last_exchange_ms")]
                     row.update(status="up", unreachable_peers=sorted(others - set(ping["reachable"])),
                                hints_pending=stats_["hints_pending_total"], keys=stats_["keys"],
-                               epoch=stats_["epoch"])
+                               epoch=stats_["epoch"], repair_horizon_s=ae.get("horizon_s"),
+                               last_repair_ms=max(exchanged) if exchanged else None)
                 except DynqError as exc:
                     row.update(status="down", error=str(exc))
                 rows.append(row)
@@ -686,16 +692,20 @@ def cluster_status(as_json: bool, seed: tuple[str, ...], timeout: float) -> None
                    f"N={state.ring.n}" + (f", {len(state.transfers)} of {state.planned} transfers pending"
                                          if state.transfers else ""))
         click.echo(f"{'node':<10} {'address':<26} {'zone':<6} {'wt':>3} {'member':<8} {'status':<6} "
-                   f"{'parts':>9} {'xfers':>5} {'keys':>8} {'hints':>7}  notes")
+                   f"{'parts':>9} {'xfers':>5} {'keys':>8} {'hints':>7} {'repaired':>9} {'horizon':>8}  notes")
         for r in rows:
             notes = r.get("error", "")
             if r.get("unreachable_peers"):
                 notes = "cannot reach " + ", ".join(r["unreachable_peers"])
             parts = str(r["partitions"]) if r["partitions"] == r["partitions_after"] \
                 else f"{r['partitions']}->{r['partitions_after']}"
+            last = r.get("last_repair_ms")
+            repaired = f"{max(0.0, time.time() - last / 1000):.0f}s ago" if last else "never"
+            horizon = f"{r['repair_horizon_s']:.0f}s" if r.get("repair_horizon_s") is not None else "-"
             click.echo(f"{r['node']:<10} {r['address']:<26} {r['zone'] or '-':<6} {r['weight']:>3} "
                        f"{r['membership']:<8} {r['status']:<6} {parts:>9} {r['transfers']:>5} "
-                       f"{r.get('keys', '-'):>8} {r.get('hints_pending', '-'):>7}  {notes}")
+                       f"{r.get('keys', '-'):>8} {r.get('hints_pending', '-'):>7} "
+                       f"{repaired if r['status'] == 'up' else '-':>9} {horizon:>8}  {notes}")
         click.echo("DEGRADED" if degraded else "healthy")
     sys.exit(1 if degraded else 0)
 

@@ -144,6 +144,14 @@ def test_cluster_status_exits_nonzero_when_degraded(cluster3: LocalCluster) -> N
     seed = cluster3.seeds[0]
     healthy = dynq_cli("cluster", "status", seed=seed)
     assert healthy.returncode == 0 and "healthy" in healthy.stdout, healthy.stdout + healthy.stderr
+    assert "repaired" in healthy.stdout and "horizon" in healthy.stdout
+    import json
+
+    report = json.loads(dynq_cli("cluster", "status", "--json", seed=seed).stdout)
+    for row in report["nodes"]:  # ownership share, membership, last repair for every node
+        assert row["membership"] == "valid" and row["partitions"] > 0 and row["hints_pending"] == 0
+        assert "last_repair_ms" in row and row["repair_horizon_s"] is not None
+    assert sum(row["partitions"] for row in report["nodes"]) == 64
     cluster3.kill("n2")
     degraded = dynq_cli("cluster", "status", seed=seed)
     assert degraded.returncode == 1 and "DEGRADED" in degraded.stdout
