@@ -8,7 +8,9 @@ scenario if it never completes:
 2. hints drain to zero on every node;
 3. every key is read at R=N (read repair) until every primary holds the same object
    (canonical dump from the ``inspect`` op), which gives the final state;
-4. the checkers judge the history against it.
+4. the checkers judge the history against it;
+5. every partition's primaries hold equal Merkle roots (anti-entropy passes are run for
+   partitions that differ, until they agree or the bound passes).
 """
 
 from __future__ import annotations
@@ -174,8 +176,41 @@ def heal_and_check(cluster: FaultCluster, workload: Workload, history: object, r
             strs = {k: {v.decode() for v in values} for k, values in final.items()}
             result.verdicts.insert(0, check_siblings(workload.history, strs))
         result.verdicts.append(check_convergence(views))
+        result.verdicts.append(check_convergence(merkle_roots(client, timeout=180)))
         if extra_checks is not None:
             extra_checks(cluster, client, workload, result)
+
+
+def merkle_roots(client: Client, timeout: float) -> dict[str, dict[str, bytes | None]]:
+    """Per partition, each primary's Merkle root, once they agree (bounded): a partition
+    whose roots differ gets a repair pass (anti-entropy, as `dynq repair` runs it) and is
+    looked at again. Returns the last roots seen, for the convergence check."""
+    assert client.table is not None
+    ring = client.table.ring
+    views: dict[str, dict[str, bytes | None]] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        roots: dict[str, dict[int, bytes]] = {}
+        for member in ring.members:
+            try:
+                rows = client.call(member.name, "ae_tree", {})["partitions"]
+                roots[member.name] = {int(row[0]): bytes(row[1]) for row in rows}
+            except DynqError:
+                roots[member.name] = {}
+        differing = []
+        for partition in range(ring.q):
+            primaries = ring.preference_list(partition).primaries
+            view = {node: roots[node].get(partition) for node in primaries}
+            views[f"partition {partition}"] = view
+            if len(set(view.values())) > 1:
+                differing.append((partition, primaries[0]))
+        if not differing or time.monotonic() > deadline:
+            return views
+        for partition, node in differing:
+            try:
+                client.call(node, "ae_repair", {"p": partition})
+            except DynqError:
+                pass
 
 
 def converge(client: Client, keys: list[str], timeout: float) -> tuple[dict[str, list[bytes]], dict[str, dict[str, bytes | None]]]:
