@@ -29,6 +29,7 @@ from dynq_client.errors import (
     DynqError,
     Forbidden,
     InternalError,
+    InvalidContext,
     InvalidRequest,
     KeyTooLarge,
     NotEnoughReplicas,
@@ -917,6 +918,11 @@ class Node:
         forgotten = self.storage.is_forgotten(key)
         actor = self.actor_for(local, forgotten)
         new = update(local, context, actor, value, int(time.time() * 1000))
+        if len(new.clock) > self.limits.max_clock_entries:
+            raise InvalidContext(
+                f"the write's version vector would have {len(new.clock)} entries (limit "
+                f"{self.limits.max_clock_entries}): the context names actors this key never had"
+            )
         if len(new.siblings) > self.limits.max_siblings:
             raise TooManySiblings(
                 f"key would have {len(new.siblings)} siblings (limit {self.limits.max_siblings}); "

@@ -28,6 +28,7 @@ max_value_bytes = 4096
 max_message_bytes = 65536
 max_siblings = 5
 sibling_warn = 3
+max_clock_entries = 8
 """
 
 
@@ -198,3 +199,24 @@ def test_fuzz_left_nodes_up_and_data_intact(fuzz_target: tuple[LocalCluster, dic
             assert client.call(name, "ping")["name"] == name
         for key, values in sentinels.items():
             assert client.get(key, r=3).values == values
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+def test_context_entries_at_the_limit(small: LocalCluster, delta: int) -> None:
+    """A context may name up to max_clock_entries actors (8 here); the object a write makes
+    must stay readable everywhere, so a write whose version vector would pass the limit is
+    refused with a clear error and changes nothing."""
+    from dynq_client import InvalidContext
+    from dynq_client.versions import encode_context
+
+    key = f"ctx{delta}".encode()
+    context = encode_context({f"forged-{i}": 1 for i in range(8 + delta)})
+    with Client(small.seeds) as client:
+        client.put(key, b"before")
+        if delta < 0:
+            client.put(key, b"after", context=context)
+            assert b"after" in client.get(key, r=3).values
+        else:
+            with pytest.raises(InvalidContext):
+                client.put(key, b"after", context=context)
+            assert client.get(key, r=3).values == [b"before"]
