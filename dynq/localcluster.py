@@ -217,6 +217,10 @@ class LocalCluster:
                                     + ("\n" + self.extra_config if self.extra_config else ""))
         return node
 
+    def command(self, name: str) -> list[str]:
+        """The command line that runs node ``name``."""
+        return node_command(self.nodes[name].config_path)
+
     def start(self, name: str, env: dict[str, str] | None = None) -> None:
         """Start one node (``env``: extra environment variables, e.g. NOTIFY_SOCKET)."""
         node = self.nodes[name]
@@ -224,7 +228,7 @@ class LocalCluster:
             return
         with node.log_path.open("ab") as log:
             node.process = subprocess.Popen(
-                node_command(node.config_path),
+                self.command(name),
                 env={**os.environ, **env} if env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

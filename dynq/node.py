@@ -483,14 +483,18 @@ class Node:
     # --- the ROUTER ----------------------------------------------------------------------
 
     def _drain_router(self) -> None:
-        if self.security is not None:
-            self._drain_router_secure()
-            return
-        router = self.router
+        router, security = self.router, self.security
         assert router is not None
         while True:
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                if security is None:
+                    frames = router.recv_multipart(zmq.NOBLOCK)
+                    ident, frame, role = frames[0], frames[-1], "peer"
+                else:  # under CURVE, frames (not bytes) carry the sender's User-Id: role and key
+                    parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames = [part.bytes for part in parts]
+                    ident, frame = frames[0], frames[-1]
+                    role = security.role_of(_user_id(parts[-1])) or "none"
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -499,32 +503,10 @@ class Node:
             if len(frames) != 2:
                 self.stats.dropped_frames += 1
                 if len(frames) > 2:  # the sender is reachable: tell it what went wrong
-                    self._send_reply(frames[0], p.encode_error(0, self.ring.epoch, p.BadRequest(
+                    self._send_reply(ident, p.encode_error(0, self.ring.epoch, p.BadRequest(
                         f"a request is one frame; got {len(frames) - 1}")))
                 continue
-            self._dispatch(frames[0], frames[1])
-
-    def _drain_router_secure(self) -> None:
-        """The CURVE path: each message carries its sender's User-Id (role and key)."""
-        router = self.router
-        assert router is not None and self.security is not None
-        while True:
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            except zmq.ZMQError as exc:
-                log.warning("router recv failed: %s", exc)
-                return
-            if len(frames) != 2:
-                self.stats.dropped_frames += 1
-                continue
-            try:
-                user = frames[1].get("User-Id")
-            except zmq.ZMQError:
-                user = None
-            role = self.security.role_of(user if isinstance(user, str) else None)
-            self._dispatch(frames[0].bytes, frames[1].bytes, role or "none")
+            self._dispatch(ident, frame, role)
 
     def _dispatch(self, ident: bytes, frame: bytes, role: str = "peer") -> None:
         try:
@@ -1408,6 +1390,14 @@ class Node:
             },
             "anti_entropy": self.anti_entropy.snapshot(),
         }
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    try:
+        user = frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+    return user if isinstance(user, str) else None
 
 
 def _ignore(reply: Reply | None, error: DynqError | None) -> None:

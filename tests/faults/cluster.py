@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 from dynq.localcluster import LocalCluster, node_command
@@ -50,18 +49,9 @@ class FaultCluster(LocalCluster):
     def index(self, name: str) -> int:
         return list(self.nodes).index(name)
 
-    def start(self, name: str, env: dict[str, str] | None = None) -> None:
-        node = self.nodes[name]
-        if node.running:
-            return
-        with node.log_path.open("ab") as log:
-            node.process = subprocess.Popen(
-                self.hosts.exec_prefix(self.index(name)) + node_command(node.config_path),
-                env={**os.environ, **env} if env else None,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    # --- nemesis helpers ------------------------------------------------------------------
+    def command(self, name: str) -> list[str]:
+        """The node's command line, run inside its network namespace."""
+        return self.hosts.exec_prefix(self.index(name)) + node_command(self.nodes[name].config_path)
 
     def pause(self, name: str) -> None:
         self.signal(name, signal.SIGSTOP)
