@@ -89,7 +89,7 @@ class Storage:
         self.commit_failures = 0
         self.forgotten_count = self._count("forgotten")  # upper bound of rows in 'forgotten'
         self._dot = 0  # last number handed out by next_dot
-        self._dot_lease = 0  # floors up to this are reserved in meta 'dot_lease'
+        self._dot_lease = 0  # numbers up to this are reserved in meta 'dot_lease'
         # Called inside each commit's transaction with what it writes (anti-entropy's leaves);
         # returns what to run once the commit succeeded.
         self.observer: Callable[[apsw.Connection, dict[bytes, tuple[int, VersionedObject, bytes]]],

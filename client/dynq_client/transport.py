@@ -95,7 +95,7 @@ class RequestMux:
         self.limits = limits
         self.connect_grace = connect_grace  # seconds a new connection may take before sends fail
         self.on_reply = on_reply  # observer of every matched reply (epoch tracking, liveness)
-        self.socket_setup = socket_setup  # extra per-socket options (security, later)
+        self.socket_setup = socket_setup  # extra per-socket options (CURVE keys)
         self.health = health  # fed the outcome of every request: the owner's failure detector
         self._channels: dict[str, _Channel] = {}  # node name -> its DEALER
         self._pending: dict[int, _Pending] = {}  # request id -> in-flight request
