@@ -270,7 +270,10 @@ class Staged:
     def from_wire(cls, data: object) -> Staged:
         if not isinstance(data, dict):
             raise MembershipError("staged changes must be a map")
-        joins = tuple(member_from_wire(raw) for raw in data.get("joins", []))
+        raw_joins = data.get("joins", [])
+        if not isinstance(raw_joins, list):
+            raise MembershipError("staged joins must be a list of members")
+        joins = tuple(member_from_wire(raw) for raw in raw_joins)
         leaves = data.get("leaves", [])
         if not isinstance(leaves, list) or not all(isinstance(x, str) for x in leaves):
             raise MembershipError("staged leaves must be a list of names")

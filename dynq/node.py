@@ -1213,7 +1213,10 @@ class Node:
                   self._timeout(req.body), joined)
 
     def handle_member_join(self, responder: Responder, req: Request) -> None:
-        member = member_from_wire(req.body.get("member"))
+        try:
+            member = member_from_wire(req.body.get("member"))
+        except MembershipError as exc:
+            raise InvalidRequest(str(exc)) from exc
         if self._at_claimant(responder, req):
             return
         try:

@@ -345,3 +345,19 @@ def test_two_operators_racing_commit_once(cluster: LocalCluster) -> None:
     with Client(cluster.seeds) as client:
         final = wait_for("one ring everywhere", lambda: converged(client, cluster, ["n1", "n2", "n3", "n4"]))
     assert [m.name for m in final.ring.members] == ["n1", "n2", "n3", "n4"]
+
+
+def test_malformed_membership_requests_get_clear_errors(cluster: LocalCluster) -> None:
+    """Garbage in membership ops is an invalid-request error, never an internal one, and the
+    cluster state does not change."""
+    from dynq_client import InvalidRequest
+
+    seed = cluster.seeds[0]
+    with Client(cluster.seeds) as client:
+        before = state_of(client, seed)
+        for op, body in (("member_join", {"member": None}), ("member_join", {"member": ["x", 1, "", 1]}),
+                         ("cluster_state", {"state": {"ring": "junk"}}), ("transfer_done", {"t": "junk"}),
+                         ("cluster_join", {"cluster": "not-an-address"}), ("cluster_leave", {"node": 7})):
+            with pytest.raises(InvalidRequest):
+                client.call_address(seed, op, body)
+        assert state_of(client, seed).key == before.key

@@ -18,6 +18,7 @@ from dynq.membership import (
     claimant,
     commit,
     initial_state,
+    member_from_wire,
     newest,
     plan,
     plan_transfers,
@@ -236,3 +237,47 @@ def test_heartbeat_decoding_rejects_junk() -> None:
         assert Heartbeat.from_wire(junk) is None
     assert gossip_address("tcp://127.0.0.1:7100") == "tcp://127.0.0.1:7101"
     assert gossip_address("tcp://[::1]:7100") == "tcp://[::1]:7101"
+
+
+_junk = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.text(max_size=20), st.binary(max_size=20),
+              st.floats(allow_nan=True)),
+    lambda inner: st.one_of(st.lists(inner, max_size=5),
+                            st.dictionaries(st.sampled_from(["ring", "next", "transfers", "planned", "epoch", "q", "n",
+                                                             "members", "owners", "joins", "leaves", "x"]),
+                                            inner, max_size=6)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=_junk)
+def test_fuzz_cluster_state_parsers_raise_only_membership_errors(data: object) -> None:
+    """A forged or garbled state, staged change or member from a peer is refused with a
+    MembershipError, never another exception (the node turns it into a clear error)."""
+    for parse in (ClusterState.from_wire, Staged.from_wire, member_from_wire):
+        try:
+            parse(data)
+        except MembershipError:
+            pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(transfers=st.lists(st.tuples(st.integers(-5, 70), st.sampled_from(["n1", "n4", "zz", ""]),
+                                    st.sampled_from(["n1", "n4", "zz"])), max_size=4),
+       planned=st.one_of(st.integers(-3, 100), st.booleans(), st.none()))
+def test_fuzz_near_valid_states(transfers: list[tuple[int, str, str]], planned: object) -> None:
+    """Valid rings with forged transfer lists: accepted only when every transfer names a
+    real partition and members, and the result round-trips."""
+    state = three()
+    new = commit(state, Staged().join(state, N4))
+    wire = new.to_wire()
+    wire["transfers"] = [list(t) for t in transfers]
+    wire["planned"] = planned
+    try:
+        parsed = ClusterState.from_wire(wire)
+    except MembershipError:
+        return
+    assert all(0 <= t.partition < 64 and t.source in {"n1", "n4"} and t.target in {"n1", "n4"}
+               for t in parsed.transfers)
+    assert ClusterState.from_wire(parsed.to_wire()) == parsed
