@@ -27,11 +27,12 @@ def dynq(*args: str, seed: str, check: bool = True, keys: Path | None = None) ->
 
 
 def base_port() -> int:
-    """A base port whose +0, +10 and +20 are all free right now."""
+    """A base port whose nodes' ports (+0, +10, +20) and gossip ports (the next ones) are all
+    free right now."""
     for port in free_ports(20):
         socks: list[socket.socket] = []
         try:
-            for offset in (0, 10, 20):
+            for offset in (0, 1, 10, 11, 20, 21):
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", port + offset))
