@@ -546,6 +546,9 @@ class Node:
         except DynqError as exc:
             if not responder.done:
                 responder.fail(exc)
+        except MembershipError as exc:  # a membership change that cannot be made, and why
+            if not responder.done:
+                responder.fail(InvalidRequest(str(exc)))
         except Exception as exc:  # a bug must cost one request, not the node
             log.exception("request %s failed", responder.op)
             if not responder.done:
@@ -1131,11 +1134,7 @@ class Node:
     def handle_cluster_state(self, responder: Responder, req: Request) -> None:
         """This node's cluster state; a peer may offer a newer one in ``state``."""
         if "state" in req.body:
-            try:
-                offered = ClusterState.from_wire(req.body["state"])
-            except MembershipError as exc:
-                raise InvalidRequest(f"unusable cluster state: {exc}") from exc
-            self.offer_state(offered, "pushed by a peer")
+            self.offer_state(ClusterState.from_wire(req.body["state"]), "pushed by a peer")
         responder.ok({"state": self.state.to_wire(), "claimant": claimant(self.state),
                       "status": self.state.status_of(self.name), "name": self.name})
 
@@ -1213,16 +1212,10 @@ class Node:
                   self._timeout(req.body), joined)
 
     def handle_member_join(self, responder: Responder, req: Request) -> None:
-        try:
-            member = member_from_wire(req.body.get("member"))
-        except MembershipError as exc:
-            raise InvalidRequest(str(exc)) from exc
+        member = member_from_wire(req.body.get("member"))
         if self._at_claimant(responder, req):
             return
-        try:
-            self._set_staged(self.staged.join(self.state, member))
-        except MembershipError as exc:
-            raise InvalidRequest(str(exc)) from exc
+        self._set_staged(self.staged.join(self.state, member))
         log.info("staged: %s joins (at %s)", member.name, member.address)
         responder.ok({"state": self.state.to_wire(), "staged": self.staged.to_wire()})
 
@@ -1232,10 +1225,7 @@ class Node:
             req.body["node"] = name = self.name
         if self._at_claimant(responder, req):
             return
-        try:
-            self._set_staged(self.staged.leave(self.state, name))
-        except MembershipError as exc:
-            raise InvalidRequest(str(exc)) from exc
+        self._set_staged(self.staged.leave(self.state, name))
         log.info("staged: %s leaves", name)
         responder.ok({"staged": self.staged.to_wire()})
 
@@ -1247,10 +1237,7 @@ class Node:
         if not self.staged:
             responder.ok(dict(body, empty=True))
             return
-        try:
-            responder.ok(dict(body, **plan(self.state, self.staged).to_wire(self.state)))
-        except MembershipError as exc:
-            raise InvalidRequest(str(exc)) from exc
+        responder.ok(dict(body, **plan(self.state, self.staged).to_wire(self.state)))
 
     def handle_cluster_clear(self, responder: Responder, req: Request) -> None:
         if self._at_claimant(responder, req):
@@ -1264,10 +1251,7 @@ class Node:
         plan_id = p.get_str(req.body, "plan", required=False)
         if self._at_claimant(responder, req):
             return
-        try:
-            state = commit(self.state, self.staged, plan_id)
-        except MembershipError as exc:
-            raise InvalidRequest(str(exc)) from exc
+        state = commit(self.state, self.staged, plan_id)
         self._set_staged(Staged())
         self.adopt(state, "committed")
         self._push_state()
