@@ -188,6 +188,9 @@ def main() -> None:
                         help="diverged keys while measuring put latency under repair (default limits)")
     parser.add_argument("--p99-puts", type=int, default=3000)
     parser.add_argument("--p99-rates", default="2000,500", help="rate_objects values to measure latency under")
+    parser.add_argument("--checkpoint-intervals", default="100",
+                        help="[storage] checkpoint_interval_ms values to measure latency under (0: SQLite's "
+                             "checkpoints inside commits), e.g. 100,0 to compare")
     parser.add_argument("--cold", action="store_true",
                         help="measure latency with trees not yet loaded (just after a restart)")
     parser.add_argument("--no-build-times", action="store_true", help="skip the tree build timings")
@@ -234,26 +237,32 @@ def main() -> None:
             print(f"D={d}: full exchange median {med['s']:.2f} s, {med['bytes'] / 1e3:.1f} kB "
                   f"({med['bytes'] / max(1, d):.0f} B per diverged key), {med['keys']:.0f} keys repaired", flush=True)
         rates = [] if args.no_p99 else [int(x) for x in args.p99_rates.split(",") if x]
-        lat_runs: dict[int, list[dict[str, Any]]] = {rate: [] for rate in rates}
+        intervals = [int(x) for x in args.checkpoint_intervals.split(",") if x]
+        combos = [(rate, interval) for rate in rates for interval in intervals]
+        lat_runs: dict[tuple[int, int], list[dict[str, Any]]] = {combo: [] for combo in combos}
         for run in range(args.runs):
-            for rate in rates:  # interleaved, so drift on the shared machine hits every rate alike
-                extra = THROTTLED + f"rate_objects = {rate}\n"
-                cluster = start_pair(root / f"p99-{run}-{rate}", base, addresses, args.p99_diverged, args.keys, extra)
+            for rate, interval in combos:  # interleaved, so drift on the shared machine hits each alike
+                extra = THROTTLED + f"rate_objects = {rate}\n[storage]\ncheckpoint_interval_ms = {interval}\n"
+                cluster = start_pair(root / f"p99-{run}-{rate}-{interval}", base, addresses, args.p99_diverged,
+                                     args.keys, extra)
                 try:
-                    lat_runs[rate].append(asyncio.run(latency_under_repair(cluster.seeds, args.p99_puts, not args.cold)))
+                    result = asyncio.run(latency_under_repair(cluster.seeds, args.p99_puts, not args.cold))
+                    lat_runs[rate, interval].append(result)
                 finally:
                     cluster.stop_all()
                     shutil.rmtree(cluster.data_dir, ignore_errors=True)
-                r = lat_runs[rate][-1]
-                print(f"  p99 run {run + 1}, rate_objects {rate}: idle p50 {r['idle_p50']:.2f} p99 {r['idle_p99']:.2f} "
-                      f"ms; during repair p50 {r['busy_p50']:.2f} p99 {r['busy_p99']:.2f} ms ({r['busy_puts']} puts, "
-                      f"repair {r['repair_s']:.1f} s)", flush=True)
-        for rate in rates:
-            med = {k: statistics.median(float(r[k]) for r in lat_runs[rate]) for k in lat_runs[rate][0]}
-            ratio = statistics.median(float(r["busy_p99"]) / float(r["idle_p99"]) for r in lat_runs[rate])
-            print(f"put latency, repair of {args.p99_diverged} diverged keys at rate_objects {rate}: idle p99 "
-                  f"{med['idle_p99']:.2f} ms, during repair p99 {med['busy_p99']:.2f} ms (median ratio x{ratio:.2f}); "
-                  f"p50 {med['idle_p50']:.2f} -> {med['busy_p50']:.2f} ms; repair {med['repair_s']:.1f} s")
+                r = result
+                print(f"  p99 run {run + 1}, rate_objects {rate}, checkpoint_interval_ms {interval}: idle p50 "
+                      f"{r['idle_p50']:.2f} p99 {r['idle_p99']:.2f} ms; during repair p50 {r['busy_p50']:.2f} p99 "
+                      f"{r['busy_p99']:.2f} ms ({r['busy_puts']} puts, repair {r['repair_s']:.1f} s)", flush=True)
+        for rate, interval in combos:
+            runs_ = lat_runs[rate, interval]
+            med = {k: statistics.median(float(r[k]) for r in runs_) for k in runs_[0]}
+            ratio = statistics.median(float(r["busy_p99"]) / float(r["idle_p99"]) for r in runs_)
+            print(f"put latency, repair of {args.p99_diverged} diverged keys at rate_objects {rate}, "
+                  f"checkpoint_interval_ms {interval}: idle p99 {med['idle_p99']:.2f} ms, during repair p99 "
+                  f"{med['busy_p99']:.2f} ms (median ratio x{ratio:.2f}); p50 {med['idle_p50']:.2f} -> "
+                  f"{med['busy_p50']:.2f} ms; repair {med['repair_s']:.1f} s")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -42,7 +42,11 @@ class NodeConfig:
     members: tuple[Member, ...] = ()
     seeds: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    socket_hwm: int = 1000  # messages queued per connection, each way, before ZeroMQ pushes back or drops
+    max_in_flight_per_connection: int = 1000  # more from one connection are refused (Overloaded)
     synchronous: str = "full"
+    checkpoint_interval_ms: int = 100  # WAL checkpoints on a thread; 0: SQLite's own, inside commits
+    wal_limit_mb: int = 64  # past this the checkpointer makes writers wait until the WAL starts over
     request_timeout_ms: int = 5000
     log_level: str = "info"
     log_format: str = "text"
@@ -91,8 +95,9 @@ class NodeConfig:
 _NODE_KEYS = {"name", "listen", "data_dir", "zone", "weight"}
 _CLUSTER_KEYS = {"n", "q", "r", "w", "members", "seeds"}
 _MEMBER_KEYS = {"name", "address", "zone", "weight"}
-_LIMIT_KEYS = {f.name for f in fields(Limits)}
-_STORAGE_KEYS = {"synchronous"}
+_NODE_LIMIT_KEYS = {"socket_hwm", "max_in_flight_per_connection"}  # node-only, in [limits] too
+_LIMIT_KEYS = {f.name for f in fields(Limits)} | _NODE_LIMIT_KEYS
+_STORAGE_KEYS = {"synchronous", "checkpoint_interval_ms", "wal_limit_mb"}
 _TIMEOUT_KEYS = {"request_ms"}
 _LOG_KEYS = {"level", "format"}
 _METRICS_KEYS = {"port", "host"}
@@ -252,6 +257,12 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         raise limits_in._err("max_message_bytes", "must exceed max_value_bytes + max_key_bytes + 1024")
     if limits.sibling_warn > limits.max_siblings:
         raise limits_in._err("sibling_warn", "must not exceed max_siblings")
+    if not 8 <= limits.max_depth <= 256:
+        raise limits_in._err("max_depth", f"must be between 8 (what dynq's own requests need) and 256, "
+                                          f"got {limits.max_depth}")
+    if limits.max_container_len < 10_000:
+        raise limits_in._err("max_container_len", f"must be at least 10000 (what dynq's own transfer and "
+                                                  f"repair messages need), got {limits.max_container_len}")
 
     synchronous = storage.text("synchronous", "full").lower()
     if synchronous not in ("normal", "full"):
@@ -273,7 +284,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         members=tuple(sorted(members.values(), key=lambda m: m.name)),
         seeds=tuple(seeds_raw),
         limits=limits,
+        socket_hwm=limits_in.number("socket_hwm", 1000, 10, 10_000_000),
+        max_in_flight_per_connection=limits_in.number("max_in_flight_per_connection", 1000, 1, 10_000_000),
         synchronous=synchronous,
+        checkpoint_interval_ms=storage.number("checkpoint_interval_ms", 100, 0, 60_000),
+        wal_limit_mb=storage.number("wal_limit_mb", 64, 1, 65536),
         request_timeout_ms=timeouts.number("request_ms", 5000, 10, 600_000),
         log_level=level,
         log_format=log_format,

@@ -112,8 +112,13 @@ def render_prometheus(stats: dict[str, Any], latencies: Latencies) -> str:
         ("keys", "gauge", "Objects stored (including tombstones and fallback copies)."),
         ("storage_bytes", "gauge", "Size of the database files."),
         ("in_flight", "gauge", "Requests received and not yet answered."),
+        ("overloaded", "counter", "Requests refused unexecuted: their connection had max_in_flight_per_connection."),
         ("commits", "counter", "Group-commit transactions."),
         ("commit_failures", "counter", "Transactions that failed (disk full, I/O error)."),
+        ("wal_bytes", "gauge", "Size of the write-ahead log file."),
+        ("checkpoints", "counter", "Background WAL checkpoints run."),
+        ("checkpoint_restarts", "counter", "Checkpoints that made writers wait because the WAL passed wal_limit_mb."),
+        ("checkpoint_errors", "counter", "Background WAL checkpoints that failed."),
         ("epoch", "gauge", "Ring epoch this node holds."),
     ):
         metric(f"dynq_{key}" + ("_total" if kind == "counter" and not key.endswith("total") else ""), kind, help_,

@@ -33,6 +33,7 @@ from dynq_client.errors import (
     InvalidRequest,
     KeyTooLarge,
     NotEnoughReplicas,
+    Overloaded,
     ProtocolError,
     StorageError,
     Timeout,
@@ -123,7 +124,13 @@ class Responder:
             log.error("second reply to request %d (%s) suppressed", self.req_id, self.op)
             return False
         self.done = True
-        self.node.in_flight -= 1
+        node = self.node
+        node.in_flight -= 1
+        left = node.in_flight_by_connection[self.ident] - 1
+        if left:
+            node.in_flight_by_connection[self.ident] = left
+        else:  # the map holds only connections with requests in flight
+            del node.in_flight_by_connection[self.ident]
         self.node.latencies.observe(self.op, time.perf_counter() - self.started)
         return True
 
@@ -162,6 +169,7 @@ class Stats:
         self.replica_batch_items = 0  # replica writes they carried
         self.stray_writes = 0  # replica writes for keys this node does not replicate (old ring)
         self.forbidden = 0  # requests refused for the sender's key (CURVE)
+        self.overloaded = 0  # requests refused because their connection had too many in flight
         self.marked_down_by_gossip = 0  # peers the failure detector declared down
         self.state_pulls = 0  # newer cluster states fetched after a heartbeat
 
@@ -190,6 +198,7 @@ class Node:
         self.latencies = Latencies()  # per-op request latency histograms
         self._metrics_server: asyncio.AbstractServer | None = None
         self.in_flight = 0  # requests received and not yet answered
+        self.in_flight_by_connection: dict[bytes, int] = {}  # ROUTER identity -> its share of in_flight
         self.started = time.time()
         self.handlers: dict[str, Handler] = {
             p.OP_PING: self.handle_ping,
@@ -375,8 +384,11 @@ class Node:
         if self.security is not None:  # before any bind: without a ZAP handler libzmq lets anyone in
             self.security.start(self.context)
         self.router = self.context.socket(zmq.ROUTER)
-        configure_socket(self.router, self.limits)
+        configure_socket(self.router, self.limits, hwm=self.config.socket_hwm)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A reply that cannot be queued (sender gone, or its queue at socket_hwm because it
+        # does not read) raises instead of vanishing silently, so it is counted.
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if self.security is not None:
             self.security.serve(self.router, REQUEST_DOMAIN)
         try:
@@ -401,6 +413,7 @@ class Node:
         for seed in self.config.seeds:
             if seed not in known:  # bootstrap only: listen to it until it is a member
                 self.gossip.subscribe("~" + seed, gossip_address(seed))
+        self.storage.start_checkpointer(self.config.checkpoint_interval_ms, self.config.wal_limit_mb * 1024 * 1024)
         self.loop.add_reader(self.router.fileno(), self._drain_router)
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
             try:
@@ -445,6 +458,14 @@ class Node:
     def stop(self) -> None:
         if self._stopping is not None:
             self._stopping.set()
+
+    def _checkpoint_stats(self) -> dict[str, int | float]:
+        checkpointer = self.storage.checkpointer
+        if checkpointer is None:
+            return {}
+        cs = checkpointer.stats
+        return {"checkpoints": cs.passes, "checkpoint_restarts": cs.restarts, "checkpoint_busy": cs.busy,
+                "checkpoint_errors": cs.errors, "checkpoint_last_restart_ms": round(cs.last_restart_ms, 1)}
 
     def reload(self) -> None:
         """SIGHUP: re-read the allowed keys (a removed key is refused from its next message)."""
@@ -523,6 +544,15 @@ class Node:
             self._send_reply(ident, p.encode_error(
                 request.id, self.ring.epoch, Unavailable(f"{self.name} is shutting down")))
             return
+        in_flight_here = self.in_flight_by_connection.get(ident, 0)
+        if in_flight_here >= self.config.max_in_flight_per_connection:
+            self.stats.overloaded += 1
+            self.stats.errors[Overloaded.code] += 1
+            self._send_reply(ident, p.encode_error(request.id, self.ring.epoch, Overloaded(
+                f"{self.name}: this connection already has {in_flight_here} requests in flight "
+                f"(max_in_flight_per_connection)")))
+            return
+        self.in_flight_by_connection[ident] = in_flight_here + 1
         self.in_flight += 1
         handler = self.handlers.get(request.op)
         op = request.op if handler is not None else "unknown"  # a client must not mint metric series
@@ -1335,6 +1365,8 @@ class Node:
             "commits": storage.commits,
             "rows_committed": storage.rows_committed,
             "commit_failures": storage.commit_failures,
+            "wal_bytes": storage.wal_bytes(),
+            **self._checkpoint_stats(),
             "partitions_owned": len(self.ring.partitions_of(self.name)),
             "hinted_writes": self.stats.hinted_writes,
             "hints_stored": self.stats.hints_stored,
@@ -1352,6 +1384,7 @@ class Node:
             "stray_writes": self.stats.stray_writes,
             "security": self.config.security,
             "forbidden": self.stats.forbidden,
+            "overloaded": self.stats.overloaded,
             "cluster": {
                 "version": self.state.version,
                 "status": self.state.status_of(self.name),

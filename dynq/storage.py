@@ -37,6 +37,7 @@ from typing import Callable, Iterator
 
 import apsw
 
+from dynq.checkpointer import Checkpointer
 from dynq_client.errors import StorageError
 from dynq_client.protocol import DEFAULT_LIMITS, Limits
 from dynq_client.versions import VersionedObject, decode_object
@@ -94,6 +95,24 @@ class Storage:
         # returns what to run once the commit succeeded.
         self.observer: Callable[[apsw.Connection, dict[bytes, tuple[int, VersionedObject, bytes]]],
                                 Callable[[], None] | None] | None = None
+        self.checkpointer: Checkpointer | None = None
+
+    def start_checkpointer(self, interval_ms: int, wal_limit_bytes: int) -> None:
+        """Move WAL checkpoints off the committing (event-loop) thread; see checkpointer.py.
+        Without this (offline tools, ``interval_ms`` 0) SQLite checkpoints inside commits."""
+        if interval_ms <= 0 or self.checkpointer is not None:
+            return
+        self.checkpointer = Checkpointer(self.path, interval_s=interval_ms / 1000, wal_limit_bytes=wal_limit_bytes)
+        self.checkpointer.start()
+        self.conn.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")
+        # The safety net if the thread cannot keep the WAL bounded: SQLite's own, at 2x the limit.
+        self.conn.wal_autocheckpoint(2 * self.checkpointer.limit_frames)
+
+    def wal_bytes(self) -> int:
+        try:
+            return os.path.getsize(str(self.path) + "-wal")
+        except OSError:
+            return 0
 
     # --- identity and metadata -------------------------------------------------------
 
@@ -372,4 +391,7 @@ class Storage:
     def close(self) -> None:
         if self._staged or self._callbacks:
             self.flush()
-        self.conn.close()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
+        self.conn.close()  # the last connection to close checkpoints and removes the WAL

@@ -215,6 +215,12 @@ def test_prometheus_endpoint_and_json_logs(cluster_factory: Any) -> None:
     assert 'dynq_request_duration_seconds_bucket{node="n1",op="put",le="+Inf"} 20' in text
     assert 'dynq_request_duration_seconds_count{node="n1",op="get"} 20' in text
     assert "# TYPE dynq_hints_pending gauge" in text and 'dynq_keys{node="n1"} 20' in text
+    assert "# TYPE dynq_wal_bytes gauge" in text and "# TYPE dynq_checkpoints_total counter" in text
+    with Client(cluster.seeds) as client:  # the checkpointer thread runs (bounded wait: 60 s)
+        deadline = time.monotonic() + 60
+        while (stats := client.call("n1", "stats"))["checkpoints"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert stats["checkpoints"] > 0 and stats["checkpoint_errors"] == 0
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
     lines = [line for line in cluster.nodes["n1"].log_path.read_text().splitlines() if line.strip()]
