@@ -99,6 +99,15 @@ class Unavailable(DynqError):
     code = "unavailable"
 
 
+class Overloaded(Unavailable):
+    """The node refused the request unexecuted because this connection already had as
+    many requests in flight as the node allows (``max_in_flight_per_connection``): a
+    client that floods is refused, not served at everyone else's expense. Safe to retry;
+    the client library tries another node and then backs off."""
+
+    code = "overloaded"
+
+
 class Timeout(DynqError):
     """No answer within the deadline: the operation may or may not have taken effect."""
 
@@ -173,6 +182,7 @@ ERROR_CODES: dict[str, type[DynqError]] = {
         TooManySiblings,
         StorageError,
         Unavailable,
+        Overloaded,
         Timeout,
         InternalError,
         QuorumError,

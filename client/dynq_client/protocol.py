@@ -81,7 +81,11 @@ class Limits:
     sibling_warn: int = 25
     # Entries in a version vector: one per node that ever coordinated a write of the key.
     max_clock_entries: int = 256
+    # Bytes of a context a client sends back (an encoded version vector).
+    max_context_bytes: int = 65536
     max_container_len: int = 100_000
+    # Nesting of maps and arrays in a request; the request map itself is level 1.
+    max_depth: int = 16
 
 
 DEFAULT_LIMITS = Limits()
@@ -149,12 +153,14 @@ def decode_request(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
     try:
         msg = unpackb(frame, limits)
     except ProtocolError as exc:
-        raise BadRequest(exc.message) from exc
+        raise BadRequest(exc.message, _salvage_id(frame, limits)) from exc
     if not isinstance(msg, dict):
         raise BadRequest(f"request must be a map, got {type(msg).__name__}")
     req_id = msg.get("id")
     if type(req_id) is not int:
         raise BadRequest("request has no integer 'id'")
+    if _nested_deeper(msg, limits.max_depth):
+        raise BadRequest(f"request nests maps and arrays deeper than {limits.max_depth} levels", req_id)
     version = msg.get("v")
     if version != PROTOCOL_VERSION:
         raise BadRequest(
@@ -167,6 +173,39 @@ def decode_request(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a map, got {type(body).__name__}", req_id)
     return Request(req_id, op, body)
+
+
+def _nested_deeper(container: dict[Any, Any] | list[Any], levels: int) -> bool:
+    """True if maps and arrays nest more than ``levels`` deep, ``container`` being level 1.
+    Only requests are checked (replies and stored objects come from nodes, and every
+    field a handler reads is type-checked): about 2 us for a put."""
+    if levels <= 0:
+        return True
+    for item in container.values() if type(container) is dict else container:
+        kind = type(item)
+        if (kind is dict or kind is list) and _nested_deeper(item, levels - 1):
+            return True
+    return False
+
+
+def _salvage_id(frame: bytes, limits: Limits) -> int | None:
+    """The id of a request whose body broke a limit, read from the fields before it, so
+    the sender gets an error reply instead of silence. None if it cannot be read."""
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=True, max_buffer_size=max(len(frame), 1), max_bin_len=limits.max_message_bytes,
+        max_str_len=limits.max_message_bytes, max_array_len=limits.max_container_len,
+        max_map_len=limits.max_container_len, max_ext_len=0,
+    )
+    try:
+        unpacker.feed(frame)
+        for _ in range(min(unpacker.read_map_header(), 8)):
+            if unpacker.unpack() == "id":
+                req_id = unpacker.unpack()
+                return req_id if type(req_id) is int else None
+            unpacker.skip()
+    except Exception:  # anything at all: there is simply no id to salvage
+        return None
+    return None
 
 
 def decode_reply(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Reply:

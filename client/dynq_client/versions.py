@@ -261,6 +261,8 @@ def decode_context(context: bytes | None, limits: Limits = DEFAULT_LIMITS) -> di
     """Parse a context from a client; an empty or absent context means 'saw nothing'."""
     if not context:
         return {}
+    if len(context) > limits.max_context_bytes:
+        raise InvalidContext(f"context is {len(context)} bytes; the limit is {limits.max_context_bytes}")
     try:
         data = unpackb(context, limits)
         if not isinstance(data, list) or len(data) != 2 or type(data[0]) is not int or data[0] != CONTEXT_FORMAT:
