@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import msgpack
 import pytest
+import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -221,6 +222,60 @@ def test_frames_per_message_at_the_limit(raw_small: Raw, frames: int) -> None:
         assert f"got {frames}" in reply["err"]["msg"]
         follow = raw_small.request({"v": 1, "id": 9, "op": "ping", "b": {}})
         assert follow is not None and follow["ok"] is True and follow["id"] == 9
+
+
+def rss_kib(cluster: LocalCluster, name: str) -> int:
+    process = cluster.nodes[name].process
+    assert process is not None
+    for line in open(f"/proc/{process.pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def bad_requests(round_: int) -> list[list[bytes]]:
+    """3,000 requests a node must refuse (each a list of frames), of every kind; ids differ
+    per round so nothing can be cached by id."""
+    out: list[list[bytes]] = []
+    for i in range(500):
+        req_id = round_ * 10_000 + i
+        out += [
+            [b"\xc1" + bytes([i % 256])],  # not msgpack
+            [msgpack.packb({"v": 1, "id": req_id, "op": "ping", "b": {"x": nested(8)}})],  # too deep
+            [msgpack.packb({"v": 1, "id": req_id, "op": "ping", "b": {"x": [0] * 10_001}})],  # too long
+            [msgpack.packb({"v": 1, "id": req_id, "op": f"no-such-op-{i}", "b": {}})],  # unknown op
+            [msgpack.packb({"v": 1, "id": req_id, "op": "put", "b": {"k": i, "v": [b"x"]}})],  # wrong types
+            [msgpack.packb({"v": 1, "id": req_id, "op": "put",  # a context that is not one
+                            "b": {"k": b"leak-%d" % i, "v": b"x", "ctx": b"\x92\x01\x91\x91\xc0"}})],
+        ]
+    return out
+
+
+def test_refused_requests_do_not_grow_memory(small: LocalCluster) -> None:
+    """Four rounds of the same 3,000 bad requests: after the first (warm-up: caches, the
+    allocator's pools), n3's resident memory grows by less than 8 MiB over three more
+    rounds - a leak of 1 KiB per refused request would be 9 MiB - and nothing is stored."""
+    conn = Raw(small.nodes["n3"].address)
+    conn.sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    try:
+        sizes = []
+        for round_ in range(4):
+            requests = bad_requests(round_)
+            for frames in requests:
+                conn.send(*frames)
+            conn.send(msgpack.packb({"v": 1, "id": 2**40, "op": "ping", "b": {}}))
+            for _ in range(len(requests) + 1):  # bounded: until the ping's reply
+                reply = conn.reply()
+                assert reply is not None
+                if reply.get("id") == 2**40:
+                    break
+                assert reply["ok"] is False and reply["err"]["code"] != "internal", reply
+            sizes.append(rss_kib(small, "n3"))
+    finally:
+        conn.close()
+    assert sizes[3] - sizes[0] < 8 * 1024, f"RSS by round (KiB): {sizes}"
+    with Client(small.seeds) as client:
+        assert client.get(b"leak-1", r=3).values == []
 
 
 # --- fuzzing -------------------------------------------------------------------------------
