@@ -32,6 +32,7 @@ from typing import Any, Iterable
 import msgpack
 
 from dynq_client.ring import Member, Ring, RingError
+from dynq_client.protocol import short_repr
 
 
 class MembershipError(ValueError):
@@ -224,8 +225,9 @@ class ClusterState:
         for raw in raw_transfers:
             if (not isinstance(raw, list) or len(raw) != 3 or not isinstance(raw[0], int)
                     or isinstance(raw[0], bool) or not 0 <= raw[0] < ring.q
+                    or not isinstance(raw[1], str) or not isinstance(raw[2], str)
                     or raw[1] not in names or raw[2] not in names):
-                raise MembershipError(f"cluster state: bad transfer {raw!r:.80}")
+                raise MembershipError(f"cluster state: bad transfer {short_repr(raw)}")
             transfers.append(Transfer(raw[0], raw[1], raw[2]))
         return cls(ring, next_ring, tuple(sorted(set(transfers))), planned)
 
@@ -315,9 +317,9 @@ class Staged:
 def member_from_wire(raw: object) -> Member:
     if (not isinstance(raw, list) or len(raw) != 4 or not all(isinstance(x, str) for x in raw[:3])
             or not isinstance(raw[3], int) or isinstance(raw[3], bool) or raw[3] < 1):
-        raise MembershipError(f"a member is [name, address, zone, weight], got {raw!r:.100}")
+        raise MembershipError(f"a member is [name, address, zone, weight], got {short_repr(raw)}")
     if not raw[0] or not str(raw[1]).startswith(("tcp://", "ipc://")):
-        raise MembershipError(f"a member needs a name and a tcp:// address, got {raw!r:.100}")
+        raise MembershipError(f"a member needs a name and a tcp:// address, got {short_repr(raw)}")
     return Member(raw[0], raw[1], raw[2], raw[3])
 
 

@@ -233,7 +233,7 @@ class PartitionTransfers:
         if not isinstance(results, list) or len(results) != len(rows) or any(r is not None for r in results):
             progress.retries += 1
             raise TransferFailed(f"{transfer.describe()}: {transfer.target} did not take every object of the "
-                                 f"chunk: {results!r:.200}")
+                                 f"chunk: {p.short_repr(results)}")
         n_bytes = sum(len(key) + len(blob) for key, blob in rows)
         progress.sent += len(rows)
         progress.bytes += n_bytes

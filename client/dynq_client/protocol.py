@@ -164,7 +164,7 @@ def decode_request(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
     version = msg.get("v")
     if version != PROTOCOL_VERSION:
         raise BadRequest(
-            f"unsupported protocol version {version!r}; this node speaks {PROTOCOL_VERSION}", req_id
+            f"unsupported protocol version {short_repr(version)}; this node speaks {PROTOCOL_VERSION}", req_id
         )
     op = msg.get("op")
     if not isinstance(op, str):
@@ -216,7 +216,7 @@ def decode_reply(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Reply:
     if type(req_id) is not int or type(epoch) is not int or not isinstance(ok, bool):
         raise ProtocolError("reply lacks a valid 'id', 'e' or 'ok'")
     if msg.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {msg.get('v')!r} in reply")
+        raise ProtocolError(f"unsupported protocol version {short_repr(msg.get('v'))} in reply")
     if ok:
         body = msg.get("b", {})
         if not isinstance(body, dict):

@@ -40,6 +40,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
+from .protocol import short_repr
 
 RING_BITS = 128
 """Size of the hash space: MD5 digests, read as big-endian unsigned integers."""
@@ -60,7 +61,7 @@ def key_hash(key: bytes) -> int:
 
 def _check_q(q: object) -> int:
     if not isinstance(q, int) or isinstance(q, bool) or q < 1 or q & (q - 1):
-        raise RingError(f"q must be a power of two >= 1, got {q!r}")
+        raise RingError(f"q must be a power of two >= 1, got {short_repr(q)}")
     if q.bit_length() - 1 > RING_BITS:
         raise RingError(f"q must be at most 2**{RING_BITS}, got {q}")
     return q
@@ -105,19 +106,19 @@ def _check_members(members: Iterable[Member]) -> tuple[Member, ...]:
         raise RingError("a ring needs at least one member")
     for m in ms:
         if not isinstance(m, Member):
-            raise RingError(f"members must be Member values, got {m!r}")
+            raise RingError(f"members must be Member values, got {short_repr(m)}")
         if not isinstance(m.name, str) or not m.name:
-            raise RingError(f"member name must be a non-empty string, got {m.name!r}")
+            raise RingError(f"member name must be a non-empty string, got {short_repr(m.name)}")
         if not isinstance(m.address, str):
-            raise RingError(f"member {m.name!r}: address must be a string, got {m.address!r}")
+            raise RingError(f"member {short_repr(m.name)}: address must be a string, got {short_repr(m.address)}")
         if not isinstance(m.zone, str):
-            raise RingError(f"member {m.name!r}: zone must be a string, got {m.zone!r}")
+            raise RingError(f"member {short_repr(m.name)}: zone must be a string, got {short_repr(m.zone)}")
         if not _is_int(m.weight) or m.weight < 1:
-            raise RingError(f"member {m.name!r}: weight must be an integer >= 1, got {m.weight!r}")
+            raise RingError(f"member {short_repr(m.name)}: weight must be an integer >= 1, got {short_repr(m.weight)}")
     ms = tuple(sorted(ms, key=lambda m: m.name))
     for a, b in zip(ms, ms[1:]):
         if a.name == b.name:
-            raise RingError(f"duplicate member name {a.name!r}")
+            raise RingError(f"duplicate member name {short_repr(a.name)}")
     return ms
 
 
@@ -311,7 +312,7 @@ def claim(
     ms = _check_members(members)
     _check_q(q)
     if not _is_int(n) or n < 1:
-        raise RingError(f"n must be an integer >= 1, got {n!r}")
+        raise RingError(f"n must be an integer >= 1, got {short_repr(n)}")
     names = {m.name for m in ms}
     owners: list[str | None]
     if previous is None:
@@ -350,10 +351,10 @@ class Ring:
     def __post_init__(self) -> None:
         """Validate and normalise, so a Ring that exists is always usable."""
         if not _is_int(self.epoch) or self.epoch < 0:
-            raise RingError(f"epoch must be an integer >= 0, got {self.epoch!r}")
+            raise RingError(f"epoch must be an integer >= 0, got {short_repr(self.epoch)}")
         _check_q(self.q)
         if not _is_int(self.n) or self.n < 1:
-            raise RingError(f"n must be an integer >= 1, got {self.n!r}")
+            raise RingError(f"n must be an integer >= 1, got {short_repr(self.n)}")
         if not isinstance(self.members, (tuple, list)):
             raise RingError(f"members must be a sequence of Member, got {type(self.members).__name__}")
         members = _check_members(self.members)
@@ -365,7 +366,7 @@ class Ring:
         by_name = {m.name: m for m in members}
         for p, owner in enumerate(owners):
             if not isinstance(owner, str) or owner not in by_name:
-                raise RingError(f"partition {p} is owned by {owner!r}, which is not a member")
+                raise RingError(f"partition {p} is owned by {short_repr(owner)}, which is not a member")
         object.__setattr__(self, "members", members)
         object.__setattr__(self, "owners", owners)
         object.__setattr__(self, "_by_name", by_name)
@@ -386,7 +387,7 @@ class Ring:
         cached = self._plists.get(partition)
         if cached is None:
             if not _is_int(partition) or not 0 <= partition < self.q:
-                raise ValueError(f"partition must be in 0..{self.q - 1}, got {partition!r}")
+                raise ValueError(f"partition must be in 0..{self.q - 1}, got {short_repr(partition)}")
             cached = self._plists[partition] = self._walk(partition)
         return cached
 
@@ -460,19 +461,19 @@ class Ring:
                 raise RingError(f"ring has no '{name}'")
         for name in ("epoch", "q", "n"):
             if not _is_int(data[name]):
-                raise RingError(f"ring '{name}' must be an integer, got {data[name]!r}")
+                raise RingError(f"ring '{name}' must be an integer, got {short_repr(data[name])}")
         raw_members = data["members"]
         if not isinstance(raw_members, (list, tuple)):
             raise RingError(f"ring 'members' must be a list, got {type(raw_members).__name__}")
         members: list[Member] = []
         for i, raw in enumerate(raw_members):
             if not isinstance(raw, (list, tuple)) or len(raw) != 4:
-                raise RingError(f"ring member {i} must be [name, address, zone, weight], got {raw!r}")
+                raise RingError(f"ring member {i} must be [name, address, zone, weight], got {short_repr(raw)}")
             name, address, zone, weight = raw
             if not (isinstance(name, str) and isinstance(address, str) and isinstance(zone, str)):
-                raise RingError(f"ring member {i}: name, address and zone must be strings, got {raw!r}")
+                raise RingError(f"ring member {i}: name, address and zone must be strings, got {short_repr(raw)}")
             if not _is_int(weight):
-                raise RingError(f"ring member {i}: weight must be an integer, got {weight!r}")
+                raise RingError(f"ring member {i}: weight must be an integer, got {short_repr(weight)}")
             members.append(Member(name, address, zone, weight))
         raw_owners = data["owners"]
         if not isinstance(raw_owners, (list, tuple)):
