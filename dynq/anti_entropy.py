@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEVEL_BATCH = 512  # tree nodes asked for per ae_level request
-SEGMENT_BATCH = 32  # segments asked for per ae_keys request (~15 keys each at 1M keys per node)
+SEGMENT_BATCH = 8  # segments per ae_keys request (~15 keys each at 1M keys per node); each side reads them in one
+# synchronous step, so this bounds a loop stall: 32 made put p99 under repair 2.6x idle, 8 made it 1.65x
 OBJECT_BATCH = 64  # keys asked for per ae_objects request, objects merged and pushed per paced step (small: the loop stays responsive)
 REAP_BATCH = 1000  # tombstones considered per reap round
 SAMPLE_KEYS = 100  # repaired keys reported back by ae_repair (bounded)
