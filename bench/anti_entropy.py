@@ -110,8 +110,10 @@ def tree_build_times(base: Path, addresses: list[str]) -> tuple[float, float]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def start_pair(root: Path, base: Path, addresses: list[str], diverged: int, keys: int, extra: str) -> LocalCluster:
-    cluster = LocalCluster(root, addresses, n=2, q=Q, r=1, w=2, synchronous="normal", extra_config=extra)
+def start_pair(root: Path, base: Path, addresses: list[str], diverged: int, keys: int, extra: str,
+               storage: dict[str, int] | None = None) -> LocalCluster:
+    cluster = LocalCluster(root, addresses, n=2, q=Q, r=1, w=2, synchronous="normal", extra_config=extra,
+                           storage_options=storage or {})
     copy_db(base, cluster.data_dir / "n1")
     copy_db(base, cluster.data_dir / "n2")
     n2 = open_node(cluster.data_dir / "n2", "n2", addresses)
@@ -242,9 +244,9 @@ def main() -> None:
         lat_runs: dict[tuple[int, int], list[dict[str, Any]]] = {combo: [] for combo in combos}
         for run in range(args.runs):
             for rate, interval in combos:  # interleaved, so drift on the shared machine hits each alike
-                extra = THROTTLED + f"rate_objects = {rate}\n[storage]\ncheckpoint_interval_ms = {interval}\n"
-                cluster = start_pair(root / f"p99-{run}-{rate}-{interval}", base, addresses, args.p99_diverged,
-                                     args.keys, extra)
+                extra = THROTTLED + f"rate_objects = {rate}\n"
+                cluster = start_pair(root / f"p99-{run}-{rate}-{interval}", base, addresses,
+                                     args.p99_diverged, args.keys, extra, {"checkpoint_interval_ms": interval})
                 try:
                     result = asyncio.run(latency_under_repair(cluster.seeds, args.p99_puts, not args.cold))
                     lat_runs[rate, interval].append(result)

@@ -348,6 +348,7 @@ def render_config(
     weight: int = 1,
     synchronous: str = "full",
     seeds: list[str] | tuple[str, ...] = (),
+    storage_options: dict[str, int] | None = None,
 ) -> str:
     """A valid, commented TOML config (`dynq up`, `dynq config init`, the tests). Without
     ``members`` the node starts as a cluster of its own and joins one with
@@ -386,7 +387,8 @@ def render_config(
             f"weight = {m.weight}",
             "",
         ]
-    lines += ["[storage]", f"synchronous = {_q(synchronous)}", ""]
+    lines += ["[storage]", f"synchronous = {_q(synchronous)}"]
+    lines += [f"{key} = {value}" for key, value in (storage_options or {}).items()] + [""]
     return "\n".join(lines)
 
 

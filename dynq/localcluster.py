@@ -107,6 +107,7 @@ class LocalCluster:
     w: int = 2
     synchronous: str = "full"
     extra_config: str = ""  # appended to every node's TOML (tests use it for limits)
+    storage_options: dict[str, int] = field(default_factory=dict)  # more [storage] settings
     security: str = "none"  # "curve": keys generated under data_dir/keys, see client_keys()
     nodes: dict[str, LocalNode] = field(default_factory=dict)
 
@@ -195,6 +196,7 @@ class LocalCluster:
                 r=self.r,
                 w=self.w,
                 synchronous=self.synchronous,
+                storage_options=self.storage_options,
             )
             node.config_path.write_text(text + self._security_config(node.name)
                                         + ("\n" + self.extra_config if self.extra_config else ""))
@@ -206,7 +208,8 @@ class LocalCluster:
         node = LocalNode(Member(name, address), node_dir / "dynq.toml", node_dir / "node.log", static=False)
         node_dir.mkdir(parents=True, exist_ok=True)
         text = render_config(name=name, listen=address, data_dir=".", members=[], n=self.n, q=self.q,
-                             r=self.r, w=self.w, synchronous=self.synchronous, seeds=self.seeds)
+                             r=self.r, w=self.w, synchronous=self.synchronous, seeds=self.seeds,
+                             storage_options=self.storage_options)
         self.nodes[name] = node
         if self.security == "curve":  # allow its key everywhere: running nodes reload on SIGHUP
             self._make_key(name, "peers")
