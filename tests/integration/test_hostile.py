@@ -180,18 +180,23 @@ def raw_small(small: LocalCluster) -> Iterator[Raw]:
     conn.close()
 
 
+def assert_refused_past_the_limit(reply: dict[str, Any] | None, req_id: int, delta: int, names: str) -> None:
+    """Answered under ``req_id``: served up to the limit, a protocol error naming it past."""
+    assert reply is not None and reply["id"] == req_id
+    if delta <= 0:
+        assert reply["ok"] is True
+    else:
+        assert reply["ok"] is False and reply["err"]["code"] == "protocol"
+        assert names in reply["err"]["msg"]
+
+
 @pytest.mark.parametrize("delta", [-1, 0, 1])
 def test_nesting_depth_at_the_limit(raw_small: Raw, delta: int) -> None:
     """max_depth is 8 here: the request map is level 1 and its body level 2, so a body
     field may hold 6 levels of arrays. One more is refused with a protocol error that
     names the limit (the id is still read, so the sender gets an answer)."""
     reply = raw_small.request({"v": 1, "id": 5, "op": "ping", "b": {"x": nested(6 + delta)}})
-    assert reply is not None and reply["id"] == 5
-    if delta <= 0:
-        assert reply["ok"] is True
-    else:
-        assert reply["ok"] is False and reply["err"]["code"] == "protocol"
-        assert "deeper than 8" in reply["err"]["msg"]
+    assert_refused_past_the_limit(reply, 5, delta, "deeper than 8")
 
 
 @pytest.mark.parametrize("delta", [-1, 0, 1])
@@ -199,12 +204,7 @@ def test_container_length_at_the_limit(raw_small: Raw, delta: int) -> None:
     """An array of max_container_len (10000 here) items is decoded; one more is refused
     with a protocol error naming the limit, answered under the request's id."""
     reply = raw_small.request({"v": 1, "id": 6, "op": "ping", "b": {"x": [0] * (10_000 + delta)}})
-    assert reply is not None and reply["id"] == 6
-    if delta <= 0:
-        assert reply["ok"] is True
-    else:
-        assert reply["ok"] is False and reply["err"]["code"] == "protocol"
-        assert "max_array_len(10000)" in reply["err"]["msg"]
+    assert_refused_past_the_limit(reply, 6, delta, "max_array_len(10000)")
 
 
 @pytest.mark.parametrize("frames", [1, 2, 3])
