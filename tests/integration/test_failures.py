@@ -253,6 +253,7 @@ def test_blind_delete_that_cannot_meet_w_fails_clearly(cluster3: LocalCluster) -
     with Client(cluster3.seeds) as client:
         client.put(b"del-w3", b"x", w=3)
         cluster3.kill("n3")
+        wait_unreachable(client, "n3")  # else a write handed to n3 in that instant can only time out
         with pytest.raises(QuorumError):
             client.delete(b"del-w3", w=3)
         client.put(b"after", b"fine")
