@@ -125,6 +125,7 @@ def test_read_repair_brings_a_stale_replica_up_to_date(cluster3: LocalCluster) -
     with Client(cluster3.seeds) as client:
         keys = [f"rr{i}".encode() for i in range(30)]
         cluster3.kill("n3")
+        wait_unreachable(client, "n3")
         for key in keys:
             client.put(key, b"while-n3-was-down", w=2)
         restart(cluster3, "n3")
@@ -146,6 +147,7 @@ def test_server_side_read_repairs_too(cluster3: LocalCluster) -> None:
     """A read coordinated by a node (not the client) repairs stale primaries as well."""
     with Client(cluster3.seeds) as client:
         cluster3.kill("n2")
+        wait_unreachable(client, "n2")
         client.put(b"srv-rr", b"fresh", w=2)
         restart(cluster3, "n2")
         coordinator = "n1"
@@ -165,6 +167,7 @@ def test_strict_quorum_pw_fails_clearly_and_sloppy_succeeds(cluster_factory: Any
     with Client(cluster.seeds) as client:
         key = keys_with_primary(client, "n4", 1, "pw")[0]
         cluster.kill("n4")
+        wait_unreachable(client, "n4")
         client.put(key, b"warm-up", w=2)  # lets the coordinator notice n4 is gone
         with pytest.raises(QuorumError) as info:
             client.put(key, b"strict", w=3, pw=3)
