@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -14,6 +15,18 @@ from dynq_client import Client
 def make_cluster(tmp_path: Path, nodes: int = 3, **kw: object) -> LocalCluster:
     addresses = [f"tcp://127.0.0.1:{port}" for port in free_ports(nodes)]
     return LocalCluster(tmp_path / "cluster", addresses, **kw)  # type: ignore[arg-type]
+
+
+@contextmanager
+def running_cluster(tmp_path: Path, nodes: int = 3, **kw: object) -> Iterator[LocalCluster]:
+    """A started cluster for a module-scoped fixture; stopped (by PID) on exit."""
+    cluster = make_cluster(tmp_path, nodes, **kw)
+    cluster.start_all()
+    try:
+        cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.stop_all()
 
 
 @pytest.fixture

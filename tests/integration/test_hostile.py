@@ -39,15 +39,10 @@ max_depth = 8
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """One 3-node cluster with small limits, shared by this module's tests."""
-    from tests.conftest import make_cluster
+    from tests.conftest import running_cluster
 
-    cluster = make_cluster(tmp_path_factory.mktemp("hostile"), 3, extra_config=SMALL)
-    cluster.start_all()
-    try:
-        cluster.wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("hostile"), 3, extra_config=SMALL) as cluster:
         yield cluster
-    finally:
-        cluster.stop_all()
 
 
 @pytest.mark.parametrize("delta", [-1, 0, 1])

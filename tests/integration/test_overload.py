@@ -33,15 +33,10 @@ waiting for it stay in flight until their own deadline."""
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    from tests.conftest import make_cluster
+    from tests.conftest import running_cluster
 
-    cluster = make_cluster(tmp_path_factory.mktemp("overload"), 3, extra_config=LIMITS)
-    cluster.start_all()
-    try:
-        cluster.wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("overload"), 3, extra_config=LIMITS) as cluster:
         yield cluster
-    finally:
-        cluster.stop_all()
 
 
 def put(req_id: int, key: bytes, w: int, timeout_ms: int = 4000) -> bytes:
