@@ -26,7 +26,7 @@ import functools
 import logging
 from typing import Any, Callable, Protocol, Sequence
 
-from dynq_client.errors import DynqError, NotEnoughReplicas, StorageError, Unavailable, error_from_wire
+from dynq_client.errors import DynqError, NotEnoughReplicas, Overloaded, StorageError, Unavailable, error_from_wire
 from dynq_client.protocol import Limits, Reply
 from dynq_client.quorum import QuorumState, QuorumTally, ReadQuorum
 from dynq_client.versions import VersionedObject, decode_object, decode_reply_object
@@ -83,12 +83,15 @@ def _describe(reply: Reply | None, error: DynqError | None) -> str | None:
     return None
 
 
-def _not_executed(reply: Reply | None, error: DynqError | None) -> bool:
-    """True when the replica certainly did not take the write: the send never left, or the
-    replica refused it as unavailable (it is shutting down)."""
+_UNEXECUTED_CODES = frozenset({Unavailable.code, Overloaded.code})
+
+
+def not_executed(reply: Reply | None, error: DynqError | None) -> bool:
+    """True when the replica certainly did not take the request: the send never left, or
+    the replica refused it unexecuted (shutting down, or overloaded)."""
     if isinstance(error, Unavailable):
         return True
-    return reply is not None and not reply.ok and (reply.error or {}).get("code") == Unavailable.code
+    return reply is not None and not reply.ok and (reply.error or {}).get("code") in _UNEXECUTED_CODES
 
 
 def _no_wait(reply: Reply | None, error: DynqError | None) -> None:
@@ -197,7 +200,7 @@ class PutCoordinator:
         failure = _describe(reply, error)
         if failure is None:
             self._ack(target)
-        elif _not_executed(reply, error) and self._stand_in(target):
+        elif not_executed(reply, error) and self._stand_in(target):
             self._check()  # never delivered: a fallback takes the write instead
             return
         else:

@@ -58,7 +58,7 @@ from dynq_client.versions import (
 )
 
 from .config import ConfigError, NodeConfig
-from .coordinator import GetCoordinator, PutCoordinator
+from .coordinator import GetCoordinator, PutCoordinator, not_executed
 from . import sdnotify
 from .failure_detector import PhiAccrualDetector
 from .gossip import Gossip, Heartbeat, gossip_address
@@ -545,7 +545,10 @@ class Node:
                 request.id, self.ring.epoch, Unavailable(f"{self.name} is shutting down")))
             return
         in_flight_here = self.in_flight_by_connection.get(ident, 0)
-        if in_flight_here >= self.config.max_in_flight_per_connection:
+        # Capped: what clients send. Not: what nodes send each other on behalf of all their
+        # clients over one connection (replica ops, forwarded writes, repair, transfers).
+        if (in_flight_here >= self.config.max_in_flight_per_connection and request.op in CLIENT_OPS
+                and request.body.get("fwd") is not True):
             self.stats.overloaded += 1
             self.stats.errors[Overloaded.code] += 1
             self._send_reply(ident, p.encode_error(request.id, self.ring.epoch, Overloaded(
@@ -881,9 +884,9 @@ class Node:
                 return
 
             def relay(reply: Reply | None, error: DynqError | None) -> None:
-                refused = reply is not None and not reply.ok and (reply.error or {}).get("code") == Unavailable.code
-                if isinstance(error, Unavailable) or refused:  # not executed there: next primary
-                    errors[reachable[i]] = error.message if error else "unavailable"
+                if not_executed(reply, error):  # next primary
+                    errors[reachable[i]] = error.message if error else error_from_wire(
+                        reply.error if reply is not None else None).message
                     attempt(i + 1)
                 elif error is not None:
                     responder.fail(error)

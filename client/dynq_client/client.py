@@ -35,6 +35,7 @@ from .errors import (
     ProtocolError,
     QuorumError,
     Timeout,
+    Overloaded,
     Unavailable,
     ValueTooLarge,
     error_from_wire,
@@ -110,7 +111,8 @@ a restarted peer within its RECONNECT_IVL_MAX (1 s), so longer means the node is
 def _only_unreachable(exc: BaseException) -> bool:
     """A read that failed only because replicas could not be reached (nothing was sent to
     them) is worth one more try: connections to restarting nodes come back by themselves."""
-    return isinstance(exc, QuorumError) and all(e.startswith("unavailable") for e in exc.errors.values())
+    return isinstance(exc, QuorumError) and all(
+        e.startswith(("unavailable", "overloaded")) for e in exc.errors.values())
 
 
 def result_from_object(obj: VersionedObject | None) -> GetResult:
@@ -503,6 +505,8 @@ class AsyncClient:
             try:
                 await self._call(node, op, body, self.timeout)
                 return
+            except Overloaded as exc:  # answered, not executed: the next node; it is not down
+                errors[node] = exc.message
             except Unavailable as exc:  # not executed there: safe to try the next node
                 self.health.unreachable(node, asyncio.get_running_loop().time())
                 errors[node] = exc.message

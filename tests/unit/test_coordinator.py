@@ -178,3 +178,21 @@ def test_get_counts_a_corrupt_reply_as_a_failure() -> None:
     fake.sent["b"](ok({"ob": b"garbage"}), None)
     (obj, err), = outcomes
     assert isinstance(err, QuorumError) and "b" in err.errors
+
+
+def test_refused_unexecuted_means_shutting_down_or_overloaded_and_nothing_else() -> None:
+    """A primary that answered ``overloaded`` did not take the write, like one shutting
+    down: the forwarder tries the next primary and a put may use a stand-in."""
+    from dynq.coordinator import not_executed
+    from dynq_client.errors import Overloaded, Unavailable
+
+    def refused(code: str) -> Reply:
+        return Reply(1, 1, False, {}, {"code": code, "msg": "x"})
+
+    assert not_executed(None, Unavailable("not connected"))
+    assert not_executed(None, Overloaded("too many"))
+    assert not_executed(refused("unavailable"), None)
+    assert not_executed(refused("overloaded"), None)
+    assert not not_executed(refused("storage"), None)
+    assert not not_executed(None, Timeout("no reply"))
+    assert not not_executed(Reply(1, 1, True, {}), None)
