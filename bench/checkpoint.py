@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.putget import pct  # noqa: E402
 from dynq.config import parse_config  # noqa: E402
 from dynq.node import Node  # noqa: E402
 from dynq_client.versions import encode_object, update  # noqa: E402
@@ -55,11 +56,6 @@ def write(node: Node, keys: list[bytes], value: bytes, batch: int, loop: asyncio
         if wal_sizes is not None:
             wal_sizes.append(node.storage.wal_bytes())
     return times
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
@@ -99,7 +95,7 @@ def main() -> None:
                 restarts = cp.stats.restarts if cp else 0
                 node.storage.close()
                 shutil.rmtree(work)
-                r = {"p50": pct(times, 0.5) * 1e3, "p99": pct(times, 0.99) * 1e3, "max": max(times) * 1e3,
+                r = {"p50": pct(times, 0.5), "p99": pct(times, 0.99), "max": max(times) * 1e3,
                      "wal_mb": max(wal) / 1e6, "restarts": restarts,
                      "rows_s": len(sample) / sum(times)}
                 results[mode].append(r)

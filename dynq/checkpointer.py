@@ -47,7 +47,6 @@ class CheckpointStats:
     busy: int = 0  # backstop checkpoints that gave up waiting for a writer (retried next pass)
     errors: int = 0
     wal_frames: int = 0  # frames in the WAL after the last pass
-    max_wal_frames: int = 0
     last_restart_ms: float = 0.0  # how long the last backstop checkpoint took
 
 
@@ -107,7 +106,6 @@ class Checkpointer:
                 except apsw.BusyError:
                     stats.busy += 1
             stats.wal_frames = frames
-            stats.max_wal_frames = max(stats.max_wal_frames, frames)
         except apsw.BusyError:
             stats.busy += 1
         except apsw.Error as exc:

@@ -389,9 +389,11 @@ class Storage:
             target.close()
 
     def close(self) -> None:
-        if self._staged or self._callbacks:
-            self.flush()
-        if self.checkpointer is not None:
-            self.checkpointer.stop()
-            self.checkpointer = None
-        self.conn.close()  # the last connection to close checkpoints and removes the WAL
+        try:
+            if self._staged or self._callbacks:
+                self.flush()
+        finally:
+            if self.checkpointer is not None:
+                self.checkpointer.stop()
+                self.checkpointer = None
+            self.conn.close()  # the last connection to close checkpoints and removes the WAL

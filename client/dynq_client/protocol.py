@@ -23,6 +23,7 @@ by the helpers below before a handler sees it.
 
 from __future__ import annotations
 
+import functools
 import reprlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,19 +112,19 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
+@functools.lru_cache(maxsize=16)
+def _bounded(limits: Limits) -> dict[str, Any]:
+    """msgpack decoder options that bound every length by ``limits`` (cached: hot path;
+    callers only unpack it, never change it)."""
+    return {"raw": False, "strict_map_key": True, "max_bin_len": limits.max_message_bytes,
+            "max_str_len": limits.max_message_bytes, "max_array_len": limits.max_container_len,
+            "max_map_len": limits.max_container_len, "max_ext_len": 0}
+
+
 def unpackb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Decode msgpack with every length bounded; raise ProtocolError on anything wrong."""
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=limits.max_message_bytes,
-            max_str_len=limits.max_message_bytes,
-            max_array_len=limits.max_container_len,
-            max_map_len=limits.max_container_len,
-            max_ext_len=0,
-        )
+        return msgpack.unpackb(data, **_bounded(limits))
     except Exception as exc:  # msgpack raises several unrelated types (ValueError, StackError, ...)
         raise ProtocolError(f"malformed msgpack: {type(exc).__name__}: {exc}"[:300]) from exc
 
@@ -191,11 +192,7 @@ def _nested_deeper(container: dict[Any, Any] | list[Any], levels: int) -> bool:
 def _salvage_id(frame: bytes, limits: Limits) -> int | None:
     """The id of a request whose body broke a limit, read from the fields before it, so
     the sender gets an error reply instead of silence. None if it cannot be read."""
-    unpacker = msgpack.Unpacker(
-        raw=False, strict_map_key=True, max_buffer_size=max(len(frame), 1), max_bin_len=limits.max_message_bytes,
-        max_str_len=limits.max_message_bytes, max_array_len=limits.max_container_len,
-        max_map_len=limits.max_container_len, max_ext_len=0,
-    )
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(frame), 1), **_bounded(limits))
     try:
         unpacker.feed(frame)
         for _ in range(min(unpacker.read_map_header(), 8)):

@@ -81,7 +81,8 @@ def test_in_flight_per_connection_at_the_limit(guarded: LocalCluster, sent: int)
         other.close()
     assert sorted(r["id"] for r in refused) == list(range(10, sent))
     assert all(r["ok"] is False and r["err"]["code"] == "overloaded" for r in refused)
-    assert "max_in_flight_per_connection" in (refused[0]["err"]["msg"] if refused else "max_in_flight_per_connection")
+    if refused:
+        assert "max_in_flight_per_connection" in refused[0]["err"]["msg"]
     assert all(r.get("err", {}).get("code") != "overloaded" for r in taken)  # taken: ok, or timed out on n3
     assert sorted(r["id"] for r in taken) == list(range(min(sent, 10)))
     with Client(guarded.seeds) as client:  # a refused put was not executed anywhere
