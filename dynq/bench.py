@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from dynq_client.client import AsyncClient
 from dynq_client.errors import DynqError
+from dynq_client.security import CurveKeys
 
 WORKLOADS: dict[str, dict[str, float]] = {
     "a": {"read": 0.5, "update": 0.5},
@@ -253,15 +254,17 @@ class BenchResult:
 Progress = Callable[[str], None]
 
 
-async def run_bench(seeds: list[str], config: BenchConfig, progress: Progress | None = None) -> BenchResult:
-    """Load (unless told not to), then run the workload for ``config.duration`` seconds."""
+async def run_bench(seeds: list[str], config: BenchConfig, progress: Progress | None = None,
+                    curve: CurveKeys | None = None) -> BenchResult:
+    """Load (unless told not to), then run the workload for ``config.duration`` seconds;
+    ``curve``: the keys to connect with (the CLI's, for a CURVE cluster)."""
     if config.workload not in WORKLOADS:
         raise ValueError(f"unknown workload {config.workload!r} (choose from {', '.join(WORKLOADS)})")
     if config.records < 1 or config.concurrency < 1 or config.duration <= 0 or config.value_size < 0:
         raise ValueError("records and concurrency must be positive, duration > 0, value size >= 0")
     rng = random.Random(config.seed)
     result = BenchResult(config)
-    async with AsyncClient(seeds, timeout=config.timeout) as db:
+    async with AsyncClient(seeds, timeout=config.timeout, curve=curve) as db:
         if config.load:
             result.load = await _load(db, config, progress)
         result.ops = {name: OpStats() for name in WORKLOADS[config.workload]}

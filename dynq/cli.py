@@ -815,7 +815,7 @@ def bench(workload: str, records: int, duration: float, concurrency: int, value_
             click.echo(("\r\033[K" + line) if tty else line, err=True, nl=not tty)
 
     try:
-        result = asyncio.run(run_bench(_seeds(seed), config, progress))
+        result = asyncio.run(run_bench(_seeds(seed), config, progress, curve=_CURVE[0] if _CURVE else None))
     except DynqError as exc:
         _fail(exc)
     if tty:
