@@ -13,6 +13,7 @@ from .client import AsyncClient, Client, GetResult
 from .errors import (
     DynqError,
     Forbidden,
+    HandshakeFailed,
     InternalError,
     InvalidContext,
     InvalidRequest,
@@ -40,6 +41,7 @@ __all__ = [
     "DynqError",
     "Forbidden",
     "GetResult",
+    "HandshakeFailed",
     "InternalError",
     "InvalidContext",
     "InvalidRequest",

@@ -26,6 +26,7 @@ from typing import Any, Coroutine, Iterable, TypeVar
 import tenacity
 
 from .errors import (
+    HandshakeFailed,
     Forbidden,
     StorageError,
     NotEnoughReplicas,
@@ -53,7 +54,7 @@ from .protocol import (
 from .health import Health, sloppy_targets
 from .quorum import QuorumState, ReadQuorum
 from .routing import RoutingTable
-from .security import CurveKeys
+from .security import CurveKeys, KeysOption, find_keys
 from .transport import ReplyCallback, RequestMux
 from .versions import VersionedObject, decode_reply_object, encode_context, encode_object
 
@@ -121,6 +122,12 @@ def result_from_object(obj: VersionedObject | None) -> GetResult:
     return GetResult(obj.values, encode_context(obj.clock), obj.found)
 
 
+def _retry_bootstrap(state: tenacity.RetryCallState) -> bool:
+    """Bootstrap retries what may pass (a node still starting), not keys that do not fit."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return isinstance(exc, (Unavailable, Timeout)) and not isinstance(exc, HandshakeFailed)
+
+
 class AsyncClient:
     """asyncio client for a dynq cluster. Use ``async with AsyncClient(seeds=[...]) as db``."""
 
@@ -131,9 +138,15 @@ class AsyncClient:
         *,
         limits: Limits = DEFAULT_LIMITS,
         curve: CurveKeys | None = None,
+        keys: KeysOption = "auto",
     ) -> None:
-        """``curve``: this client's keypair and the cluster's public key, for a cluster
-        running with ``security = "curve"`` (see :class:`~dynq_client.security.CurveKeys`)."""
+        """Security, for a cluster running with ``security = "curve"``: ``curve`` gives this
+        client's keypair and the cluster's public key explicitly (:class:`CurveKeys`);
+        otherwise ``keys`` names a keys directory as ``dynq up`` writes it (``app.key_secret``
+        and ``cluster.key`` are used), and by default ("auto") the client looks in
+        ``$DYNQ_KEYS``, then ``./dynq-data/keys``, and talks plaintext when neither exists;
+        ``keys=None``: plaintext, look nowhere. A key file that is named but missing or
+        unreadable raises :class:`~dynq_client.security.KeyFileError` here."""
         self.seeds = [s for s in seeds]
         if not self.seeds:
             raise ValueError("at least one seed address is needed")
@@ -141,7 +154,7 @@ class AsyncClient:
             raise ValueError("timeout must be positive")
         self.timeout = timeout  # seconds for one whole operation
         self.limits = limits
-        self.curve = curve
+        self.curve = curve if curve is not None else find_keys(keys, "app")  # None: plaintext
         self.table: RoutingTable | None = None  # cached routing table; None until bootstrap
         self._mux: RequestMux | None = None
         self._refreshing: asyncio.Task[None] | None = None  # background table refresh, one at a time
@@ -171,7 +184,7 @@ class AsyncClient:
             async for attempt in tenacity.AsyncRetrying(
                 stop=tenacity.stop_after_delay(self.timeout),
                 wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
-                retry=tenacity.retry_if_exception_type((Unavailable, Timeout)),
+                retry=_retry_bootstrap,
                 reraise=True,
             ):
                 with attempt:
@@ -195,16 +208,22 @@ class AsyncClient:
 
     async def _fetch_table_from_seeds(self, mux: RequestMux) -> RoutingTable:
         errors: list[str] = []
+        handshakes = 0  # seeds that refused our keys (or we theirs)
         for seed in self.seeds:
             name = f"seed:{seed}"
             mux.connect(name, seed)
             try:
                 reply = await self._call(name, OP_ROUTING_TABLE, {}, min(self.timeout, 2.0))
                 return RoutingTable.from_wire(reply.body.get("table"))
+            except HandshakeFailed as exc:
+                errors.append(str(exc))  # names the address already
+                handshakes += 1
             except (Unavailable, Timeout, ProtocolError) as exc:
                 errors.append(f"{seed}: {exc}")
             finally:
                 mux.disconnect(name)
+        if handshakes == len(self.seeds):  # every seed is there but our keys do not fit: say so now
+            raise HandshakeFailed("no seed accepted this client: " + "; ".join(errors))
         raise Unavailable("no seed answered: " + "; ".join(errors))
 
     def _install(self, table: RoutingTable) -> None:
@@ -224,6 +243,8 @@ class AsyncClient:
 
     def _observe_reply(self, node: str, reply: Reply) -> None:
         table = self.table
+        if node.startswith("seed:"):  # a transient channel (bootstrap, call_address): members will say it too
+            return
         if table is not None and reply.epoch > table.epoch and self._refreshing is None:
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh_from(node))
 
@@ -529,10 +550,11 @@ class Client:
 
     def __init__(
         self, seeds: Iterable[str], timeout: float = 5.0, *, limits: Limits = DEFAULT_LIMITS,
-        curve: CurveKeys | None = None,
+        curve: CurveKeys | None = None, keys: KeysOption = "auto",
     ) -> None:
+        """Arguments as :class:`AsyncClient`'s (``keys``: where to find CURVE keys)."""
+        self._async = AsyncClient(seeds, timeout, limits=limits, curve=curve, keys=keys)
         self._loop = asyncio.new_event_loop()
-        self._async = AsyncClient(seeds, timeout, limits=limits, curve=curve)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)

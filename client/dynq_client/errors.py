@@ -14,6 +14,9 @@ rebuilds the most specific exception from it with :func:`error_from_wire`::
     ├── TooManySiblings         code "siblings": the key has too many concurrent versions
     ├── StorageError            code "storage": the replica could not make the write durable
     ├── Unavailable             code "unavailable": no node could be reached
+    │   ├── Overloaded          code "overloaded": the node refused it unexecuted (in-flight cap)
+    │   └── HandshakeFailed     code "handshake": the connection's security handshake failed
+    │                           (CURVE on one side only, a refused key, a wrong cluster key)
     ├── Timeout                 code "timeout": no answer in time; the outcome is unknown
     ├── QuorumError             code "quorum": fewer than R/W replicas succeeded
     │   └── QuorumTimeout       code "quorum_timeout": ... because the deadline passed
@@ -108,6 +111,15 @@ class Overloaded(Unavailable):
     code = "overloaded"
 
 
+class HandshakeFailed(Unavailable):
+    """The connection to a node never got past its security handshake: one side runs CURVE
+    and the other does not, the node refused this party's key, or the party holds the wrong
+    cluster public key. The message names the address and the cause. Nothing was sent, so
+    nothing happened; retrying does not help until the keys are fixed."""
+
+    code = "handshake"
+
+
 class Timeout(DynqError):
     """No answer within the deadline: the operation may or may not have taken effect."""
 
@@ -183,6 +195,7 @@ ERROR_CODES: dict[str, type[DynqError]] = {
         StorageError,
         Unavailable,
         Overloaded,
+        HandshakeFailed,
         Timeout,
         InternalError,
         QuorumError,

@@ -8,13 +8,20 @@ client needs two things: its keypair, and the cluster's public key.
 
 Key files are the ZeroMQ certificate format (``dynq keys generate`` writes them):
 ``NAME.key`` holds the public key, ``NAME.key_secret`` the public and the secret key.
+
+A *keys directory* is laid out as ``dynq up`` writes it: ``cluster.key`` (the cluster's
+public key), ``admin.key_secret`` (an operator keypair: what the CLI uses), ``app.key_secret``
+(an application keypair: what :class:`~dynq_client.Client` uses). :func:`find_keys` is how
+both find one: an explicit directory, else ``$DYNQ_KEYS``, else ``./dynq-data/keys`` when it
+exists, so the client and the CLI run as written from the directory ``dynq up`` ran in.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 import zmq
 import zmq.auth
@@ -68,8 +75,47 @@ class CurveKeys:
         public, secret = load_keypair(keypair)
         return cls(public, secret, load_public_key(server_key))
 
+    @classmethod
+    def from_dir(cls, directory: str | Path, name: str = "app") -> CurveKeys:
+        """Load ``DIR/NAME.key_secret`` and ``DIR/cluster.key`` from a keys directory as
+        ``dynq up`` writes it (``name``: "app" for applications, "admin" for operators)."""
+        directory = Path(directory)
+        keypair = directory / f"{name}.key_secret"
+        if not keypair.exists():
+            raise KeyFileError(f"{keypair}: no such key file (a keys directory holds NAME.key_secret and cluster.key)")
+        return cls.from_files(keypair, directory / "cluster.key")
+
     def apply(self, sock: zmq.Socket[Any]) -> None:
         """Make ``sock`` a CURVE client of the cluster (before it connects)."""
         sock.curve_publickey = self.public
         sock.curve_secretkey = self.secret
         sock.curve_serverkey = self.server
+
+
+KEYS_ENV = "DYNQ_KEYS"
+"""Environment variable naming a keys directory (the client's and the CLI's default)."""
+
+DEFAULT_KEYS_DIR = Path("dynq-data") / "keys"
+"""Where ``dynq up`` writes its keys, relative to the directory it ran in."""
+
+KeysOption = Union[str, "os.PathLike[str]", Literal["auto"], None]
+
+
+def find_keys(keys: KeysOption = "auto", name: str = "app") -> CurveKeys | None:
+    """The CURVE keys a party connects with, or None for plaintext.
+
+    ``keys`` is a keys directory (its ``NAME.key_secret`` and ``cluster.key`` are loaded,
+    and must exist), None (plaintext: look nowhere), or "auto": the directory in
+    ``$DYNQ_KEYS`` if set, else ``./dynq-data/keys`` if it holds ``NAME.key_secret``,
+    else plaintext.
+    """
+    if keys is None:
+        return None
+    if isinstance(keys, str) and keys == "auto":
+        env = os.environ.get(KEYS_ENV, "").strip()
+        if env:
+            return CurveKeys.from_dir(env, name)
+        if (DEFAULT_KEYS_DIR / f"{name}.key_secret").exists():
+            return CurveKeys.from_dir(DEFAULT_KEYS_DIR, name)
+        return None
+    return CurveKeys.from_dir(Path(keys), name)

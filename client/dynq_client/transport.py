@@ -20,6 +20,16 @@ only until the first send goes through: after that, "not connected" means the pe
 The grace is short (a live peer on a LAN connects in milliseconds; libzmq's first retry
 after a refused connect is 100 ms later) because a peer that died before we ever reached
 it costs every request the full grace until the failure detector marks it down.
+
+A connection whose security handshake fails (CURVE on one side only, a key the node
+refuses, a wrong cluster key) never becomes usable either, and with ``IMMEDIATE`` it would
+look exactly like a node that is down. So each DEALER has a socket monitor watching its
+handshake events (read from the loop, only when a connection is made or fails: nothing on
+the per-message path), and a send that cannot go through on a channel whose handshake
+failed for a known cause (a mechanism mismatch, a refused key) fails at once with
+:class:`~dynq_client.errors.HandshakeFailed`, naming the address and the cause, instead of
+"not connected". A handshake that failed with no detail (the other end hung up first, or a
+node restarting mid-handshake) only adds its likely causes to "not connected".
 """
 
 from __future__ import annotations
@@ -30,8 +40,9 @@ import logging
 from typing import Any, Callable
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
-from .errors import DynqError, ProtocolError, Timeout, Unavailable
+from .errors import DynqError, HandshakeFailed, ProtocolError, Timeout, Unavailable
 from .health import Health
 from .protocol import DEFAULT_LIMITS, Limits, Reply, decode_reply, encode_request
 
@@ -42,6 +53,36 @@ ReplyCallback = Callable[[Reply | None, DynqError | None], None]
 
 _RETRY_SEND_S = 0.005
 _POLLIN = int(zmq.POLLIN)  # a plain int: enum.Flag arithmetic is slow on the hot path
+_HANDSHAKE_EVENTS = int(
+    zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+_NO_KEYS_HINT = ("(pass keys=DIR or curve=CurveKeys(...); the CLI takes --keys DIR, env DYNQ_KEYS; "
+                 "`dynq up` writes them into ./dynq-data/keys)")
+
+
+def handshake_failure(event: int, value: int, curve: bool) -> tuple[str, bool] | None:
+    """What a socket monitor's handshake event means for a party that does (``curve``) or
+    does not run CURVE, and whether that is certain; None for a handshake that succeeded.
+
+    Both ends detect a mechanism mismatch, and the one that detects it first closes the
+    connection: the other then sees only "no detail". So a vague failure names both
+    possible causes, and never replaces a certain one seen on an earlier attempt."""
+    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return None
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        if curve:
+            return "security mismatch: this party uses CURVE keys but the node runs without security", True
+        return f"security mismatch: the node requires CURVE keys and this party has none {_NO_KEYS_HINT}", True
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (f"the node refused this party's CURVE key (ZAP status {value}): its public key is not "
+                "in the node's peer_keys or client_keys"), True
+    if curve:
+        return ("CURVE handshake failed: the node runs without security, or it could not authenticate "
+                "this party (is the server key (cluster.key) the cluster's?)"), False
+    return f"handshake failed: the node requires CURVE keys and this party has none? {_NO_KEYS_HINT}", False
 
 
 def configure_socket(sock: zmq.Socket[Any], limits: Limits, hwm: int = 10_000) -> None:
@@ -66,14 +107,20 @@ class _Pending:
 
 
 class _Channel:
-    __slots__ = ("name", "address", "sock", "created", "established")
+    __slots__ = ("name", "address", "sock", "created", "established", "monitor", "curve", "handshake_error",
+                 "handshake_certain")
 
-    def __init__(self, name: str, address: str, sock: zmq.Socket[Any], created: float) -> None:
+    def __init__(self, name: str, address: str, sock: zmq.Socket[Any], created: float,
+                 monitor: zmq.Socket[Any]) -> None:
         self.name = name  # node name (or a seed address before the name is known)
         self.address = address  # the node's ROUTER address
         self.sock = sock  # DEALER connected to it
         self.created = created  # loop time of creation, for the connect grace period
         self.established = False  # a send went through once: no more grace, failures are real
+        self.monitor = monitor  # PAIR receiving the DEALER's handshake events
+        self.curve = sock.getsockopt(zmq.MECHANISM) == zmq.CURVE  # this side runs CURVE
+        self.handshake_error: str | None = None  # why the last handshake failed; None once one succeeds
+        self.handshake_certain = False  # handshake_error names the cause for sure (not "no detail")
 
 
 class RequestMux:
@@ -119,20 +166,55 @@ class RequestMux:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if self.socket_setup is not None:
             self.socket_setup(sock)
+        monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
         sock.connect(address)
-        channel = _Channel(name, address, sock, self.loop.time())
+        channel = _Channel(name, address, sock, self.loop.time(), monitor)
         self._channels[name] = channel
         self.loop.add_reader(sock.fileno(), self._drain, channel)
+        self.loop.add_reader(monitor.fileno(), self._read_monitor, channel)
 
     def disconnect(self, name: str) -> None:
         channel = self._channels.pop(name, None)
         if channel is None:
             return
         self.loop.remove_reader(channel.sock.fileno())
+        self.loop.remove_reader(channel.monitor.fileno())
+        channel.sock.disable_monitor()
+        channel.monitor.close(0)
         channel.sock.close(0)
         for req_id, pending in list(self._pending.items()):
             if pending.peer == name:  # it may have been delivered: the outcome is unknown
                 self._fail(req_id, Timeout(f"{name}: connection closed with the request in flight"))
+
+    def _read_monitor(self, channel: _Channel) -> None:
+        """Record the outcome of each handshake (drained until EAGAIN: the fd is edge-triggered)."""
+        monitor = channel.monitor
+        while not monitor.closed:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except (zmq.ZMQError, ValueError) as exc:
+                log.debug("monitor of %s: %s", channel.name, exc)
+                return
+            outcome = handshake_failure(int(event["event"]), int(event["value"]), channel.curve)
+            if outcome is None:
+                channel.handshake_error, channel.handshake_certain = None, False
+                continue
+            error, certain = outcome
+            if channel.handshake_certain and not certain:
+                continue  # keep what an earlier attempt said for sure
+            if error != channel.handshake_error:
+                log.warning("%s (%s): %s", channel.address, channel.name, error)
+            channel.handshake_error, channel.handshake_certain = error, certain
+
+    def handshake_error(self, name: str) -> str | None:
+        """Why the connection to ``name`` failed its handshake (None: it did not, or not yet)."""
+        channel = self._channels.get(name)
+        if channel is None:
+            return None
+        self._read_monitor(channel)
+        return channel.handshake_error
 
     def connected_names(self) -> list[str]:
         return list(self._channels)
@@ -174,12 +256,19 @@ class RequestMux:
         except zmq.Again:
             now = self.loop.time()
             young = not channel.established and now - channel.created < self.connect_grace
-            if young and now + _RETRY_SEND_S < pending.deadline:
+            self._read_monitor(channel)
+            if channel.handshake_certain:  # not a slow connect: the keys do not fit
+                self._fail(req_id, HandshakeFailed(f"{channel.address}: {channel.handshake_error}"))
+            elif young and now + _RETRY_SEND_S < pending.deadline:
                 self.send_retries += 1
                 self.loop.call_later(_RETRY_SEND_S, self._send, req_id)
             else:
                 channel.created = float("-inf")  # the grace is over for every request to it
-                self._fail(req_id, Unavailable(f"{pending.peer}: not connected"))
+                # a vague handshake failure may be a node restarting mid-handshake: say it, but as
+                # "not connected", which callers retry, and not as a HandshakeFailed they do not
+                hint = f" (last handshake with {channel.address}: {channel.handshake_error})" \
+                    if channel.handshake_error else ""
+                self._fail(req_id, Unavailable(f"{pending.peer}: not connected{hint}"))
             if int(channel.sock.getsockopt(zmq.EVENTS)) & _POLLIN:
                 self.loop.call_soon(self._drain, channel)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -14,7 +15,7 @@ import pytest
 
 from dynq.localcluster import LocalCluster
 from dynq.security import generate_keys
-from dynq_client import Client, CurveKeys, Forbidden, Unavailable
+from dynq_client import Client, CurveKeys, Forbidden, HandshakeFailed, Unavailable
 from dynq_client.errors import Timeout
 
 
@@ -31,16 +32,51 @@ def test_curve_cluster_serves_clients_with_allowed_keys(curve3: LocalCluster) ->
         assert not app.get(b"k").found
 
 
-def test_unknown_key_and_no_key_are_refused(curve3: LocalCluster, tmp_path: Path) -> None:
-    """A key nobody allowed (even one that knows the server key), or plain text, gets nothing."""
+def test_unknown_key_and_no_key_are_refused_saying_why(curve3: LocalCluster, tmp_path: Path) -> None:
+    """A key nobody allowed (even one that knows the server key), plain text, or the wrong
+    cluster key gets nothing, and an error naming the address and the cause, at once
+    (not after retrying until the timeout)."""
     generate_keys(tmp_path, "stranger")
     stranger = CurveKeys.from_files(tmp_path / "stranger.key_secret", curve3.keys_dir / "cluster.key")
-    for curve in (stranger, None):
-        with pytest.raises((Unavailable, Timeout)):
-            with Client(curve3.seeds[:1], timeout=1.0, curve=curve) as client:
-                client.call_address(curve3.seeds[0], "ping", {})
+    app = curve3.client_keys("app")
+    assert app is not None
+    wrong_cluster = CurveKeys(app.public, app.secret, stranger.public)
+    seed = curve3.seeds[0]
+    for curve, cause in ((stranger, "refused this party's CURVE key"), (None, "requires CURVE keys")):
+        started = time.monotonic()
+        with pytest.raises(HandshakeFailed) as raised:
+            Client(curve3.seeds[:1], timeout=30.0, curve=curve, keys=None).connect()
+        assert seed in str(raised.value) and cause in str(raised.value), str(raised.value)
+        assert time.monotonic() - started < 25, "a handshake failure must not be retried until the timeout"
+    # The server cannot decrypt the hello: it hangs up with no detail. The client keeps
+    # trying (a node restarting mid-handshake looks the same), and names the likely cause.
+    with pytest.raises(Unavailable, match=re.escape("is the server key (cluster.key) the cluster's?")) as raised:
+        Client(curve3.seeds[:1], timeout=2.0, curve=wrong_cluster, keys=None).connect()
+    assert seed in str(raised.value)
     with curve3.client() as admin:
         assert admin.call("n1", "ping")["name"] == "n1"
+
+
+def test_curve_client_reaching_a_plaintext_node_is_told(cluster3: LocalCluster) -> None:
+    """CURVE keys against a node that runs without security: HandshakeFailed naming it."""
+    import zmq
+
+    public, secret = zmq.curve_keypair()
+    server, _ = zmq.curve_keypair()
+    with pytest.raises(Unavailable, match="runs without security") as raised:
+        Client(cluster3.seeds[:1], timeout=5.0, curve=CurveKeys(public, secret, server)).connect()
+    assert cluster3.seeds[0] in str(raised.value)
+
+
+def test_plaintext_node_joining_a_curve_cluster_is_told_why(curve3: LocalCluster, cluster_factory: Any) -> None:
+    """A node without [security] asked to join a CURVE cluster fails with the handshake
+    cause in the reply, not "not connected"; the cluster is unchanged."""
+    lone = cluster_factory(1)
+    with lone.client() as client:
+        with pytest.raises(Unavailable, match="requires CURVE keys"):
+            client.call_address(lone.seeds[0], "cluster_join", {"cluster": curve3.seeds[0]})
+    with curve3.client() as admin:
+        assert len(admin.table.ring.members) == 3  # type: ignore[union-attr]
 
 
 def test_client_key_cannot_act_as_a_peer(curve3: LocalCluster) -> None:
