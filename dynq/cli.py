@@ -15,7 +15,7 @@ import click
 
 from dynq_client.client import Client
 from dynq_client.errors import DynqError, Unavailable
-from dynq_client.security import CurveKeys
+from dynq_client.security import DEFAULT_KEYS_DIR, CurveKeys
 
 from .config import ConfigError, load_config
 from .logs import setup_logging
@@ -40,14 +40,15 @@ _CURVE: list[CurveKeys] = []  # set by the group options: the keys every command
 
 
 def _client(seed: tuple[str, ...], timeout: float) -> Client:
-    return Client(_seeds(seed), timeout=timeout, curve=_CURVE[0] if _CURVE else None)
+    return Client(_seeds(seed), timeout=timeout, curve=_CURVE[0] if _CURVE else None, keys=None)
 
 
 def _load_curve(key: str | None, server_key: str | None, keys: str | None) -> CurveKeys | None:
     """Keys from --key/--server-key, or --keys DIR (DIR/admin.key_secret and DIR/cluster.key),
-    or ./dynq-data/keys when it exists (what `dynq up` writes); None: no CURVE."""
-    if keys is None and key is None and Path("dynq-data/keys/admin.key_secret").exists():
-        keys = "dynq-data/keys"
+    or ./dynq-data/keys when it exists (what `dynq up` writes); None: no CURVE. The same
+    search as the client library's (``find_keys``), with the operator key "admin"."""
+    if keys is None and key is None and (DEFAULT_KEYS_DIR / "admin.key_secret").exists():
+        keys = str(DEFAULT_KEYS_DIR)
     if keys is not None:
         key = key or str(Path(keys) / "admin.key_secret")
         server_key = server_key or str(Path(keys) / "cluster.key")
@@ -112,6 +113,69 @@ def keys_generate(out: str, name: str) -> None:
     click.echo(f"public: {public}\nsecret: {secret} (mode 0600)")
 
 
+def _register_key(name: str, public_file: Path, seed: tuple[str, ...], timeout: float) -> list[str]:
+    """Register NAME's public key with every member of the cluster at --seed and with the
+    seeds themselves (a node not yet a member); the nodes that could not be reached."""
+    from dynq_client.security import load_public_key
+
+    body = {"name": name, "key": load_public_key(public_file).decode()}
+    missed: list[str] = []
+    with _client(seed, timeout) as db:
+        assert db.table is not None
+        members = {m.name: m.address for m in db.table.ring.members}
+        for member, address in sorted(members.items()):
+            try:
+                db.call(member, "key_register", body)
+                click.echo(f"  {member} ({address}): {name} allowed")
+            except DynqError as exc:
+                click.echo(f"  {member} ({address}): NOT registered: {exc}", err=True)
+                missed.append(member)
+    return missed
+
+
+@keys_group.command("register")
+@click.argument("name")
+@click.argument("public_key", type=click.Path(dir_okay=False, exists=True))
+@seed_option
+@timeout_option
+def keys_register(name: str, public_key: str, seed: tuple[str, ...], timeout: float) -> None:
+    """Allow the node NAME (its PUBLIC_KEY file, NAME.key) on every member of the cluster,
+    at once and without a restart: each stores it under DATA_DIR/registered-peers and reloads.
+    Needs an operator key (--key/--keys). `dynq config init --keys` runs this itself."""
+    try:
+        missed = _register_key(name, Path(public_key), seed, timeout)
+    except (DynqError, ValueError) as exc:
+        _fail(exc)
+    if missed:
+        click.echo(f"error: not registered on {', '.join(missed)}; run this again once they are up", err=True)
+        sys.exit(1)
+
+
+@keys_group.command("revoke")
+@click.argument("name")
+@seed_option
+@timeout_option
+def keys_revoke(name: str, seed: tuple[str, ...], timeout: float) -> None:
+    """Forget the registered key NAME on every member (from its next message). A key file in
+    a node's peer_keys directory is the administrator's: remove it there and reload."""
+    missed: list[str] = []
+    try:
+        with _client(seed, timeout) as db:
+            assert db.table is not None
+            for member in sorted(m.name for m in db.table.ring.members):
+                try:
+                    body = db.call(member, "key_revoke", {"name": name})
+                    click.echo(f"  {member}: {'revoked' if body.get('revoked') else 'held no registered key'} {name}")
+                except DynqError as exc:
+                    click.echo(f"  {member}: NOT revoked: {exc}", err=True)
+                    missed.append(member)
+    except DynqError as exc:
+        _fail(exc)
+    if missed:
+        click.echo(f"error: not revoked on {', '.join(missed)}", err=True)
+        sys.exit(1)
+
+
 # --- nodes ------------------------------------------------------------------------------
 
 
@@ -165,17 +229,38 @@ def config_check(path: str) -> None:
 @click.option("--seed", "seeds", multiple=True, help="Address of a node of the cluster to join (repeatable).")
 @click.option("--zone", default="", help="Failure domain (rack, room).")
 @click.option("--weight", default=1, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--keys", "keys_dir", default=None, type=click.Path(file_okay=False, exists=True),
+              help="CURVE: the cluster's keys directory (cluster.key_secret, peers/, clients/, as `dynq up` "
+                   "writes it, or a copy of a node's); generates NAME's keypair there and registers it "
+                   "with the cluster at --seed.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@timeout_option
 def config_init(name: str, data_dir: str, base_port: int, host: str, seeds: tuple[str, ...], zone: str,
-                weight: int, out: str, force: bool) -> None:
+                weight: int, keys_dir: str | None, out: str, force: bool, timeout: float) -> None:
     """Write a commented config for a new node; then `dynq node start --config OUT` and
-    `dynq cluster join`."""
+    `dynq cluster join`. With --keys, the node runs CURVE, and its key is allowed on the
+    running cluster at once (an operator key is needed: --keys DIR holds admin.key_secret,
+    or the global --key/--server-key)."""
     from .config import parse_config, render_config
+    from .security import allow_key
 
     listen = f"tcp://{host}:{base_port}"
+    path = Path(out)
+    if path.exists() and not force:
+        click.echo(f"error: {out} exists (use --force to overwrite)", err=True)
+        sys.exit(1)
+    keys = Path(keys_dir).resolve() if keys_dir is not None else None
+    if keys is not None:
+        if not (keys / "cluster.key_secret").exists():
+            click.echo(f"error: {keys} holds no cluster.key_secret: --keys takes the cluster's keys directory "
+                       "(copy it from a node of the cluster)", err=True)
+            sys.exit(1)
+        public = allow_key(keys, name, "peers")
+        (keys / "clients").mkdir(exist_ok=True)
     text = render_config(name=name, listen=listen, data_dir=str(Path(data_dir).resolve()), members=[],
-                         zone=zone, weight=weight, seeds=list(seeds))
+                         zone=zone, weight=weight, seeds=list(seeds),
+                         keys_dir=str(keys) if keys is not None else None)
     import tomllib
 
     try:
@@ -183,16 +268,27 @@ def config_init(name: str, data_dir: str, base_port: int, host: str, seeds: tupl
     except ConfigError as exc:
         click.echo(f"invalid: {exc}", err=True)
         sys.exit(1)
-    path = Path(out)
-    if path.exists() and not force:
-        click.echo(f"error: {out} exists (use --force to overwrite)", err=True)
-        sys.exit(1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    click.echo(f"wrote {out}: node {name} on {listen} (gossip on port {base_port + 1})")
+    click.echo(f"wrote {out}: node {name} on {listen} (gossip on port {base_port + 1})"
+               + (f", CURVE with keys in {keys}" if keys is not None else ""))
+    missed: list[str] = []
+    if keys is not None and seeds:
+        if not _CURVE and (keys / "admin.key_secret").exists():
+            _CURVE.append(CurveKeys.from_files(keys / "admin.key_secret", keys / "cluster.key"))
+        click.echo(f"registering {name}'s key ({public}) with the cluster at {seeds[0]}:")
+        try:
+            missed = _register_key(name, public, seeds, timeout)
+        except (DynqError, ValueError) as exc:
+            click.echo(f"error: could not register the key: {exc}", err=True)
+            missed = ["?"]
     click.echo(f"next: dynq node start --config {out}")
     if seeds:
         click.echo(f"then: dynq cluster join {seeds[0]} --seed {listen}")
+    if missed:
+        click.echo(f"error: {name}'s key is not allowed everywhere yet: once the cluster is reachable, run "
+                   f"dynq keys register {name} {public} --seed {seeds[0]}", err=True)
+        sys.exit(1)
 
 
 @main.command()

@@ -349,10 +349,12 @@ def render_config(
     synchronous: str = "full",
     seeds: list[str] | tuple[str, ...] = (),
     storage_options: dict[str, int] | None = None,
+    keys_dir: str | None = None,
 ) -> str:
     """A valid, commented TOML config (`dynq up`, `dynq config init`, the tests). Without
     ``members`` the node starts as a cluster of its own and joins one with
-    `dynq cluster join`."""
+    `dynq cluster join`. ``keys_dir``: CURVE on, with the keys laid out as `dynq up` writes
+    them (cluster.key_secret, NAME.key_secret, peers/, clients/)."""
     lines = [
         "# dynq node configuration (see etc/dynq/dynq.toml for every setting).",
         "[node]",
@@ -389,6 +391,17 @@ def render_config(
         ]
     lines += ["[storage]", f"synchronous = {_q(synchronous)}"]
     lines += [f"{key} = {value}" for key, value in (storage_options or {}).items()] + [""]
+    if keys_dir is not None:
+        keys = Path(keys_dir)
+        lines += [
+            "[security]",
+            'mode = "curve"   # every connection encrypted; only the keys below may connect',
+            f"server_key = {_q(str(keys / 'cluster.key_secret'))}   # the cluster keypair, the same on every node",
+            f"node_key = {_q(str(keys / f'{name}.key_secret'))}   # this node's own keypair",
+            f"peer_keys = {_q(str(keys / 'peers'))}   # public keys of nodes and operators",
+            f"client_keys = {_q(str(keys / 'clients'))}   # public keys of applications",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -142,33 +142,19 @@ class LocalCluster:
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
 
-    def _make_key(self, name: str, role: str | None) -> None:
-        """Generate NAME's keypair (once) and allow its public key as ``role``."""
-        from .security import generate_keys
-
-        public = self.keys_dir / f"{name}.key"
-        if not public.exists():
-            generate_keys(self.keys_dir, name)
-        if role is not None:
-            allowed = self.keys_dir / role
-            allowed.mkdir(parents=True, exist_ok=True)
-            shutil.copy(public, allowed / f"{name}.key")
-
     def _make_keys(self) -> None:
-        self._make_key("cluster", None)
-        self._make_key("admin", "peers")  # operators: the CLI
-        self._make_key("app", "clients")  # applications: get/put/delete only
-        (self.keys_dir / "clients").mkdir(parents=True, exist_ok=True)
-        for node in self.nodes.values():
-            self._make_key(node.name, "peers")
+        from .security import allow_key, generate_keys
 
-    def _security_config(self, name: str) -> str:
-        if self.security != "curve":
-            return ""
-        keys = self.keys_dir
-        return (f'\n[security]\nmode = "curve"\nserver_key = "{keys / "cluster.key_secret"}"\n'
-                f'node_key = "{keys / f"{name}.key_secret"}"\npeer_keys = "{keys / "peers"}"\n'
-                f'client_keys = "{keys / "clients"}"\n')
+        if not (self.keys_dir / "cluster.key").exists():
+            generate_keys(self.keys_dir, "cluster")
+        allow_key(self.keys_dir, "admin", "peers")  # operators: the CLI
+        allow_key(self.keys_dir, "app", "clients")  # applications: get/put/delete only
+        for node in self.nodes.values():
+            allow_key(self.keys_dir, node.name, "peers")
+
+    def _keys_dir_option(self) -> str | None:
+        """What render_config takes for this cluster's security (None: plaintext)."""
+        return str(self.keys_dir.resolve()) if self.security == "curve" else None
 
     def client_keys(self, name: str = "admin") -> CurveKeys | None:
         """Keys for a client of this cluster: "admin" (a peer key) or "app" (a client key)."""
@@ -177,7 +163,7 @@ class LocalCluster:
         return CurveKeys.from_files(self.keys_dir / f"{name}.key_secret", self.keys_dir / "cluster.key")
 
     def client(self, seeds: list[str] | None = None, timeout: float = 5.0, keys: str = "admin") -> Client:
-        return Client(seeds or self.seeds, timeout=timeout, curve=self.client_keys(keys))
+        return Client(seeds or self.seeds, timeout=timeout, curve=self.client_keys(keys), keys=None)
 
     def write_configs(self) -> None:
         if self.security == "curve":
@@ -197,9 +183,9 @@ class LocalCluster:
                 w=self.w,
                 synchronous=self.synchronous,
                 storage_options=self.storage_options,
+                keys_dir=self._keys_dir_option(),
             )
-            node.config_path.write_text(text + self._security_config(node.name)
-                                        + ("\n" + self.extra_config if self.extra_config else ""))
+            node.config_path.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
 
     def add_node(self, name: str, address: str) -> LocalNode:
         """Configure (not start) a node the way `dynq config init` does: no static members,
@@ -209,15 +195,13 @@ class LocalCluster:
         node_dir.mkdir(parents=True, exist_ok=True)
         text = render_config(name=name, listen=address, data_dir=".", members=[], n=self.n, q=self.q,
                              r=self.r, w=self.w, synchronous=self.synchronous, seeds=self.seeds,
-                             storage_options=self.storage_options)
+                             storage_options=self.storage_options, keys_dir=self._keys_dir_option())
         self.nodes[name] = node
-        if self.security == "curve":  # allow its key everywhere: running nodes reload on SIGHUP
-            self._make_key(name, "peers")
-            for other in self.nodes.values():
-                if other.running:
-                    self.signal(other.name, signal.SIGHUP)
-        node.config_path.write_text(text + self._security_config(name)
-                                    + ("\n" + self.extra_config if self.extra_config else ""))
+        if self.security == "curve":  # in the shared peers/ directory: running nodes re-read it
+            from .security import allow_key  # when the unknown key first knocks
+
+            allow_key(self.keys_dir, name, "peers")
+        node.config_path.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
         return node
 
     def command(self, name: str) -> list[str]:
@@ -338,8 +322,8 @@ def run_up(nodes: int, data_dir: Path, base_port: int, host: str = "127.0.0.1", 
             say(f"  {node.name}  {node.address}  pid {node.process.pid if node.process else '-'}  log {node.log_path}")
         if security == "curve":
             keys = cluster.keys_dir
-            say(f"CURVE on: keys in {keys} (the CLI uses {keys}/admin.key_secret: export DYNQ_KEYS={keys};"
-                f" applications: CurveKeys.from_files('{keys}/app.key_secret', '{keys}/cluster.key'))")
+            say(f"CURVE on: keys in {keys}. The CLI and Client(...) find them from this directory; "
+                f"elsewhere: export DYNQ_KEYS={keys.resolve()} (or dynq --keys DIR, Client(..., keys=DIR))")
         say(f"try:  dynq put hello world --seed {cluster.seeds[0]}   (Ctrl-C stops the cluster)")
         reported: set[str] = set()
         while not stop_requested:

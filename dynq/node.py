@@ -77,7 +77,7 @@ from .membership import (
 )
 from .anti_entropy import AntiEntropy
 from .metrics import Latencies, render_prometheus, serve_metrics
-from .security import GOSSIP_DOMAIN, REQUEST_DOMAIN, NodeSecurity
+from .security import GOSSIP_DOMAIN, REGISTERED_PEERS_DIR, REQUEST_DOMAIN, NodeSecurity
 from .storage import Storage
 from .transfers import PartitionTransfers
 
@@ -186,7 +186,7 @@ class Node:
             assert config.server_key and config.node_key and config.peer_keys and config.client_keys
             try:
                 self.security = NodeSecurity.load(config.server_key, config.node_key, config.peer_keys,
-                                                  config.client_keys)
+                                                  config.client_keys, config.data_dir / REGISTERED_PEERS_DIR)
             except ValueError as exc:
                 raise ConfigError(f"{config.source}: [security] {exc}") from exc
         self.storage = Storage(config.db_path, synchronous=config.synchronous, limits=config.limits)
@@ -222,6 +222,8 @@ class Node:
             p.OP_CLUSTER_COMMIT: self.handle_cluster_commit,
             p.OP_TRANSFER_DONE: self.handle_transfer_done,
             p.OP_TRANSFERS: self.handle_transfers,
+            p.OP_KEY_REGISTER: self.handle_key_register,
+            p.OP_KEY_REVOKE: self.handle_key_revoke,
         }
         self.loop: asyncio.AbstractEventLoop | None = None
         self.context: zmq.Context[Any] | None = None
@@ -1092,6 +1094,31 @@ class Node:
 
         self._backup_pages = 0
         step()
+
+    def handle_key_register(self, responder: Responder, req: Request) -> None:
+        """Allow a new peer's public key (a node about to join), without a restart."""
+        name, key = p.get_str(req.body, "name"), p.get_str(req.body, "key")
+        if self.security is None:
+            raise InvalidRequest("security is off on this node: there are no keys to register")
+        try:
+            path = self.security.keyring.register(name or "", (key or "").encode())
+        except ValueError as exc:
+            raise InvalidRequest(f"key_register: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"key_register: cannot write the key: {exc}") from exc
+        log.info("registered peer key %s (%s)", name, path)
+        responder.ok({"name": name, "path": str(path)})
+
+    def handle_key_revoke(self, responder: Responder, req: Request) -> None:
+        """Forget a registered peer key; its connections are refused from their next message."""
+        name = p.get_str(req.body, "name")
+        if self.security is None:
+            raise InvalidRequest("security is off on this node: there are no keys to revoke")
+        try:
+            removed = self.security.keyring.revoke(name or "")
+        except OSError as exc:
+            raise StorageError(f"key_revoke: cannot remove the key: {exc}") from exc
+        responder.ok({"name": name, "revoked": removed})
 
     # --- gossip and failure detection -------------------------------------------------------
 

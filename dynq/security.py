@@ -11,18 +11,32 @@ The handler names each connection ``peer:KEY`` or ``client:KEY`` (ZeroMQ's User-
 the node checks every message against the key sets *as they are now*, so a key removed
 from its directory and reloaded (SIGHUP) is refused at once, also on connections that were
 authenticated before.
+
+New peers are let in without a restart in two ways. An operator (a peer key) can
+*register* a node's public key over the wire (``dynq keys register``, which ``dynq config
+init --keys`` runs): the node stores it in ``DATA_DIR/registered-peers/`` (writable under
+systemd, where ``/etc`` is not) and reloads. And a connection with an unknown key makes
+the ZAP handler re-read the directories first, at most once a second, so a key file an
+administrator copied in by hand counts without a SIGHUP. Neither widens who may connect:
+only a key already allowed as a peer can register one (and a peer key can already rewrite
+membership), and re-reading only picks up files an administrator wrote; the rate limit
+keeps a stream of unknown keys from turning into a stream of directory reads.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from dynq_client.security import CurveKeys, KeyFileError, load_keypair, load_public_key
 
@@ -43,19 +57,83 @@ def read_key_dir(path: Path) -> frozenset[bytes]:
     return frozenset(keys)
 
 
+REGISTERED_PEERS_DIR = "registered-peers"
+"""Under a node's data directory: peer keys registered over the wire (``key_register``)."""
+
+_Z85 = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+
+RELOAD_ON_UNKNOWN_KEY_S = 1.0
+"""An unknown key makes the ZAP handler re-read the allow-lists at most this often."""
+
+
+def valid_key_name(name: object) -> bool:
+    """Names of registered keys: a node's name (it becomes a file name, so nothing else)."""
+    return (isinstance(name, str) and 0 < len(name) <= 64
+            and all(c.isalnum() or c in "-_." for c in name) and not name.startswith("."))
+
+
 @dataclass
 class KeyRing:
     """The allow-lists, reloadable; replaced whole so the ZAP thread never sees half of one."""
 
     peer_dir: Path
     client_dir: Path
+    registered_dir: Path | None = None  # peer keys registered over the wire; None: registration off
     peers: frozenset[bytes] = frozenset()
     clients: frozenset[bytes] = frozenset()
+    loaded_at: float = 0.0  # monotonic time of the last reload
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # loop and ZAP thread both reload
 
     def reload(self) -> None:
-        peers, clients = read_key_dir(self.peer_dir), read_key_dir(self.client_dir)
-        self.peers, self.clients = peers, clients - peers
-        log.info("allowed keys: %d peers, %d clients", len(self.peers), len(self.clients))
+        with self._lock:
+            peers = read_key_dir(self.peer_dir)
+            if self.registered_dir is not None and self.registered_dir.is_dir():
+                peers |= read_key_dir(self.registered_dir)
+            clients = read_key_dir(self.client_dir)
+            changed = (peers, clients - peers) != (self.peers, self.clients)
+            self.peers, self.clients = peers, clients - peers
+            self.loaded_at = time.monotonic()
+        if changed:
+            log.info("allowed keys: %d peers, %d clients", len(self.peers), len(self.clients))
+
+    def reload_if_stale(self, min_interval_s: float = RELOAD_ON_UNKNOWN_KEY_S) -> None:
+        """Re-read the directories unless that was done less than ``min_interval_s`` ago."""
+        if time.monotonic() - self.loaded_at >= min_interval_s:
+            self.reload()
+
+    def register(self, name: str, public: bytes) -> Path:
+        """Allow ``public`` as the peer ``name``: written to the registered directory (so it
+        survives a restart), then reloaded. Raises ValueError for a bad name or key."""
+        if self.registered_dir is None:
+            raise ValueError("this node keeps no registered keys")
+        if not valid_key_name(name):
+            raise ValueError(f"bad key name {name!r}: 1-64 letters, digits, '-', '_' or '.'")
+        try:
+            if len(public) != 40 or not all(c in _Z85 for c in public) or len(z85.decode(public)) != 32:
+                raise ValueError
+        except (ValueError, KeyError):
+            raise ValueError("not a CURVE public key (40 characters of Z85)") from None
+        self.registered_dir.mkdir(parents=True, exist_ok=True)
+        path = self.registered_dir / f"{name}.key"
+        tmp = path.with_suffix(".key.tmp")
+        tmp.write_text("#   dynq: registered with `dynq keys register`\n"
+                       f"metadata\ncurve\n    public-key = \"{public.decode()}\"\n")
+        os.replace(tmp, path)
+        self.reload()
+        return path
+
+    def revoke(self, name: str) -> bool:
+        """Forget the registered key ``name``; False if there was none. Keys in the
+        configured ``peer_keys`` directory are the administrator's files: not touched."""
+        if self.registered_dir is None or not valid_key_name(name):
+            return False
+        path = self.registered_dir / f"{name}.key"
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        self.reload()
+        return True
 
     def role(self, key: bytes) -> str | None:
         if key in self.peers:
@@ -73,6 +151,9 @@ class _Credentials:
 
     def callback(self, domain: str, key: bytes) -> bool:
         role = self.keyring.role(key)
+        if role is None:  # perhaps a key an administrator just added: look again (rate-limited)
+            self.keyring.reload_if_stale()
+            role = self.keyring.role(key)
         allowed = role == "peer" if domain == GOSSIP_DOMAIN else role is not None
         if not allowed:
             log.warning("refused a connection with an unknown key %s... (domain %s)", key[:8].decode(), domain)
@@ -102,10 +183,11 @@ class NodeSecurity:
     authenticator: Authenticator | None = None
 
     @classmethod
-    def load(cls, server_key: Path, node_key: Path, peer_dir: Path, client_dir: Path) -> NodeSecurity:
+    def load(cls, server_key: Path, node_key: Path, peer_dir: Path, client_dir: Path,
+             registered_dir: Path | None = None) -> NodeSecurity:
         server_public, server_secret = load_keypair(server_key)
         public, secret = load_keypair(node_key)
-        keyring = KeyRing(peer_dir, client_dir)
+        keyring = KeyRing(peer_dir, client_dir, registered_dir)
         keyring.reload()
         if public not in keyring.peers:
             log.warning("this node's own public key is not in %s: peers will refuse it", peer_dir)
@@ -135,6 +217,18 @@ class NodeSecurity:
     def stop(self) -> None:
         if self.authenticator is not None:
             self.authenticator.stop()
+
+
+def allow_key(keys_dir: Path, name: str, role: str = "peers") -> Path:
+    """Make sure ``keys_dir`` holds NAME's keypair (generated once) and that its public key
+    is allowed as ``role`` (``peers`` or ``clients``, a subdirectory); the public key file."""
+    public = keys_dir / f"{name}.key"
+    if not public.exists():
+        generate_keys(keys_dir, name)
+    allowed = keys_dir / role
+    allowed.mkdir(parents=True, exist_ok=True)
+    shutil.copy(public, allowed / f"{name}.key")
+    return public
 
 
 def generate_keys(directory: Path, name: str) -> tuple[Path, Path]:

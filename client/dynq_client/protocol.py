@@ -46,6 +46,8 @@ OP_REPLICA_PUT_BATCH = "replica_put_batch"  # several replica_put bodies in one 
 OP_STATS = "stats"
 OP_INSPECT = "inspect"  # one key on one node: object and hints (admin)
 OP_BACKUP = "backup"  # online copy of the node's database to a path on its machine (admin)
+OP_KEY_REGISTER = "key_register"  # allow a new peer's public key (admin; stored in the data dir)
+OP_KEY_REVOKE = "key_revoke"  # forget a registered peer key (admin)
 OP_READ_REPAIR = "read_repair"  # a client-coordinated read pushing the merged object to a stale replica
 # membership (admin and peers); changes are made by the claimant, other nodes forward them
 OP_CLUSTER_STATE = "cluster_state"  # this node's cluster state; with "state", offer a newer one
