@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -107,3 +114,95 @@ def wait_known_down(client: Client, observers: list[str], name: str, timeout: fl
             raise AssertionError(f"{pending} still consider {name} up after {timeout}s")
         if pending:
             time.sleep(0.05)
+
+
+def free_base_port(nodes: int = 4) -> int:
+    """A base port whose ``nodes`` nodes' ports (+0, +10, +20, ...) and gossip ports (the
+    next ones) are all free right now, as `dynq up --base-port` lays them out."""
+    offsets = [10 * i + g for i in range(nodes) for g in (0, 1)]
+    for port in free_ports(20):
+        socks: list[socket.socket] = []
+        try:
+            for offset in offsets:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port + offset))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+@dataclass
+class UpCluster:
+    """A `dynq up` process and what it printed."""
+
+    process: subprocess.Popen[str]
+    port: int  # base port: n1's request port
+    cwd: Path  # the directory it runs in (its data is in cwd/dynq-data)
+    banner: list[str] = field(default_factory=list)  # lines up to its "try:" line
+
+    @property
+    def node_pids(self) -> list[int]:
+        return [int(line.split("pid ")[1].split()[0]) for line in self.banner if " pid " in line]
+
+    @property
+    def seed(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0) -> bool:
+    """Signal a process we started and wait (bounded) until it is gone; SIGKILL after the
+    timeout. True if it went by itself."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return False
+
+
+@contextmanager
+def running_up(cwd: Path, nodes: int = 3, extra: tuple[str, ...] = ()) -> Iterator[UpCluster]:
+    """`dynq up` on its defaults (CURVE on), run in ``cwd`` on free ports; stopped with
+    SIGINT (as Ctrl-C does) at exit, and every node it started is checked gone (by PID)."""
+    port = free_base_port(nodes + 1)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dynq", "up", "--nodes", str(nodes), "--base-port", str(port), *extra],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    up = UpCluster(process, port, cwd)
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # bounded: wait for the banner
+            line = process.stdout.readline()
+            if not line:
+                break
+            up.banner.append(line)
+            if line.startswith("try:"):
+                break
+        assert any(f"{nodes} nodes up" in line for line in up.banner), "".join(up.banner)
+        yield up
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for pid in up.node_pids:
+            stop_pid(pid, 0, timeout=10)  # signal 0: only wait; SIGKILL if it outlived `dynq up`

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dynq.config import load_config
-from tests.conftest import free_ports
+from tests.conftest import free_base_port
 
 pytestmark = pytest.mark.integration
 
@@ -26,28 +25,9 @@ def dynq(*args: str, seed: str, check: bool = True, keys: Path | None = None) ->
     )
 
 
-def base_port() -> int:
-    """A base port whose nodes' ports (+0, +10, +20) and gossip ports (the next ones) are all
-    free right now."""
-    for port in free_ports(20):
-        socks: list[socket.socket] = []
-        try:
-            for offset in (0, 1, 10, 11, 20, 21):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port + offset))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
-
-
 def test_up_runs_a_cluster_the_cli_can_use_and_stops_it(tmp_path: Path) -> None:
     """`dynq up` starts one process per node, serves get/put/delete/ring, and stops them all on SIGTERM."""
-    port = base_port()
+    port = free_base_port(3)
     data = tmp_path / "data"
     up = subprocess.Popen(
         [sys.executable, "-m", "dynq", "up", "--nodes", "3", "--data-dir", str(data), "--base-port", str(port)],
