@@ -477,16 +477,16 @@ class LimitCluster:
 
 
 async def measured(client: LimitClient, pids: dict[str, int], op: str, keys: list[bytes], value: bytes,
-                   concurrency: int) -> Phase:
+                   concurrency: int, bound_s: float) -> Phase:
     """A closed-loop phase with the CPU each process spent on it."""
     before = cpu_snapshot(pids)
-    phase = await closed_loop(client, op, keys, value, concurrency)
+    phase = await closed_loop(client, op, keys, value, concurrency, bound_s)
     phase.cpu_us = us_per_op(before, cpu_snapshot(pids), phase.ops)
     return phase
 
 
 async def measure(cluster: LimitCluster, keys: int, value_size: int, concurrency: int, tag: str,
-                  lone: int = 1000) -> dict[str, Phase]:
+                  lone: int = 1000, bound_s: float = 120.0) -> dict[str, Phase]:
     """Puts of ``keys`` fresh keys then gets of them at ``concurrency``, and ``lone`` of each
     with one outstanding (the latency of a lone request)."""
     client = LimitClient(asyncio.get_running_loop(), cluster.addresses, cluster.client_keys)
@@ -496,14 +496,14 @@ async def measure(cluster: LimitCluster, keys: int, value_size: int, concurrency
         value = os.urandom(value_size)
         batch = [f"{tag}-{i}".encode() for i in range(keys)]
         commits = await group_commit_stats(client)
-        out = {"put": await measured(client, pids, "put", batch, value, concurrency)}
+        out = {"put": await measured(client, pids, "put", batch, value, concurrency, bound_s)}
         after = await group_commit_stats(client)
         out["put"].cpu_us["rows/txn"] = round(sum(a[1] - b[1] for a, b in zip(after, commits))
                                               / max(1, sum(a[0] - b[0] for a, b in zip(after, commits))), 1)
-        out["get"] = await measured(client, pids, "get", batch, value, concurrency)
+        out["get"] = await measured(client, pids, "get", batch, value, concurrency, bound_s)
         few = batch[:lone]
-        out["put c=1"] = await closed_loop(client, "put", [k + b"-1" for k in few], value, 1)
-        out["get c=1"] = await closed_loop(client, "get", few, value, 1)
+        out["put c=1"] = await closed_loop(client, "put", [k + b"-1" for k in few], value, 1, bound_s)
+        out["get c=1"] = await closed_loop(client, "get", few, value, 1, bound_s)
         return out
     finally:
         client.close()
