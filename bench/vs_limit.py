@@ -1,7 +1,7 @@
 """dynq against the hand-written limit, in one run: issue 15's acceptance figures.
 
     python bench/vs_limit.py [--rounds 5] [--keys 10000] [--value-size 1024] [--concurrency 32]
-                             [--open-seconds 4] [--no-open-loop] [--json]
+                             [--open-seconds 4] [--no-open-loop] [--variant uvloop-client] [--json]
 
 Starts, in a temporary directory, a 3-node cluster with `dynq up`'s defaults (LocalCluster
 with security "curve", N=3 R=2 W=2, Q=64, synchronous=full; the client connects with the
@@ -19,6 +19,9 @@ Then the open-loop tail of dynq (dynq.bench.open_loop: Poisson arrivals, latency
 request's intended start) at 25/50/75/90 % of the median closed-loop peak, for puts and
 for gets, ``--open-seconds`` each, with p99 and p99.9 over the lone-request p50 (issue 15's
 bounds at 50 %: p99 <= 4x, p99.9 <= 10x).
+
+``--variant`` adds cheap levers measured interleaved in the same rounds (report only): the
+client on uvloop, CURVE off, synchronous=normal.
 
 Ratios dynq/limit are taken against the CURVE limit (dynq's configuration); the plaintext
 limit is printed beside it. While the limit runs, dynq's idle nodes (gossip, timers) still
@@ -139,33 +142,65 @@ def _cpu_total(cpu: dict[str, float], names: list[str]) -> float:
     return round(sum(cpu.get(n, 0.0) for n in names), 1)
 
 
+VARIANTS = {
+    "uvloop-client": "the same cluster, the client on uvloop's event loop (the nodes keep asyncio)",
+    "plaintext": "a second cluster with security none (CURVE off)",
+    "sync-normal": "a second cluster with synchronous=normal (no fsync per commit; survives a crash, not power loss)",
+}
+
+
+def _run_loop(coro: Any, uvloop: bool) -> Any:
+    """asyncio.run, or the same on a uvloop event loop."""
+    if not uvloop:
+        return asyncio.run(coro)
+    import uvloop as uv
+
+    with asyncio.Runner(loop_factory=uv.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    cluster = LocalCluster(tmp / "dynq", [f"tcp://127.0.0.1:{p}" for p in free_ports(3)], security="curve")
+    def dynq_cluster(name: str, **kw: Any) -> LocalCluster:
+        return LocalCluster(tmp / name, [f"tcp://127.0.0.1:{p}" for p in free_ports(3)], **kw)
+
+    clusters = {"dynq": dynq_cluster("dynq", security="curve")}
+    if "plaintext" in args.variant:
+        clusters["dynq plaintext"] = dynq_cluster("dynq-plain", security="none")
+    if "sync-normal" in args.variant:
+        clusters["dynq sync-normal"] = dynq_cluster("dynq-normal", security="curve", synchronous="normal")
+    # system name -> (cluster, client on uvloop?)
+    systems: dict[str, tuple[LocalCluster, bool]] = {name: (c, False) for name, c in clusters.items()}
+    if "uvloop-client" in args.variant:
+        systems["dynq uvloop-client"] = (clusters["dynq"], True)
+    cluster = clusters["dynq"]
     limits = {"curve": LimitCluster(tmp, curve=True), "plain": LimitCluster(tmp / "plain", curve=False)}
     (tmp / "plain").mkdir()
-    rounds: dict[str, list[dict[str, Phase]]] = {"dynq": [], "limit curve": [], "limit plain": []}
+    rounds: dict[str, list[dict[str, Phase]]] = {name: [] for name in [*systems, "limit curve", "limit plain"]}
     out: dict[str, Any] = {"config": {"keys": args.keys, "value_size": args.value_size,
                                       "concurrency": args.concurrency, "rounds": args.rounds, "lone": args.lone,
                                       "dynq": f"N={cluster.n} R={cluster.r} W={cluster.w} Q={cluster.q} "
-                                              f"synchronous={cluster.synchronous} security={cluster.security}"}}
+                                              f"synchronous={cluster.synchronous} security={cluster.security}",
+                                      "variants": {v: VARIANTS[v] for v in args.variant}}}
     try:
-        cluster.start_all()
-        cluster.wait_ready(timeout=60)
+        for c in clusters.values():
+            c.start_all()
+        for c in clusters.values():
+            c.wait_ready(timeout=60)
         for lim in limits.values():
             lim.start()
-        curve = cluster.client_keys("app")
         node_pids = {name: node.process.pid for name, node in cluster.nodes.items() if node.process}
-        dynq_pids = node_pids | {"client": os.getpid()}
         idle_names = [f"dynq idle {n}" for n in node_pids]
         for n in range(args.rounds):
-            order = ["dynq", "limit curve", "limit plain"]
+            order = list(systems) + ["limit curve", "limit plain"]
             if n % 2:
                 order.reverse()
             for which in order:
-                tag = f"r{n}"
-                if which == "dynq":
-                    result = asyncio.run(measure_dynq(cluster.seeds, curve, dynq_pids, args.keys, args.value_size,
-                                                      args.concurrency, tag, args.lone))
+                tag = f"r{n}-{which.replace(' ', '-')}"
+                if which in systems:
+                    c, uv = systems[which]
+                    pids = {name: node.process.pid for name, node in c.nodes.items() if node.process}
+                    result = _run_loop(measure_dynq(c.seeds, c.client_keys("app"), pids | {"client": os.getpid()},
+                                                    args.keys, args.value_size, args.concurrency, tag, args.lone), uv)
                 else:
                     lim = limits[which.split()[1]]
                     before = cpu_snapshot(node_pids)
@@ -174,7 +209,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     idle = us_per_op(before, cpu_snapshot(node_pids), result["put"].ops + result["get"].ops)
                     result["put"].cpu_us.update({f"dynq idle {k}": v for k, v in idle.items()})
                 rounds[which].append(result)
-                print(f"round {n + 1} {which:<11} " + "  ".join(
+                print(f"round {n + 1} {which:<18} " + "  ".join(
                     f"{name} {p.ops_s:.0f}/s" for name, p in result.items()), file=sys.stderr, flush=True)
         med = {which: {name: _summary([r[name] for r in rs]) for name in rs[0]} for which, rs in rounds.items()}
         out["median"] = med
@@ -199,19 +234,34 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             ratios[op]["cpu_all_over_limit"] = round(tot_d / tot_l, 2) if tot_l else 0.0
         ratios["dynq_idle_nodes_us_per_limit_op"] = _cpu_total(med["limit curve"]["put"]["cpu_us"], idle_names)
         out["ratios"] = ratios
+        for name in systems:
+            if name == "dynq":
+                continue
+            out.setdefault("variants", {})[name] = {
+                op: {"ops_s_over_dynq": round(med[name][op]["ops_s"] / med["dynq"][op]["ops_s"], 3),
+                     "per_round_median": round(statistics.median(
+                         a[op].ops_s / b[op].ops_s for a, b in zip(rounds[name], rounds["dynq"])), 3),
+                     "client_cpu_us": med[name][op]["cpu_us"].get("client", 0.0),
+                     "dynq_client_cpu_us": med["dynq"][op]["cpu_us"].get("client", 0.0),
+                     "nodes_cpu_us": _cpu_total(med[name][op]["cpu_us"], node_names),
+                     "dynq_nodes_cpu_us": _cpu_total(med["dynq"][op]["cpu_us"], node_names),
+                     "p99_ms": med[name][op]["p99_ms"], "dynq_p99_ms": med["dynq"][op]["p99_ms"]}
+                for op in ("put", "get")}
         if not args.no_open_loop:
-            out["open_loop"] = asyncio.run(_open_loop_curve(args, cluster.seeds, curve, med["dynq"]))
+            out["open_loop"] = asyncio.run(_open_loop_curve(args, cluster.seeds, cluster.client_keys("app"),
+                                                            med["dynq"]))
     finally:
         for lim in limits.values():
             lim.stop()
-        cluster.stop_all()
+        for c in clusters.values():
+            c.stop_all()
     return out
 
 
 async def _open_loop_curve(args: argparse.Namespace, seeds: list[str], curve: CurveKeys | None,
                            med: dict[str, Any]) -> dict[str, Any]:
     value = os.urandom(args.value_size)
-    keys = [f"r0-{i}".encode() for i in range(args.keys)]  # written in round 1
+    keys = [f"r0-dynq-{i}".encode() for i in range(args.keys)]  # written in round 1
     out: dict[str, Any] = {"arrival": "poisson", "seconds": args.open_seconds, "cap": OPEN_LOOP_CAP}
     for op in ("put", "get"):
         peak, lone = med[op]["ops_s"], med[f"{op} c=1"]["p50_ms"]
@@ -258,6 +308,14 @@ def text(out: dict[str, Any]) -> str:
                      f"{r['cpu_limit_replicas'] + r['cpu_limit_client']:.0f} | x{r['cpu_all_over_limit']:.1f}")
     lines.append(f"  limit group commit: {med['limit curve']['put']['cpu_us'].get('rows/txn', 0):.1f} rows per "
                  f"transaction; dynq's idle nodes meanwhile: {rat['dynq_idle_nodes_us_per_limit_op']:.1f} µs per limit op")
+    for name, v in out.get("variants", {}).items():
+        lines.append(f"variant {name} vs dynq (same run):")
+        for op in ("put", "get"):
+            x = v[op]
+            lines.append(f"  {op}s x{x['ops_s_over_dynq']:.2f} (median of per-round ratios x{x['per_round_median']:.2f});"
+                         f" client CPU {x['client_cpu_us']:.0f} vs {x['dynq_client_cpu_us']:.0f} µs/op;"
+                         f" nodes {x['nodes_cpu_us']:.0f} vs {x['dynq_nodes_cpu_us']:.0f} µs/op;"
+                         f" p99 {x['p99_ms']:.2f} vs {x['dynq_p99_ms']:.2f} ms")
     ol = out.get("open_loop")
     if ol:
         lines.append(f"open loop (dynq, {ol['arrival']} arrivals, {ol['seconds']} s per point, latency from the "
@@ -285,6 +343,9 @@ def main() -> None:
     parser.add_argument("--lone", type=int, default=500, help="requests of each kind sent one at a time")
     parser.add_argument("--open-seconds", type=float, default=4.0, help="seconds per open-loop point")
     parser.add_argument("--no-open-loop", action="store_true")
+    parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
+                        help="also measure this variant of dynq in the same rounds (repeatable): "
+                             + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.rounds < 1 or args.keys < args.lone or args.lone < 1:
