@@ -274,16 +274,19 @@ class LimitClient:
             sock.close(0)
         self.ctx.term()
 
-    def _start(self, need: int, done: Done, targets: list[int], frame_of: Callable[[int], bytes]) -> None:
+    def _start(self, need: int, done: Done, targets: list[int], frame_of: Callable[[int], bytes]) -> list[Any]:
+        """Send one request to ``targets``; it completes at ``need`` ok replies. Returns its
+        pending entry (whose last slot will hold the reply's value)."""
         self.ids += 1
         req_id = self.ids
-        self.pending[req_id] = [done, need, self.loop.call_later(self.timeout, self._expire, req_id), None]
+        entry = self.pending[req_id] = [done, need, self.loop.call_later(self.timeout, self._expire, req_id), None]
         frame = frame_of(req_id)
         for t in targets:
             sock = self.socks[t]
             sock.send(frame, _NOBLOCK)
             if int(sock.getsockopt(zmq.EVENTS)) & _POLLIN:
                 self.loop.call_soon(self.drain, sock)
+        return entry
 
     def put(self, key: bytes, value: bytes, done: Done) -> None:
         self._start(1, done, [home(key)], lambda i: _packb([OP_PUT, i, key, value]))
@@ -294,10 +297,12 @@ class LimitClient:
 
     def call(self, replica: int, op: int, done: Callable[[Any], None]) -> None:
         """One admin request (ping, stats): ``done`` gets the reply's value."""
-        def finish(ok: bool) -> None:
-            done(entry[3] if ok else None)
-        self._start(1, finish, [replica], lambda i: _packb([op, i, None, None]))
-        entry = self.pending[self.ids]
+        holder: list[list[Any]] = []
+
+        def finish(ok: bool) -> None:  # runs from a later drain, after _start returned
+            done(holder[0][3] if ok else None)
+
+        holder.append(self._start(1, finish, [replica], lambda i: _packb([op, i, None, None])))
 
     def _expire(self, req_id: int) -> None:
         entry = self.pending.pop(req_id, None)
