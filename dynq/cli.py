@@ -18,7 +18,7 @@ from dynq_client.errors import DynqError, Unavailable
 from dynq_client.security import CurveKeys
 
 from .config import ConfigError, load_config
-from .logs import setup_logging
+from .ops.logs import setup_logging
 
 DEFAULT_SEED = "tcp://127.0.0.1:7100"
 
@@ -653,7 +653,7 @@ def cluster_status(as_json: bool, seed: tuple[str, ...], timeout: float) -> None
     reach a peer), for scripts."""
     import time
 
-    from .membership import ClusterState
+    from .cluster.membership import ClusterState
 
     rows: list[dict[str, Any]] = []
     try:

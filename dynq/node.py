@@ -7,7 +7,7 @@ structured error when their id is readable and are dropped (and counted) otherwi
 no input can take the node down.
 
 Writes go through the storage's group commit; coordination of client requests is done
-by the state machines in :mod:`dynq.coordinator`; replica-to-replica requests go over
+by the state machines in :mod:`dynq.kv.coordinator`; replica-to-replica requests go over
 the :class:`~dynq_client.transport.RequestMux` of peer DEALER sockets.
 """
 
@@ -58,12 +58,12 @@ from dynq_client.versions import (
 )
 
 from .config import ConfigError, NodeConfig
-from .coordinator import GetCoordinator, PutCoordinator, not_executed
-from . import sdnotify
-from .failure_detector import PhiAccrualDetector
-from .gossip import Gossip, Heartbeat, gossip_address
-from .hinted_handoff import HintedHandoff
-from .membership import (
+from .kv.coordinator import GetCoordinator, PutCoordinator, not_executed
+from .ops import sdnotify
+from .cluster.failure_detector import PhiAccrualDetector
+from .cluster.gossip import Gossip, Heartbeat, gossip_address
+from .repair.hinted_handoff import HintedHandoff
+from .cluster.membership import (
     ClusterState,
     MembershipError,
     Staged,
@@ -75,11 +75,11 @@ from .membership import (
     member_to_wire,
     plan,
 )
-from .anti_entropy import AntiEntropy
-from .metrics import Latencies, render_prometheus, serve_metrics
+from .repair.anti_entropy import AntiEntropy
+from .ops.metrics import Latencies, render_prometheus, serve_metrics
 from .security import GOSSIP_DOMAIN, REQUEST_DOMAIN, NodeSecurity
-from .storage import Storage
-from .transfers import PartitionTransfers
+from .store.storage import Storage
+from .cluster.transfers import PartitionTransfers
 
 log = logging.getLogger(__name__)
 

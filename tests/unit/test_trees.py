@@ -1,4 +1,4 @@
-"""The node's persisted Merkle trees (dynq.trees) against a real SQLite file, no sockets."""
+"""The node's persisted Merkle trees (dynq.repair.trees) against a real SQLite file, no sockets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import apsw
 
-from dynq.merkle import Tree, leaf_hash
+from dynq.repair.merkle import Tree, leaf_hash
 from dynq.node import Node
 from dynq_client.versions import encode_object, update
 from tests.unit.test_node_local import commit, make_node

@@ -1,7 +1,7 @@
 """Hinted handoff: a fallback hands the writes it took for a down primary back to it.
 
 A hint is a row ``(target, key, seq)`` committed together with the fallback's copy of the
-object (see :mod:`dynq.storage`). This loop, one per node, looks every
+object (see :mod:`dynq.store.storage`). This loop, one per node, looks every
 ``replay_interval`` for targets with hints that the node believes reachable, and replays
 them in batches: it sends the fallback's *current* object for each key as an ordinary
 ``replica_put`` (the primary merges it through the normal version logic, so nothing the
@@ -24,7 +24,7 @@ from dynq_client.errors import DynqError
 from dynq_client.protocol import Reply
 
 if TYPE_CHECKING:
-    from .node import Node
+    from ..node import Node
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Ownership handoff: a node streams the key partitions it is giving up to their new replicas.
 
 For each transfer the cluster state assigns to this node as source (see
-:func:`dynq.membership.plan_transfers`):
+:func:`dynq.cluster.membership.plan_transfers`):
 
 1. start tracking the partition: every key committed here from now on is noted;
 2. stream the partition's rows in key order, in chunks bounded by items and bytes, as
@@ -36,7 +36,7 @@ from dynq_client.protocol import Reply
 from .membership import Transfer
 
 if TYPE_CHECKING:
-    from .node import Node
+    from ..node import Node
 
 log = logging.getLogger(__name__)
 

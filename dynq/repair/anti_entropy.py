@@ -54,7 +54,7 @@ from .merkle import HASH_BYTES, differing_children, diff_keys, hash_bytes, hash_
 from .trees import PartitionTrees
 
 if TYPE_CHECKING:
-    from .node import Node, Responder
+    from ..node import Node, Responder
 
 log = logging.getLogger(__name__)
 
