@@ -14,7 +14,6 @@ the :class:`~dynq_client.transport.RequestMux` of peer DEALER sockets.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import gc
 import logging
@@ -41,10 +40,9 @@ from dynq_client.errors import (
     Unavailable,
     UnknownOp,
     ValueTooLarge,
-    error_from_wire,
 )
 from dynq_client.health import Health, PeerState, sloppy_targets
-from dynq_client.protocol import Reply, Request, short_repr
+from dynq_client.protocol import Reply, Request, reply_error, short_repr
 from dynq_client.ring import Ring, RingError
 from dynq_client.routing import RoutingTable
 from dynq_client.transport import RequestMux, configure_socket
@@ -78,6 +76,9 @@ from .cluster.membership import (
 from .repair.anti_entropy import AntiEntropy
 from .ops.metrics import Latencies, render_prometheus, serve_metrics
 from .security import GOSSIP_DOMAIN, REQUEST_DOMAIN, NodeSecurity
+from .server.peers import PeerLink, relay
+from .server.ports import ReplyCallback, ignore_reply
+from .server.stats import Stats
 from .store.storage import Storage
 from .cluster.transfers import PartitionTransfers
 
@@ -86,6 +87,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[["Responder", Request], None]
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: enum.Flag arithmetic is slow on the hot path
+
+DEEP_PING_TIMEOUT_S = 1.0  # a peer that does not answer a ping within this is not "reachable"
+STATE_TIMEOUT_S = 2.0  # cluster state pulls and pushes (small; gossip repeats them anyway)
 
 CLIENT_OPS = frozenset({p.OP_PING, p.OP_ROUTING_TABLE, p.OP_GET, p.OP_PUT, p.OP_DELETE, p.OP_READ_REPAIR, p.OP_STATS})
 """What a client key may ask for under CURVE; every other op needs a peer (node or operator) key."""
@@ -133,45 +137,6 @@ class Responder:
             del node.in_flight_by_connection[self.ident]
         self.node.latencies.observe(self.op, time.perf_counter() - self.started)
         return True
-
-
-MAX_BATCH_ITEMS = 1000
-"""Replica writes per batch message (well under the decoder's container limit)."""
-
-
-class _Batch:
-    """Replica writes for one peer, collected during one loop pass."""
-
-    __slots__ = ("items", "callbacks", "size", "timeout")
-
-    def __init__(self, timeout: float) -> None:
-        self.items: list[dict[str, Any]] = []  # replica_put bodies
-        self.callbacks: list[Callable[[Reply | None, DynqError | None], None]] = []  # one per item
-        self.size = 0  # object bytes so far: a batch stays well under the message limit
-        self.timeout = timeout
-
-
-class Stats:
-    """Counters exposed by the ``stats`` op."""
-
-    def __init__(self) -> None:
-        self.requests: collections.Counter[str] = collections.Counter()  # per op
-        self.errors: collections.Counter[str] = collections.Counter()  # per error code
-        self.dropped_frames = 0  # undecodable messages without a readable id
-        self.dropped_replies = 0  # replies the ROUTER could not queue (client gone / HWM)
-        self.sibling_warnings = 0
-        self.hinted_writes = 0  # puts this node coordinated that used a fallback
-        self.hints_stored = 0  # hinted writes this node took as a fallback
-        self.hints_refused = 0  # hinted writes refused because the hint store was full
-        self.read_repairs = 0  # repairs this node sent as a read coordinator
-        self.read_repairs_received = 0  # repairs clients sent to this node
-        self.replica_batches = 0  # replica_put messages sent (batched per peer and loop pass)
-        self.replica_batch_items = 0  # replica writes they carried
-        self.stray_writes = 0  # replica writes for keys this node does not replicate (old ring)
-        self.forbidden = 0  # requests refused for the sender's key (CURVE)
-        self.overloaded = 0  # requests refused because their connection had too many in flight
-        self.marked_down_by_gossip = 0  # peers the failure detector declared down
-        self.state_pulls = 0  # newer cluster states fetched after a heartbeat
 
 
 class Node:
@@ -226,12 +191,11 @@ class Node:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.context: zmq.Context[Any] | None = None
         self.router: zmq.Socket[Any] | None = None
-        self.peers: RequestMux | None = None
+        self.mux: RequestMux | None = None  # DEALERs to the peers
+        self.peers: PeerLink | None = None  # requests to the peers, over the mux
         self._stopping: asyncio.Event | None = None
         self._router_check_scheduled = False  # a _check_router is queued on the loop
         self._closing = False  # shutting down: new requests are refused as unavailable
-        self._outbox: dict[str, _Batch] = {}  # replica writes waiting for the end of this loop pass
-        self._outbox_scheduled = False
         self._backup_pages = 0  # progress of the running backup
         self._member_names = {m.name for m in self.state.members}
         self.health = Health(timeouts_to_down=2)  # this node's view of its peers
@@ -336,18 +300,18 @@ class Node:
 
     def _sync_peers(self) -> None:
         """Connect to every member (and subscribe to its gossip); drop departed ones."""
-        if self.peers is None or self.gossip is None:
+        if self.mux is None or self.gossip is None:
             return
         wanted = {m.name: m.address for m in self.state.members if m.name != self.name}
         assert self.loop is not None
         for name, address in wanted.items():
-            self.peers.connect(name, address)
+            self.mux.connect(name, address)
             self.gossip.subscribe(name, gossip_address(address))
             if self.detector.last_heard(name) is None:  # silence from now on counts, too
                 self.detector.heartbeat(name, self.loop.time())
-        for name in self.peers.connected_names():
+        for name in self.mux.connected_names():
             if name not in wanted and not name.startswith("~"):
-                self.peers.disconnect(name)
+                self.mux.disconnect(name)
         for name in self.gossip.subscribed():
             if name not in wanted and not name.startswith("~"):
                 self.gossip.unsubscribe(name)
@@ -396,10 +360,12 @@ class Node:
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot listen on {self.config.listen}: {exc}") from exc
         security = self.security
-        self.peers = RequestMux(
+        self.mux = RequestMux(
             self.loop, context=self.context, limits=self.limits, connect_grace=0.5, health=self.health,
             socket_setup=security.own.apply if security else None,
         )
+        self.peers = PeerLink(self.loop, self.mux, self.health, self.stats, name=self.name, limits=self.limits,
+                              timeout_s=self._replica_timeout)
         try:
             self.gossip = Gossip(
                 self.loop, self.context, gossip_address(self.config.listen), self._on_heartbeat,
@@ -490,8 +456,8 @@ class Node:
         if self._metrics_server is not None:
             self._metrics_server.close()
         self.storage.flush()
-        if self.peers is not None:
-            self.peers.close()
+        if self.mux is not None:
+            self.mux.close()
         if self.gossip is not None:
             self.gossip.close()
         self.router.close(0)
@@ -648,100 +614,25 @@ class Node:
                 mine = merge(self.storage.current(key), merged)
                 self.stage_local(key, mine, encode_object(mine), lambda err: None)
             else:
-                self.send(target, p.OP_REPLICA_PUT, {"k": key, "ob": blob}, self._replica_timeout, _ignore)
+                assert self.peers is not None
+                self.peers.replicate(target, key, blob, None, self._replica_timeout, ignore_reply)
 
     def read_local(self, key: bytes) -> bytes | None:
         return self.storage.get_blob(key)
 
-    def send(
-        self,
-        replica: str,
-        op: str,
-        body: dict[str, Any],
-        timeout: float,
-        done: Callable[[Reply | None, DynqError | None], None],
-    ) -> None:
+    def replicate(self, target: str, key: bytes, blob: bytes, hint: str | None, timeout_s: float,
+                  done: ReplyCallback) -> None:
         assert self.peers is not None
-        if op == p.OP_REPLICA_PUT:
-            self._queue_replica_put(replica, body, timeout, done)
-        else:
-            self.peers.request(replica, op, body, timeout, done)
+        self.peers.replicate(target, key, blob, hint, timeout_s, done)
 
-    # --- replica writes, batched per peer and loop pass ----------------------------------
-
-    def _queue_replica_put(
-        self, replica: str, body: dict[str, Any], timeout: float, done: Callable[[Reply | None, DynqError | None], None]
-    ) -> None:
-        """Replica writes made in one loop pass (typically: everything one group commit
-        released) go to each peer as one message, and come back as one reply: one send, one
-        wake-up of each side's I/O thread, one commit on the replica."""
-        batch = self._outbox.get(replica)
-        # Everything that goes into the frame: object, key, hint, msgpack framing.
-        size = len(body.get("ob", b"")) + len(body.get("k", b"")) + len(body.get("h") or "") + 64
-        if batch is not None and (
-            batch.size + size > self.limits.max_message_bytes // 2 or len(batch.items) >= MAX_BATCH_ITEMS
-        ):
-            self._send_batch(replica, self._outbox.pop(replica))
-            batch = None
-        if batch is None:
-            batch = self._outbox[replica] = _Batch(timeout)
-            if not self._outbox_scheduled:
-                self._outbox_scheduled = True
-                assert self.loop is not None
-                self.loop.call_soon(self._flush_outbox)
-        batch.items.append(body)
-        batch.callbacks.append(done)
-        batch.size += size
-        batch.timeout = max(batch.timeout, timeout)  # each coordinator keeps its own deadline
-
-    def _flush_outbox(self) -> None:
-        self._outbox_scheduled = False
-        outbox, self._outbox = self._outbox, {}
-        for replica, batch in outbox.items():
-            self._send_batch(replica, batch)
-
-    def _send_batch(self, replica: str, batch: _Batch) -> None:
+    def fetch(self, target: str, key: bytes, timeout_s: float, done: ReplyCallback) -> None:
         assert self.peers is not None
-        self.stats.replica_batches += 1
-        self.stats.replica_batch_items += len(batch.items)
-        if len(batch.items) == 1:
-            self.peers.request(replica, p.OP_REPLICA_PUT, batch.items[0], batch.timeout, batch.callbacks[0])
-            return
-        callbacks = batch.callbacks
-
-        def each(callback: Callable[[Reply | None, DynqError | None], None], reply: Reply | None,
-                 error: DynqError | None) -> None:
-            try:
-                callback(reply, error)
-            except Exception:  # one broken callback must not leave the others unanswered
-                log.exception("replica write callback failed")
-
-        def done(reply: Reply | None, error: DynqError | None) -> None:
-            results = reply.body.get("r") if reply is not None and reply.ok else None
-            if reply is not None and not reply.ok and (reply.error or {}).get("code") == UnknownOp.code:
-                # A peer that predates batching (rolling upgrade): send the items one by one.
-                for item, callback in zip(batch.items, callbacks):
-                    self.peers.request(replica, p.OP_REPLICA_PUT, item, batch.timeout, callback)  # type: ignore[union-attr]
-            elif error is not None or reply is None or not reply.ok:
-                for callback in callbacks:  # the whole batch failed alike
-                    each(callback, reply, error)
-            elif not isinstance(results, list) or len(results) != len(callbacks):
-                bad = ProtocolError(f"{replica}: batch reply does not match the batch")
-                for callback in callbacks:
-                    each(callback, None, bad)
-            else:
-                for callback, result in zip(callbacks, results):
-                    if result is None:
-                        each(callback, Reply(reply.id, reply.epoch, True, {}), None)
-                    else:
-                        err = result if isinstance(result, dict) else {"code": "protocol", "msg": "bad result"}
-                        each(callback, Reply(reply.id, reply.epoch, False, {}, err), None)
-
-        self.peers.request(replica, p.OP_REPLICA_PUT_BATCH, {"items": batch.items}, batch.timeout, done)
+        self.peers.fetch(target, key, timeout_s, done)
 
     def is_up(self, name: str) -> bool:
         """This node's view: usable for sloppy quorum unless marked down (probes revive it)."""
-        return name == self.name or self.health.state(name) is not PeerState.DOWN
+        assert self.peers is not None
+        return self.peers.is_up(name)
 
     def targets(self, key: bytes) -> tuple[list[tuple[str, str | None]], tuple[str, ...]]:
         """Sloppy-quorum targets of ``key`` (node, hinted_for) and its primaries."""
@@ -750,10 +641,11 @@ class Node:
 
     async def _probe_down_peers(self) -> None:
         """Ping peers marked down, so they are used again as soon as they answer."""
+        assert self.peers is not None
         while True:
             await asyncio.sleep(self.config.probe_interval_ms / 1000)
             for name in self.health.down():
-                self.send(name, p.OP_PING, {}, self.config.probe_interval_ms / 1000, _ignore)
+                self.peers.request(name, p.OP_PING, {}, self.config.probe_interval_ms / 1000, ignore_reply)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
         assert self.loop is not None
@@ -799,8 +691,9 @@ class Node:
 
         if not others:
             responder.ok(dict(body, reachable=[]))
+        assert self.peers is not None
         for name in others:
-            self.send(name, p.OP_PING, {}, 1.0, functools.partial(pong, name))
+            self.peers.request(name, p.OP_PING, {}, DEEP_PING_TIMEOUT_S, functools.partial(pong, name))
 
     def handle_routing_table(self, responder: Responder, req: Request) -> None:
         responder.ok({"table": self.routing_table().to_wire()})
@@ -873,6 +766,9 @@ class Node:
         timeout = self._timeout(req.body)
         errors: dict[str, str] = {}
         body = dict(req.body, fwd=True)  # the receiver coordinates, never forwards again
+        passed_on = relay(responder.outcome)
+        peers = self.peers
+        assert peers is not None
 
         def attempt(i: int) -> None:
             if i >= len(reachable):
@@ -883,19 +779,15 @@ class Node:
                 responder.fail(Unavailable(f"no primary of the key is reachable: {errors}"))
                 return
 
-            def relay(reply: Reply | None, error: DynqError | None) -> None:
+            def done(reply: Reply | None, error: DynqError | None) -> None:
                 if not_executed(reply, error):  # next primary
-                    errors[reachable[i]] = error.message if error else error_from_wire(
-                        reply.error if reply is not None else None).message
+                    failure = reply_error(reply, error)
+                    errors[reachable[i]] = failure.message if failure else ""
                     attempt(i + 1)
-                elif error is not None:
-                    responder.fail(error)
-                elif reply is not None and not reply.ok:
-                    responder.fail(error_from_wire(reply.error))
                 else:
-                    responder.ok(reply.body if reply else {})
+                    passed_on(reply, error)
 
-            self.send(reachable[i], req.op, body, timeout, relay)
+            peers.request(reachable[i], req.op, body, timeout, done)
 
         attempt(0)
         return True
@@ -1119,7 +1011,7 @@ class Node:
                 self.health.unreachable(name, now)
 
     def _on_heartbeat(self, heartbeat: Heartbeat) -> None:
-        assert self.loop is not None and self.peers is not None
+        assert self.loop is not None and self.mux is not None
         name = heartbeat.name
         if name == self.name:
             return
@@ -1134,7 +1026,7 @@ class Node:
             if peer.startswith("~"):
                 if not heartbeat.address.startswith(("tcp://", "ipc://")):
                     return
-                self.peers.connect(peer, heartbeat.address)
+                self.mux.connect(peer, heartbeat.address)
             self._pull_state(peer)
 
     def _pull_state(self, peer: str) -> None:
@@ -1152,15 +1044,17 @@ class Node:
                 return
             self.offer_state(state, f"gossip from {peer}")
 
-        self.send(peer, p.OP_CLUSTER_STATE, {}, 2.0, got)
+        assert self.peers is not None
+        self.peers.request(peer, p.OP_CLUSTER_STATE, {}, STATE_TIMEOUT_S, got)
 
     def _push_state(self) -> None:
         """After a change made here, tell every member at once (gossip would, a round later).
         A node that just left hears of it by gossip, or in the reply to its next report."""
+        assert self.peers is not None
         body = {"state": self.state.to_wire()}
         for name in sorted(m.name for m in self.state.members):
             if name != self.name:
-                self.send(name, p.OP_CLUSTER_STATE, body, 2.0, _ignore)
+                self.peers.request(name, p.OP_CLUSTER_STATE, body, STATE_TIMEOUT_S, ignore_reply)
 
     # --- handlers: membership --------------------------------------------------------------
 
@@ -1182,32 +1076,32 @@ class Node:
             raise Unavailable("the nodes disagree on who the claimant is (the cluster state is still spreading); retry")
         body = dict(req.body, hops=hops + 1)
 
-        def relay(reply: Reply | None, error: DynqError | None) -> None:
-            if error is not None:
-                if isinstance(error, (Unavailable, Timeout)):
-                    responder.fail(Unavailable(
-                        f"the claimant {boss} (which makes membership changes) is unreachable: {error.message}"))
-                else:
-                    responder.fail(error)
-            elif reply is not None and not reply.ok:
-                responder.fail(error_from_wire(reply.error))
-            else:
-                body = reply.body if reply is not None else {}
-                if isinstance(body.get("state"), dict):
-                    try:
-                        self.offer_state(ClusterState.from_wire(body["state"]), f"from the claimant {boss}")
-                    except MembershipError:
-                        pass
-                responder.ok(body)
+        def unreachable(error: DynqError) -> DynqError:
+            if isinstance(error, (Unavailable, Timeout)):
+                return Unavailable(f"the claimant {boss} (which makes membership changes) is unreachable: {error.message}")
+            return error
 
-        self.send(boss, req.op, body, self._timeout(req.body), relay)
+        def learn(body: dict[str, Any]) -> dict[str, Any]:
+            self._learn_from_claimant(boss, body)
+            return body
+
+        assert self.peers is not None
+        self.peers.request(boss, req.op, body, self._timeout(req.body),
+                           relay(responder.outcome, body=learn, unreachable=unreachable))
         return True
+
+    def _learn_from_claimant(self, boss: str, body: dict[str, Any]) -> None:
+        if isinstance(body.get("state"), dict):
+            try:
+                self.offer_state(ClusterState.from_wire(body["state"]), f"from the claimant {boss}")
+            except MembershipError as exc:
+                log.warning("the claimant sent an unusable state: %s", exc)
 
     def handle_cluster_join(self, responder: Responder, req: Request) -> None:
         """Sent to a new node: ask the cluster that ``cluster`` (an address) belongs to to
         take this node in. The join is staged; `cluster commit` makes it happen."""
         address = p.get_str(req.body, "cluster")
-        assert address is not None and self.peers is not None
+        assert address is not None
         if not address.startswith(("tcp://", "ipc://")):
             raise InvalidRequest(f"'cluster' must be a node address like tcp://HOST:PORT, got {address!r:.80}")
         if address == self.config.listen:
@@ -1219,30 +1113,23 @@ class Node:
         if self.storage.count():
             raise InvalidRequest(f"{self.name} holds {self.storage.count()} keys; only an empty node can join a cluster")
         channel = "~" + address
-        self.peers.connect(channel, address)
+        assert self.mux is not None and self.peers is not None
+        self.mux.connect(channel, address)
 
-        def joined(reply: Reply | None, error: DynqError | None) -> None:
-            if error is not None:
-                responder.fail(error)
-                return
-            assert reply is not None
-            if not reply.ok:
-                responder.fail(error_from_wire(reply.error))
-                return
+        def joined(body: dict[str, Any]) -> dict[str, Any]:
             try:
-                state = ClusterState.from_wire(reply.body.get("state"))
+                state = ClusterState.from_wire(body.get("state"))
             except MembershipError as exc:
-                responder.fail(ProtocolError(f"{address} answered with an unusable cluster state: {exc}"))
-                return
+                raise ProtocolError(f"{address} answered with an unusable cluster state: {exc}") from exc
             if state.ring.q != self.ring.q:
                 log.info("joining a cluster with q = %d (this node's config says %d; the cluster's wins)",
                          state.ring.q, self.ring.q)
             self.adopt(state, f"joining via {address}")
-            responder.ok({"claimant": claimant(state), "members": [m.name for m in state.members],
-                          "staged": reply.body.get("staged")})
+            return {"claimant": claimant(state), "members": [m.name for m in state.members],
+                    "staged": body.get("staged")}
 
-        self.send(channel, p.OP_MEMBER_JOIN, {"member": member_to_wire(self.config.self_member)},
-                  self._timeout(req.body), joined)
+        self.peers.request(channel, p.OP_MEMBER_JOIN, {"member": member_to_wire(self.config.self_member)},
+                           self._timeout(req.body), relay(responder.outcome, body=joined))
 
     def handle_member_join(self, responder: Responder, req: Request) -> None:
         member = member_from_wire(req.body.get("member"))
@@ -1314,26 +1201,10 @@ class Node:
         if boss == self.name and op == p.OP_TRANSFER_DONE:
             raw = body["t"]
             return self.record_transfer_done(Transfer(raw[0], raw[1], raw[2]))
-        assert self.loop is not None
-        future: asyncio.Future[tuple[Reply | None, DynqError | None]] = self.loop.create_future()
-
-        def done(reply: Reply | None, error: DynqError | None) -> None:
-            if not future.done():
-                future.set_result((reply, error))
-
-        self.send(boss, op, body, self._replica_timeout, done)
-        reply, error = await future
-        if error is not None:
-            raise error
-        assert reply is not None
-        if not reply.ok:
-            raise error_from_wire(reply.error)
-        if isinstance(reply.body.get("state"), dict):
-            try:
-                self.offer_state(ClusterState.from_wire(reply.body["state"]), f"from the claimant {boss}")
-            except MembershipError as exc:
-                log.warning("the claimant sent an unusable state: %s", exc)
-        return reply.body
+        assert self.peers is not None
+        reply = await self.peers.call(boss, op, body)
+        self._learn_from_claimant(boss, reply)
+        return reply
 
     def handle_transfers(self, responder: Responder, req: Request) -> None:
         """This node's outgoing transfers, and the cluster's pending ones as it knows them."""
@@ -1421,10 +1292,6 @@ def _user_id(frame: zmq.Frame) -> str | None:
     except zmq.ZMQError:
         return None
     return user if isinstance(user, str) else None
-
-
-def _ignore(reply: Reply | None, error: DynqError | None) -> None:
-    """Callback for fire-and-forget requests (repairs, probes): health already saw the outcome."""
 
 
 def run_node(config: NodeConfig) -> None:

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dynq_client import protocol as p
-from dynq_client.errors import DynqError, error_from_wire
-from dynq_client.protocol import Reply
+from dynq_client.errors import DynqError
 
 from .membership import Transfer
 
@@ -203,21 +202,11 @@ class PartitionTransfers:
 
     async def _request(self, transfer: Transfer, op: str, body: dict[str, Any]) -> dict[str, Any]:
         """One request to the transfer's target; TransferFailed unless it succeeded."""
-        node = self.node
-        future: asyncio.Future[tuple[Reply | None, DynqError | None]] = asyncio.get_running_loop().create_future()
-
-        def done(reply: Reply | None, error: DynqError | None) -> None:
-            if not future.done():
-                future.set_result((reply, error))
-
-        node.send(transfer.target, op, body, node.config.request_timeout_ms / 1000, done)
-        reply, error = await future
-        if error is None and reply is not None and not reply.ok:
-            error = error_from_wire(reply.error)
-        if error is not None or reply is None:
-            message = f"{error.code}: {error.message}" if error is not None else "no reply"
-            raise TransferFailed(f"{transfer.describe()}: {message}")
-        return reply.body
+        assert self.node.peers is not None
+        try:
+            return await self.node.peers.call(transfer.target, op, body)
+        except DynqError as exc:
+            raise TransferFailed(f"{transfer.describe()}: {exc.code}: {exc.message}") from exc
 
     async def _send(self, transfer: Transfer, rows: list[tuple[bytes, bytes]], progress: Progress) -> None:
         node = self.node

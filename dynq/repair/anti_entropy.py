@@ -39,15 +39,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from dynq_client import protocol as p
-from dynq_client.errors import (
-    DynqError,
-    InvalidRequest,
-    ProtocolError,
-    StorageError,
-    Unavailable,
-    error_from_wire,
-)
-from dynq_client.protocol import Reply, Request
+from dynq_client.errors import DynqError, InvalidRequest, ProtocolError, StorageError, Unavailable
+from dynq_client.protocol import Request
 from dynq_client.versions import decode_object, encode_object, merge
 
 from .merkle import HASH_BYTES, differing_children, diff_keys, hash_bytes, hash_int
@@ -303,8 +296,9 @@ class AntiEntropy:
 
     async def _merge_and_push(self, peer: str, keys: list[bytes], theirs_blobs: dict[bytes, bytes | None],
                               st: ExchangeStats) -> None:
-        node, loop = self.node, asyncio.get_running_loop()
-        waits: list[asyncio.Future[DynqError | None]] = []
+        node, loop, peers = self.node, asyncio.get_running_loop(), self.node.peers
+        assert peers is not None
+        waits: list[asyncio.Future[Any]] = []
         for chunk in _chunks(keys, OBJECT_BATCH):
             pushes: list[tuple[bytes, bytes]] = []
             for key in chunk:
@@ -316,7 +310,7 @@ class AntiEntropy:
                 merged = merge(mine, theirs)
                 merged_blob = blob if blob is not None and merged == theirs else encode_object(merged)
                 if merged != mine:
-                    local: asyncio.Future[DynqError | None] = loop.create_future()
+                    local: asyncio.Future[StorageError | None] = loop.create_future()
                     node.stage_local(key, merged, merged_blob, _resolver(local))
                     waits.append(local)
                     st.keys_received += 1
@@ -324,36 +318,21 @@ class AntiEntropy:
                     pushes.append((key, merged_blob))
             await self.limiter.take(len(pushes), sum(len(b) for _, b in pushes))
             for key, merged_blob in pushes:  # sent in one loop pass: one batch message
-                sent: asyncio.Future[DynqError | None] = loop.create_future()
-                body = {"k": key, "ob": merged_blob}
                 st.bytes_sent += len(merged_blob) + len(key) + 16
-                node.send(peer, p.OP_REPLICA_PUT, body, self.timeout, _reply_resolver(sent))
-                waits.append(sent)
+                waits.append(peers.call_replicate(peer, key, merged_blob, None, self.timeout))
                 st.keys_sent += 1
-        for error in await asyncio.gather(*waits):
-            if error is not None:
-                raise error
+        for outcome in await asyncio.gather(*waits, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if isinstance(outcome, DynqError):  # a local commit that failed
+                raise outcome
 
     async def _call(self, peer: str, op: str, body: dict[str, Any], st: ExchangeStats,
                     timeout: float | None = None) -> dict[str, Any]:
-        """One request to a peer as an awaitable; an error reply raises it."""
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-        def done(reply: Reply | None, error: DynqError | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            elif reply is None:
-                future.set_exception(ProtocolError(f"{peer}: no reply"))
-            elif not reply.ok:
-                future.set_exception(error_from_wire(reply.error))
-            else:
-                future.set_result(reply.body)
-
+        """One request to a peer, its bytes counted; an error reply raises it."""
+        assert self.node.peers is not None
         st.bytes_sent += len(p.packb(body))
-        self.node.send(peer, op, body, self.timeout if timeout is None else timeout, done)
-        result = await future
+        result = await self.node.peers.call(peer, op, body, self.timeout if timeout is None else timeout)
         st.bytes_received += len(p.packb(result))
         return result
 
@@ -623,18 +602,8 @@ def _served_segments(body: dict[str, Any], peer: str, asked: set[int]) -> dict[i
     return out
 
 
-def _resolver(future: asyncio.Future[DynqError | None]) -> Callable[[StorageError | None], None]:
+def _resolver(future: asyncio.Future[StorageError | None]) -> Callable[[StorageError | None], None]:
     def done(error: StorageError | None) -> None:
         if not future.done():
             future.set_result(error)
-    return done
-
-
-def _reply_resolver(future: asyncio.Future[DynqError | None]) -> Callable[[Reply | None, DynqError | None], None]:
-    def done(reply: Reply | None, error: DynqError | None) -> None:
-        if future.done():
-            return
-        if error is None and reply is not None and not reply.ok:
-            error = error_from_wire(reply.error)
-        future.set_result(error)
     return done

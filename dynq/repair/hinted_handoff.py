@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from dynq_client import protocol as p
-from dynq_client.errors import DynqError
-from dynq_client.protocol import Reply
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -75,32 +72,25 @@ class HintedHandoff:
 
     async def replay_batch(self, target: str) -> int:
         """Send one batch of hints to ``target``; returns how many were delivered."""
-        node, storage = self.node, self.node.storage
-        loop = asyncio.get_running_loop()
+        node, storage, peers = self.node, self.node.storage, self.node.peers
+        assert peers is not None
         batch = storage.hint_batch(target, node.config.replay_batch)
         if not batch:
             return 0
         self.batches += 1
-        pending: list[tuple[bytes, int, bytes, list[asyncio.Future[bool]]]] = []
+        pending: list[tuple[bytes, int, bytes, list[asyncio.Future[dict[str, Any]]]]] = []
         for key, seq in batch:
             blob = storage.get_blob(key)
             if blob is None:  # nothing to hand over (cannot happen unless the row was removed by hand)
                 storage.hint_delivered(target, key, seq, b"", drop_copy=False)
                 continue
-            futures: list[asyncio.Future[bool]] = []
-            for replica in self.recipients(target, key):
-                future: asyncio.Future[bool] = loop.create_future()
-
-                def done(reply: Reply | None, error: DynqError | None, future: asyncio.Future[bool] = future) -> None:
-                    if not future.done():
-                        future.set_result(error is None and reply is not None and reply.ok)
-
-                node.send(replica, p.OP_REPLICA_PUT, {"k": key, "ob": blob}, node.config.request_timeout_ms / 1000, done)
-                futures.append(future)
+            # sent now, in one loop pass: one batch message per recipient
+            futures = [peers.call_replicate(replica, key, blob) for replica in self.recipients(target, key)]
             pending.append((key, seq, blob, futures))
         delivered = 0
         for key, seq, blob, futures in pending:
-            if all([await future for future in futures]):
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            if not any(isinstance(outcome, BaseException) for outcome in outcomes):
                 replica_here = node.state.is_replica(node.name, node.ring.partition_for(key))
                 if storage.hint_delivered(target, key, seq, blob, drop_copy=not replica_here):
                     delivered += 1

@@ -46,7 +46,17 @@ class FakeReplicas:
     def read_local(self, key: bytes) -> bytes | None:
         return self.local
 
-    def send(self, replica: str, op: str, body: dict[str, Any], timeout: float, done: Callable[[Reply | None, DynqError | None], None]) -> None:
+    def replicate(self, target: str, key: bytes, blob: bytes, hint: str | None, timeout_s: float,
+                  done: Callable[[Reply | None, DynqError | None], None]) -> None:
+        self._sent(target, "replica_put", {"k": key, "ob": blob} if hint is None else {"k": key, "ob": blob, "h": hint},
+                   done)
+
+    def fetch(self, target: str, key: bytes, timeout_s: float, done: Callable[[Reply | None, DynqError | None], None]
+              ) -> None:
+        self._sent(target, "replica_get", {"k": key}, done)
+
+    def _sent(self, replica: str, op: str, body: dict[str, Any], done: Callable[[Reply | None, DynqError | None], None]
+              ) -> None:
         self.sent[replica] = done
         self.sent_ops.append(op)
         self.bodies[replica] = body
