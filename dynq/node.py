@@ -26,26 +26,23 @@ import zmq
 from dynq_client import protocol as p
 from dynq_client.errors import (
     DynqError,
-    Forbidden,
     InternalError,
     InvalidContext,
     InvalidRequest,
     KeyTooLarge,
     NotEnoughReplicas,
-    Overloaded,
     ProtocolError,
     StorageError,
     Timeout,
     TooManySiblings,
     Unavailable,
-    UnknownOp,
     ValueTooLarge,
 )
 from dynq_client.health import Health, PeerState, sloppy_targets
-from dynq_client.protocol import Reply, Request, reply_error, short_repr
+from dynq_client.protocol import Reply, Request, reply_error
 from dynq_client.ring import Ring, RingError
 from dynq_client.routing import RoutingTable
-from dynq_client.transport import RequestMux, configure_socket
+from dynq_client.transport import RequestMux
 from dynq_client.versions import (
     VersionedObject,
     decode_context,
@@ -75,68 +72,25 @@ from .cluster.membership import (
 )
 from .repair.anti_entropy import AntiEntropy
 from .ops.metrics import Latencies, render_prometheus, serve_metrics
-from .security import GOSSIP_DOMAIN, REQUEST_DOMAIN, NodeSecurity
+from .security import GOSSIP_DOMAIN, NodeSecurity
 from .server.peers import PeerLink, relay
+from .server.ports import Handler
+from .server.responder import Responder, guarded
+from .server.router import RequestServer
+from .server.runtime import Runtime
+from .server.services import ServiceGroup
 from .server.ports import ReplyCallback, ignore_reply
 from .server.stats import Stats
 from .store.storage import Storage
-from .cluster.transfers import PartitionTransfers
+from .cluster.transfers import RETRY_MAX_S, PartitionTransfers
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[["Responder", Request], None]
-
-_POLLIN = int(zmq.POLLIN)  # a plain int: enum.Flag arithmetic is slow on the hot path
 
 DEEP_PING_TIMEOUT_S = 1.0  # a peer that does not answer a ping within this is not "reachable"
 STATE_TIMEOUT_S = 2.0  # cluster state pulls and pushes (small; gossip repeats them anyway)
 
 CLIENT_OPS = frozenset({p.OP_PING, p.OP_ROUTING_TABLE, p.OP_GET, p.OP_PUT, p.OP_DELETE, p.OP_READ_REPAIR, p.OP_STATS})
 """What a client key may ask for under CURVE; every other op needs a peer (node or operator) key."""
-
-
-class Responder:
-    """The one reply a request gets. Replying twice is a bug and is ignored (and logged)."""
-
-    __slots__ = ("node", "ident", "req_id", "op", "started", "done")
-
-    def __init__(self, node: Node, ident: bytes, req_id: int, op: str) -> None:
-        self.node = node
-        self.ident = ident  # ROUTER identity of the sender
-        self.req_id = req_id
-        self.op = op
-        self.started = time.perf_counter()
-        self.done = False
-
-    def ok(self, body: dict[str, Any]) -> None:
-        if self._finish():
-            self.node._send_reply(self.ident, p.encode_reply(self.req_id, self.node.ring.epoch, body))
-
-    def fail(self, error: DynqError) -> None:
-        if self._finish():
-            self.node.stats.errors[error.code] += 1
-            self.node._send_reply(self.ident, p.encode_error(self.req_id, self.node.ring.epoch, error))
-
-    def outcome(self, body: dict[str, Any] | None, error: DynqError | None) -> None:
-        if error is not None:
-            self.fail(error)
-        else:
-            self.ok(body or {})
-
-    def _finish(self) -> bool:
-        if self.done:
-            log.error("second reply to request %d (%s) suppressed", self.req_id, self.op)
-            return False
-        self.done = True
-        node = self.node
-        node.in_flight -= 1
-        left = node.in_flight_by_connection[self.ident] - 1
-        if left:
-            node.in_flight_by_connection[self.ident] = left
-        else:  # the map holds only connections with requests in flight
-            del node.in_flight_by_connection[self.ident]
-        self.node.latencies.observe(self.op, time.perf_counter() - self.started)
-        return True
 
 
 class Node:
@@ -162,8 +116,6 @@ class Node:
         self.stats = Stats()
         self.latencies = Latencies()  # per-op request latency histograms
         self._metrics_server: asyncio.AbstractServer | None = None
-        self.in_flight = 0  # requests received and not yet answered
-        self.in_flight_by_connection: dict[bytes, int] = {}  # ROUTER identity -> its share of in_flight
         self.started = time.time()
         self.handlers: dict[str, Handler] = {
             p.OP_PING: self.handle_ping,
@@ -189,13 +141,12 @@ class Node:
             p.OP_TRANSFERS: self.handle_transfers,
         }
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.context: zmq.Context[Any] | None = None
-        self.router: zmq.Socket[Any] | None = None
+        self.runtime: Runtime | None = None  # context, ROUTER, peer mux
+        self.server: RequestServer | None = None  # requests in, replies out
+        self.group: ServiceGroup | None = None  # background loops and request-bound tasks
         self.mux: RequestMux | None = None  # DEALERs to the peers
         self.peers: PeerLink | None = None  # requests to the peers, over the mux
         self._stopping: asyncio.Event | None = None
-        self._router_check_scheduled = False  # a _check_router is queued on the loop
-        self._closing = False  # shutting down: new requests are refused as unavailable
         self._backup_pages = 0  # progress of the running backup
         self._member_names = {m.name for m in self.state.members}
         self.health = Health(timeouts_to_down=2)  # this node's view of its peers
@@ -206,9 +157,7 @@ class Node:
         self._left = False  # this node left the cluster: it exits once it handed everything off
         self._replica_timeout = config.request_timeout_ms / 1000
         self.handoff: HintedHandoff | None = None
-        self._background: list[asyncio.Task[None]] = []
         self.anti_entropy = AntiEntropy(self)  # Merkle trees, exchange, repair loop, reaping
-        self.handlers.update(self.anti_entropy.handlers())
 
     # --- ring --------------------------------------------------------------------------
 
@@ -275,6 +224,8 @@ class Node:
         self.storage.set_meta("cluster", p.packb(state.to_wire()))
         self.state = state
         self.ring = state.ring
+        if self.server is not None:
+            self.server.epoch = state.ring.epoch
         self._member_names = {m.name for m in state.members}
         log.info("cluster state %d -> %d (%s): %d members, %d transfers pending%s",
                  old.version, state.version, reason, len(state.ring.members), len(state.transfers),
@@ -284,8 +235,8 @@ class Node:
         if self.name in old.leaving and not self.is_member and not self._left:
             self._left = True
             log.info("%s has left the cluster; handing off what remains, then exiting", self.name)
-            assert self.loop is not None
-            self._background.append(self.loop.create_task(self._exit_when_handed_off()))
+            assert self.group is not None
+            self.group.spawn(self._exit_when_handed_off(), "exit when handed off")
 
     def offer_state(self, state: ClusterState, reason: str) -> bool:
         """Gossip merge: adopt ``state`` if it is newer and concerns this node (a node that
@@ -342,48 +293,40 @@ class Node:
 
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
         """Bind, connect to peers, and serve until :meth:`stop` (or SIGTERM/SIGINT)."""
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self.context = zmq.Context()
-        if self.security is not None:  # before any bind: without a ZAP handler libzmq lets anyone in
-            self.security.start(self.context)
-        self.router = self.context.socket(zmq.ROUTER)
-        configure_socket(self.router, self.limits, hwm=self.config.socket_hwm)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # A reply that cannot be queued (sender gone, or its queue at socket_hwm because it
-        # does not read) raises instead of vanishing silently, so it is counted.
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        if self.security is not None:
-            self.security.serve(self.router, REQUEST_DOMAIN)
-        try:
-            self.router.bind(self.config.listen)
-        except zmq.ZMQError as exc:
-            raise ConfigError(f"cannot listen on {self.config.listen}: {exc}") from exc
         security = self.security
-        self.mux = RequestMux(
-            self.loop, context=self.context, limits=self.limits, connect_grace=0.5, health=self.health,
-            socket_setup=security.own.apply if security else None,
-        )
-        self.peers = PeerLink(self.loop, self.mux, self.health, self.stats, name=self.name, limits=self.limits,
+        self.runtime = runtime = Runtime.open(loop, self.config, security, self.health)
+        self.mux = runtime.mux
+        self.peers = PeerLink(loop, runtime.mux, self.health, self.stats, name=self.name, limits=self.limits,
                               timeout_s=self._replica_timeout)
         try:
             self.gossip = Gossip(
-                self.loop, self.context, gossip_address(self.config.listen), self._on_heartbeat,
+                loop, runtime.context, gossip_address(self.config.listen), self._on_heartbeat,
                 secure_pub=(lambda sock: security.serve(sock, GOSSIP_DOMAIN)) if security else None,
                 secure_sub=security.own.apply if security else None,
             )
         except (zmq.ZMQError, ValueError) as exc:
+            runtime.close()
             raise ConfigError(f"cannot bind gossip for {self.config.listen}: {exc}") from exc
+        runtime.own(self.gossip.close)
+        self.server = RequestServer(
+            loop, runtime.router, self.stats, self.latencies, name=self.name, limits=self.limits,
+            max_in_flight_per_connection=self.config.max_in_flight_per_connection, security=security,
+            epoch=self.ring.epoch,
+        )
+        self.server.register(self.handlers, CLIENT_OPS)
+        self.server.register(self.anti_entropy.handlers())
         self._sync_peers()
         known = {m.address for m in self.state.members}
         for seed in self.config.seeds:
             if seed not in known:  # bootstrap only: listen to it until it is a member
                 self.gossip.subscribe("~" + seed, gossip_address(seed))
         self.storage.start_checkpointer(self.config.checkpoint_interval_ms, self.config.wal_limit_mb * 1024 * 1024)
-        self.loop.add_reader(self.router.fileno(), self._drain_router)
+        self.server.start()
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
             try:
-                self.loop.add_signal_handler(sig, handler)
+                loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError):  # not the main thread (tests in-process)
                 pass
         log.info(
@@ -392,13 +335,12 @@ class Node:
             self.ring.n, self.ring.q,
         )
         self.handoff = HintedHandoff(self)
-        self._background = [
-            self.loop.create_task(self._probe_down_peers()),
-            self.loop.create_task(self.handoff.run()),
-            self.loop.create_task(self._gossip_loop()),
-            self.loop.create_task(self.transfers.run()),
-            self.loop.create_task(self.anti_entropy.run()),
-        ]
+        self.group = group = ServiceGroup(loop)
+        group.add("probe of down peers", self._probe_down_peers)
+        group.add("hinted handoff", self.handoff.run)
+        group.add("gossip", self._gossip_loop)
+        group.add("transfers", self.transfers.run, restart_delay_s=RETRY_MAX_S)
+        group.add("anti-entropy", self.anti_entropy.run)
         if self.config.metrics_port:
             self._metrics_server = await serve_metrics(
                 self.config.metrics_host, self.config.metrics_port,
@@ -407,13 +349,17 @@ class Node:
             log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.config.metrics_port)
         interval = sdnotify.watchdog_interval()
         if interval is not None:
-            self._background.append(self.loop.create_task(self._watchdog(interval)))
+            group.add("systemd watchdog", functools.partial(self._watchdog, interval))
         sdnotify.notify("READY=1", f"STATUS=serving on {self.config.listen}, ring epoch {self.ring.epoch}")
         if ready is not None:
             ready()
         await self._stopping.wait()
         sdnotify.notify("STOPPING=1", f"STATUS=stopping: {self.in_flight} requests in flight")
         await self._shutdown()
+
+    @property
+    def in_flight(self) -> int:
+        return self.server.in_flight if self.server is not None else 0
 
     async def _watchdog(self, interval: float) -> None:
         """Tell systemd the event loop is alive; a wedged loop stops these and gets restarted."""
@@ -442,138 +388,21 @@ class Node:
 
     async def _shutdown(self) -> None:
         """Stop taking requests, let those in flight finish (bounded), flush, close."""
-        assert self.loop is not None and self.router is not None and self.context is not None
+        assert self.loop is not None and self.server is not None and self.runtime is not None
+        assert self.group is not None
         log.info("node %s stopping: %d requests in flight", self.name, self.in_flight)
-        # New requests are now answered "unavailable" (never executed), so clients and peers
-        # go to another replica at once instead of waiting for a node that will not answer.
-        self._closing = True
-        for task in self._background:
-            task.cancel()
-        deadline = self.loop.time() + self.config.request_timeout_ms / 1000
-        while self.in_flight > 0 and self.loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        self.loop.remove_reader(self.router.fileno())
+        self.server.refuse_new()
+        timeout = self.config.request_timeout_ms / 1000
+        deadline = self.loop.time() + timeout
+        await self.group.stop(timeout)
+        await self.server.drain(deadline - self.loop.time())
+        self.server.stop_reading()
         if self._metrics_server is not None:
             self._metrics_server.close()
         self.storage.flush()
-        if self.mux is not None:
-            self.mux.close()
-        if self.gossip is not None:
-            self.gossip.close()
-        self.router.close(0)
+        self.runtime.close()
         self.storage.close()
-        if self.security is not None:
-            self.security.stop()
-        self.context.term()
         log.info("node %s stopped", self.name)
-
-    # --- the ROUTER ----------------------------------------------------------------------
-
-    def _drain_router(self) -> None:
-        router, security = self.router, self.security
-        assert router is not None
-        while True:
-            try:
-                if security is None:
-                    frames = router.recv_multipart(zmq.NOBLOCK)
-                    ident, frame, role = frames[0], frames[-1], "peer"
-                else:  # under CURVE, frames (not bytes) carry the sender's User-Id: role and key
-                    parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    frames = [part.bytes for part in parts]
-                    ident, frame = frames[0], frames[-1]
-                    role = security.role_of(_user_id(parts[-1])) or "none"
-            except zmq.Again:
-                return
-            except zmq.ZMQError as exc:
-                log.warning("router recv failed: %s", exc)
-                return
-            if len(frames) != 2:
-                self.stats.dropped_frames += 1
-                if len(frames) > 2:  # the sender is reachable: tell it what went wrong
-                    self._send_reply(ident, p.encode_error(0, self.ring.epoch, p.BadRequest(
-                        f"a request is one frame; got {len(frames) - 1}")))
-                continue
-            self._dispatch(ident, frame, role)
-
-    def _dispatch(self, ident: bytes, frame: bytes, role: str = "peer") -> None:
-        try:
-            request = p.decode_request(frame, self.limits)
-        except p.BadRequest as exc:
-            if exc.request_id is None:
-                self.stats.dropped_frames += 1
-                log.debug("dropping undecodable frame: %s", exc)
-            else:
-                self.stats.errors[exc.code] += 1
-                self._send_reply(ident, p.encode_error(exc.request_id, self.ring.epoch, exc))
-            return
-        if self._closing:
-            self._send_reply(ident, p.encode_error(
-                request.id, self.ring.epoch, Unavailable(f"{self.name} is shutting down")))
-            return
-        in_flight_here = self.in_flight_by_connection.get(ident, 0)
-        # Capped: what clients send. Not: what nodes send each other on behalf of all their
-        # clients over one connection (replica ops, forwarded writes, repair, transfers).
-        if (in_flight_here >= self.config.max_in_flight_per_connection and request.op in CLIENT_OPS
-                and request.body.get("fwd") is not True):
-            self.stats.overloaded += 1
-            self.stats.errors[Overloaded.code] += 1
-            self._send_reply(ident, p.encode_error(request.id, self.ring.epoch, Overloaded(
-                f"{self.name}: this connection already has {in_flight_here} requests in flight "
-                f"(max_in_flight_per_connection)")))
-            return
-        self.in_flight_by_connection[ident] = in_flight_here + 1
-        self.in_flight += 1
-        handler = self.handlers.get(request.op)
-        op = request.op if handler is not None else "unknown"  # a client must not mint metric series
-        responder = Responder(self, ident, request.id, op)
-        self.stats.requests[op] += 1
-        if handler is None:
-            responder.fail(UnknownOp(f"unknown op {short_repr(request.op)}"))
-            return
-        if role != "peer" and (role != "client" or request.op not in CLIENT_OPS):
-            self.stats.forbidden += 1
-            responder.fail(Forbidden(
-                f"op {request.op!r} needs a peer key" if role == "client" else "this key is not allowed (revoked?)"))
-            return
-        self._guarded(responder, handler, responder, request)
-
-    def _guarded(self, responder: Responder, fn: Callable[..., None], *args: Any) -> None:
-        """Run handler code - directly or later, from a reply callback - so that any error
-        becomes this request's error reply: never a lost reply, never a crashed loop."""
-        try:
-            fn(*args)
-        except DynqError as exc:
-            if not responder.done:
-                responder.fail(exc)
-        except MembershipError as exc:  # a membership change that cannot be made, and why
-            if not responder.done:
-                responder.fail(InvalidRequest(str(exc)))
-        except Exception as exc:  # a bug must cost one request, not the node
-            log.exception("request %s failed", responder.op)
-            if not responder.done:
-                responder.fail(InternalError(f"{type(exc).__name__}: {exc}"))
-
-    def _send_reply(self, ident: bytes, frame: bytes) -> None:
-        router = self.router
-        if router is None or router.closed:
-            return
-        try:
-            router.send(ident, zmq.NOBLOCK | zmq.SNDMORE)
-            router.send(frame, zmq.NOBLOCK)
-        except zmq.ZMQError:
-            self.stats.dropped_replies += 1
-        # A send may swallow the fd's edge for a request that is already waiting; look once
-        # per loop pass (not per reply) whether one is.
-        if not self._router_check_scheduled:
-            self._router_check_scheduled = True
-            assert self.loop is not None
-            self.loop.call_soon(self._check_router)
-
-    def _check_router(self) -> None:
-        self._router_check_scheduled = False
-        router = self.router
-        if router is not None and not router.closed and int(router.getsockopt(zmq.EVENTS)) & _POLLIN:
-            self._drain_router()
 
     # --- the Replicas interface used by the coordinators ----------------------------------
 
@@ -750,7 +579,7 @@ class Node:
             elif obj is None or obj.is_tombstone:
                 responder.ok({"found": False})
             else:
-                self._guarded(responder, self._write, responder, req, key, None, dict(obj.clock))
+                guarded(responder, self._write, responder, req, key, None, dict(obj.clock))
 
         self._coordinate_get(key, self.config.r, self._timeout(req.body), after_read)
 
@@ -807,7 +636,7 @@ class Node:
 
     def _dispatch_write_locally(self, responder: Responder, req: Request) -> None:
         req.body["fwd"] = True
-        self._guarded(responder, self.handlers[req.op], responder, req)
+        guarded(responder, self.handlers[req.op], responder, req)
 
     def _write(
         self,
@@ -992,10 +821,7 @@ class Node:
         assert self.loop is not None and self.gossip is not None
         interval = self.config.gossip_interval_ms / 1000
         while True:
-            try:
-                self._gossip_round()
-            except Exception:  # gossip must outlive any bug in one round
-                log.exception("gossip round failed")
+            self._gossip_round()
             await asyncio.sleep(interval)
 
     def _gossip_round(self) -> None:
@@ -1284,14 +1110,6 @@ class Node:
             },
             "anti_entropy": self.anti_entropy.snapshot(),
         }
-
-
-def _user_id(frame: zmq.Frame) -> str | None:
-    try:
-        user = frame.get("User-Id")
-    except zmq.ZMQError:
-        return None
-    return user if isinstance(user, str) else None
 
 
 def run_node(config: NodeConfig) -> None:

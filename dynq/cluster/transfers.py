@@ -135,9 +135,7 @@ class PartitionTransfers:
                 log.warning("transfer interrupted, retrying in %.1f s: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
-            except Exception:  # never let the loop die
-                log.exception("transfer step failed")
-                await asyncio.sleep(RETRY_MAX_S)
+            # anything else is a bug: the node's service group logs it and restarts this loop
 
     async def _step(self) -> None:
         node = self.node

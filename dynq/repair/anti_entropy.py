@@ -43,11 +43,12 @@ from dynq_client.errors import DynqError, InvalidRequest, ProtocolError, Storage
 from dynq_client.protocol import Request
 from dynq_client.versions import decode_object, encode_object, merge
 
+from ..server.responder import Responder
 from .merkle import HASH_BYTES, differing_children, diff_keys, hash_bytes, hash_int
 from .trees import PartitionTrees
 
 if TYPE_CHECKING:
-    from ..node import Node, Responder
+    from ..node import Node
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +155,10 @@ class AntiEntropy:
                 continue
             partition = partitions[self._next % len(partitions)]
             self._next += 1
-            try:
-                plist = self.node.ring.preference_list(partition)
-                # Every primary reaps only through a pass that reached all of them, so one is enough.
-                await self.repair_partition(partition, reap=plist.primaries[0] == self.node.name)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never let the loop die
-                log.exception("anti-entropy pass of partition %d failed", partition)
+            plist = self.node.ring.preference_list(partition)
+            # Every primary reaps only through a pass that reached all of them, so one is enough.
+            # (An exception ends the loop; the node's service group restarts it, at the next partition.)
+            await self.repair_partition(partition, reap=plist.primaries[0] == self.node.name)
 
     # --- a repair pass ------------------------------------------------------------------
 
@@ -523,9 +520,8 @@ class AntiEntropy:
                 log.exception("anti-entropy request %s failed", responder.op)
                 responder.fail(StorageError(f"{type(exc).__name__}: {exc}"))
 
-        task = asyncio.get_running_loop().create_task(runner())
-        self.node._background.append(task)
-        task.add_done_callback(lambda t: self.node._background.remove(t) if t in self.node._background else None)
+        assert self.node.group is not None
+        self.node.group.spawn(runner(), f"{responder.op} request")
 
     # --- metrics ------------------------------------------------------------------------
 

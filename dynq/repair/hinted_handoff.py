@@ -46,7 +46,7 @@ class HintedHandoff:
                 while self.node.is_up(target) and self.node.storage.hints_pending.get(target):
                     try:
                         delivered = await self.replay_batch(target)
-                    except Exception:  # never let the loop die: log and try again later
+                    except Exception:  # one target's failure must not hold up the others
                         log.exception("hint replay to %s failed", target)
                         break
                     if not delivered:

@@ -8,10 +8,12 @@ substitutes a plain object and ``mypy --strict`` checks that both conform.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from dynq_client.errors import DynqError, StorageError
-from dynq_client.protocol import Reply
+from dynq_client.protocol import Reply, Request
+
+from .responder import Responder
 
 ReplyCallback = Callable[[Reply | None, DynqError | None], None]
 """Called once with a peer's reply, or with the transport's error (timeout, unreachable)."""
@@ -22,3 +24,7 @@ CommitCallback = Callable[[StorageError | None], None]
 
 def ignore_reply(reply: Reply | None, error: DynqError | None) -> None:
     """Callback of a fire-and-forget request (repairs, probes): health already saw the outcome."""
+
+
+Handler = Callable[[Responder, Request], None]
+"""Serves one op: replies through the responder, now or later (exactly once)."""

@@ -85,6 +85,17 @@ def test_pure_modules_and_storage_import_no_service(name: str) -> None:
     assert not outside, f"{name} imports {sorted(outside)}"
 
 
+SERVER_MAY_IMPORT = ("dynq.server.", "dynq.ops.", "dynq.config", "dynq.security") + PURE
+"""The kernel knows no keys, rings or services: besides itself, plumbing and pure values."""
+
+
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if n.startswith("dynq.server.")))
+def test_the_server_imports_no_service(name: str) -> None:
+    """``dynq.server`` (requests in, replies out, peers, supervision) depends on no service."""
+    outside = {t for t in GRAPH[name] if not t.startswith(SERVER_MAY_IMPORT) and t not in PACKAGES}
+    assert not outside, f"{name} imports {sorted(outside)}"
+
+
 def test_only_the_composition_roots_callers_import_the_node() -> None:
     """Services meet the node at ports, never at ``dynq.node`` itself."""
     offenders = {(name, "dynq.node") for name, deps in GRAPH.items()
