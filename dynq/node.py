@@ -31,16 +31,14 @@ from dynq_client.errors import (
     InvalidRequest,
     KeyTooLarge,
     NotEnoughReplicas,
-    ProtocolError,
     StorageError,
-    Timeout,
     TooManySiblings,
     Unavailable,
     ValueTooLarge,
 )
-from dynq_client.health import Health, PeerState, sloppy_targets
+from dynq_client.health import Health, sloppy_targets
 from dynq_client.protocol import Reply, Request, reply_error
-from dynq_client.ring import Ring, RingError
+from dynq_client.ring import Ring
 from dynq_client.routing import RoutingTable
 from dynq_client.transport import RequestMux
 from dynq_client.versions import (
@@ -52,42 +50,31 @@ from dynq_client.versions import (
     update,
 )
 
+from .cluster.admin import ClusterAdmin
+from .cluster.gossip import Gossip, Heartbeat, gossip_address
+from .cluster.liveness import Liveness
+from .cluster.manager import ClusterManager
+from .cluster.membership import ClusterState, Transfer, claimant
+from .cluster.transfers import RETRY_MAX_S, PartitionTransfers
 from .config import ConfigError, NodeConfig
 from .kv.coordinator import GetCoordinator, PutCoordinator, not_executed
 from .ops import sdnotify
-from .cluster.failure_detector import PhiAccrualDetector
-from .cluster.gossip import Gossip, Heartbeat, gossip_address
-from .repair.hinted_handoff import HintedHandoff
-from .cluster.membership import (
-    ClusterState,
-    MembershipError,
-    Staged,
-    Transfer,
-    claimant,
-    commit,
-    initial_state,
-    member_from_wire,
-    member_to_wire,
-    plan,
-)
-from .repair.anti_entropy import AntiEntropy
 from .ops.metrics import Latencies, render_prometheus, serve_metrics
+from .repair.anti_entropy import AntiEntropy
+from .repair.hinted_handoff import HintedHandoff
 from .security import GOSSIP_DOMAIN, NodeSecurity
 from .server.peers import PeerLink, relay
-from .server.ports import Handler
+from .server.ports import Handler, ReplyCallback, ignore_reply
 from .server.responder import Responder, guarded
 from .server.router import RequestServer
 from .server.runtime import Runtime
 from .server.services import ServiceGroup
-from .server.ports import ReplyCallback, ignore_reply
 from .server.stats import Stats
 from .store.storage import Storage
-from .cluster.transfers import RETRY_MAX_S, PartitionTransfers
 
 log = logging.getLogger(__name__)
 
 DEEP_PING_TIMEOUT_S = 1.0  # a peer that does not answer a ping within this is not "reachable"
-STATE_TIMEOUT_S = 2.0  # cluster state pulls and pushes (small; gossip repeats them anyway)
 
 CLIENT_OPS = frozenset({p.OP_PING, p.OP_ROUTING_TABLE, p.OP_GET, p.OP_PUT, p.OP_DELETE, p.OP_READ_REPAIR, p.OP_STATS})
 """What a client key may ask for under CURVE; every other op needs a peer (node or operator) key."""
@@ -110,9 +97,7 @@ class Node:
                 raise ConfigError(f"{config.source}: [security] {exc}") from exc
         self.storage = Storage(config.db_path, synchronous=config.synchronous, limits=config.limits)
         self.actor = self.storage.actor_id(config.name)  # the identity this node mints dots with
-        self.state = self._load_state()  # cluster membership: serving ring, next ring, transfers
-        self.ring = self.state.ring
-        self.staged = self._load_staged()  # changes staged here (meaningful on the claimant)
+        self.cluster = ClusterManager.load(self.storage, config)  # the cluster state, persisted; change events
         self.stats = Stats()
         self.latencies = Latencies()  # per-op request latency histograms
         self._metrics_server: asyncio.AbstractServer | None = None
@@ -130,15 +115,6 @@ class Node:
             p.OP_STATS: self.handle_stats,
             p.OP_INSPECT: self.handle_inspect,
             p.OP_BACKUP: self.handle_backup,
-            p.OP_CLUSTER_STATE: self.handle_cluster_state,
-            p.OP_CLUSTER_JOIN: self.handle_cluster_join,
-            p.OP_MEMBER_JOIN: self.handle_member_join,
-            p.OP_CLUSTER_LEAVE: self.handle_cluster_leave,
-            p.OP_CLUSTER_PLAN: self.handle_cluster_plan,
-            p.OP_CLUSTER_CLEAR: self.handle_cluster_clear,
-            p.OP_CLUSTER_COMMIT: self.handle_cluster_commit,
-            p.OP_TRANSFER_DONE: self.handle_transfer_done,
-            p.OP_TRANSFERS: self.handle_transfers,
         }
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runtime: Runtime | None = None  # context, ROUTER, peer mux
@@ -148,125 +124,40 @@ class Node:
         self.peers: PeerLink | None = None  # requests to the peers, over the mux
         self._stopping: asyncio.Event | None = None
         self._backup_pages = 0  # progress of the running backup
-        self._member_names = {m.name for m in self.state.members}
         self.health = Health(timeouts_to_down=2)  # this node's view of its peers
-        self.detector = PhiAccrualDetector(config.gossip_interval_ms / 1000, config.phi_threshold)
-        self.gossip: Gossip | None = None
+        self.liveness: Liveness | None = None  # heartbeats, failure detection, probes
+        self.admin: ClusterAdmin | None = None  # membership ops, claimant routing
         self.transfers = PartitionTransfers(self)
-        self._pulling = False  # a cluster_state pull is in flight
         self._left = False  # this node left the cluster: it exits once it handed everything off
         self._replica_timeout = config.request_timeout_ms / 1000
         self.handoff: HintedHandoff | None = None
         self.anti_entropy = AntiEntropy(self)  # Merkle trees, exchange, repair loop, reaping
 
-    # --- ring --------------------------------------------------------------------------
+    # --- the cluster state ---------------------------------------------------------------
 
-    def _load_state(self) -> ClusterState:
-        """The stored cluster state, or (first start) the config's: its static members, or
-        this node alone. A static member list that the operator edited since it was last
-        applied starts a transition to it, as a commit would."""
-        config = self.config
-        raw = self.storage.get_meta("cluster")
-        legacy = self.storage.get_meta("ring")
-        configured = p.packb([member_to_wire(m) for m in config.members])
-        try:
-            if raw is not None:
-                state = ClusterState.from_wire(p.unpackb(raw))
-            elif legacy is not None:  # written by a version without membership changes
-                state = ClusterState(Ring.from_wire(p.unpackb(legacy)))
-            else:
-                state = initial_state(config.members, config.q, config.n)
-                self.storage.set_meta("static_members", configured)
-        except (RingError, MembershipError, DynqError) as exc:
-            raise ConfigError(f"stored cluster state in {config.db_path} is unreadable: {exc}") from exc
-        if config.static_members:
-            if state.ring.q != config.q:
-                raise ConfigError(
-                    f"{config.source}: 'cluster.q' is {config.q} but this node's data was "
-                    f"created with q = {state.ring.q}; the ring size cannot change"
-                )
-            edited = self.storage.get_meta("static_members") != configured
-            if edited and (set(state.ring.members) != set(config.members) or state.ring.n != config.n):
-                try:
-                    state = state.begin(config.members, n=config.n)
-                    log.info("configured members changed: cluster state version %d, %d transfers",
-                             state.version, len(state.transfers))
-                except MembershipError as exc:
-                    log.warning("configured members changed but not applied: %s", exc)
-            self.storage.set_meta("static_members", configured)
-        self.storage.set_meta("cluster", p.packb(state.to_wire()))
-        return state
+    @property
+    def state(self) -> ClusterState:
+        return self.cluster.state
 
-    def _load_staged(self) -> Staged:
-        raw = self.storage.get_meta("staged")
-        if raw is None:
-            return Staged()
-        try:
-            return Staged.from_wire(p.unpackb(raw))
-        except (MembershipError, DynqError) as exc:
-            log.warning("dropping unreadable staged changes: %s", exc)
-            return Staged()
-
-    def _set_staged(self, staged: Staged) -> None:
-        self.staged = staged
-        self.storage.set_meta("staged", p.packb(staged.to_wire()))
+    @property
+    def ring(self) -> Ring:
+        return self.cluster.ring
 
     @property
     def is_member(self) -> bool:
-        """Whether this node is in the serving or the next ring."""
-        return any(m.name == self.name for m in self.state.members)
+        return self.cluster.is_member
 
-    def adopt(self, state: ClusterState, reason: str) -> None:
-        """Make ``state`` this node's cluster state (persisted first), and act on it."""
-        old = self.state
-        if state.key == old.key:
-            return
-        self.storage.set_meta("cluster", p.packb(state.to_wire()))
-        self.state = state
-        self.ring = state.ring
+    def _on_cluster_change(self, old: ClusterState, new: ClusterState) -> None:
+        """What this node does itself when the cluster state changes: replies carry the new
+        epoch, transfers wake up, and a node that left starts its exit."""
         if self.server is not None:
-            self.server.epoch = state.ring.epoch
-        self._member_names = {m.name for m in state.members}
-        log.info("cluster state %d -> %d (%s): %d members, %d transfers pending%s",
-                 old.version, state.version, reason, len(state.ring.members), len(state.transfers),
-                 f", moving to {len(state.next_ring.members)} members" if state.next_ring else "")
-        self._sync_peers()
+            self.server.epoch = new.ring.epoch
         self.transfers.wake.set()
-        if self.name in old.leaving and not self.is_member and not self._left:
+        if self.name in old.leaving and not self.cluster.is_member and not self._left:
             self._left = True
             log.info("%s has left the cluster; handing off what remains, then exiting", self.name)
             assert self.group is not None
             self.group.spawn(self._exit_when_handed_off(), "exit when handed off")
-
-    def offer_state(self, state: ClusterState, reason: str) -> bool:
-        """Gossip merge: adopt ``state`` if it is newer and concerns this node (a node that
-        belongs to a cluster ignores states of clusters it is not part of)."""
-        if state.key <= self.state.key:
-            return False
-        names = {m.name for m in state.members}
-        if self.name not in names and self.is_member and self.name not in self.state.leaving:
-            return False
-        self.adopt(state, reason)
-        return True
-
-    def _sync_peers(self) -> None:
-        """Connect to every member (and subscribe to its gossip); drop departed ones."""
-        if self.mux is None or self.gossip is None:
-            return
-        wanted = {m.name: m.address for m in self.state.members if m.name != self.name}
-        assert self.loop is not None
-        for name, address in wanted.items():
-            self.mux.connect(name, address)
-            self.gossip.subscribe(name, gossip_address(address))
-            if self.detector.last_heard(name) is None:  # silence from now on counts, too
-                self.detector.heartbeat(name, self.loop.time())
-        for name in self.mux.connected_names():
-            if name not in wanted and not name.startswith("~"):
-                self.mux.disconnect(name)
-        for name in self.gossip.subscribed():
-            if name not in wanted and not name.startswith("~"):
-                self.gossip.unsubscribe(name)
-                self.detector.forget(name)
 
     async def _exit_when_handed_off(self) -> None:
         """A node that left stops once its transfers and hints are delivered."""
@@ -279,6 +170,11 @@ class Node:
                          self.storage.hint_count, len(self.transfers.active))
         log.info("%s left the cluster and handed everything off: exiting", self.name)
         self.stop()
+
+    async def tell_claimant(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.admin is not None
+        raw = body["t"]
+        return await self.admin.transfer_done(Transfer(raw[0], raw[1], raw[2]))
 
     def routing_table(self) -> RoutingTable:
         return RoutingTable(
@@ -300,28 +196,34 @@ class Node:
         self.mux = runtime.mux
         self.peers = PeerLink(loop, runtime.mux, self.health, self.stats, name=self.name, limits=self.limits,
                               timeout_s=self._replica_timeout)
-        try:
-            self.gossip = Gossip(
-                loop, runtime.context, gossip_address(self.config.listen), self._on_heartbeat,
+
+        def open_gossip(on_heartbeat: Callable[[Heartbeat], None]) -> Gossip:
+            return Gossip(
+                loop, runtime.context, gossip_address(self.config.listen), on_heartbeat,
                 secure_pub=(lambda sock: security.serve(sock, GOSSIP_DOMAIN)) if security else None,
                 secure_sub=security.own.apply if security else None,
             )
+
+        try:
+            self.liveness = liveness = Liveness(loop, self.cluster, self.peers, self.health, self.stats, self.config,
+                                                open_gossip)
         except (zmq.ZMQError, ValueError) as exc:
             runtime.close()
             raise ConfigError(f"cannot bind gossip for {self.config.listen}: {exc}") from exc
-        runtime.own(self.gossip.close)
+        runtime.own(liveness.gossip.close)
+        self.admin = ClusterAdmin(self.cluster, self.peers, self.config, keys=self.storage.count)
         self.server = RequestServer(
             loop, runtime.router, self.stats, self.latencies, name=self.name, limits=self.limits,
             max_in_flight_per_connection=self.config.max_in_flight_per_connection, security=security,
             epoch=self.ring.epoch,
         )
         self.server.register(self.handlers, CLIENT_OPS)
+        self.server.register(self.admin.handlers())
+        self.server.register(self.transfers.handlers())
         self.server.register(self.anti_entropy.handlers())
-        self._sync_peers()
-        known = {m.address for m in self.state.members}
-        for seed in self.config.seeds:
-            if seed not in known:  # bootstrap only: listen to it until it is a member
-                self.gossip.subscribe("~" + seed, gossip_address(seed))
+        self.cluster.subscribe(liveness.on_cluster_change)
+        self.cluster.subscribe(self._on_cluster_change)
+        liveness.start()
         self.storage.start_checkpointer(self.config.checkpoint_interval_ms, self.config.wal_limit_mb * 1024 * 1024)
         self.server.start()
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
@@ -336,9 +238,9 @@ class Node:
         )
         self.handoff = HintedHandoff(self)
         self.group = group = ServiceGroup(loop)
-        group.add("probe of down peers", self._probe_down_peers)
+        group.add("probe of down peers", liveness.run_probes)
         group.add("hinted handoff", self.handoff.run)
-        group.add("gossip", self._gossip_loop)
+        group.add("gossip", liveness.run_gossip)
         group.add("transfers", self.transfers.run, restart_delay_s=RETRY_MAX_S)
         group.add("anti-entropy", self.anti_entropy.run)
         if self.config.metrics_port:
@@ -467,14 +369,6 @@ class Node:
         """Sloppy-quorum targets of ``key`` (node, hinted_for) and its primaries."""
         plist = self.ring.preference_list_for(key)
         return sloppy_targets(plist.primaries, plist.fallbacks, self.ring.n, self.is_up), plist.primaries
-
-    async def _probe_down_peers(self) -> None:
-        """Ping peers marked down, so they are used again as soon as they answer."""
-        assert self.peers is not None
-        while True:
-            await asyncio.sleep(self.config.probe_interval_ms / 1000)
-            for name in self.health.down():
-                self.peers.request(name, p.OP_PING, {}, self.config.probe_interval_ms / 1000, ignore_reply)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
         assert self.loop is not None
@@ -767,7 +661,7 @@ class Node:
         blob = p.get_bytes(body, "ob")
         assert blob is not None
         hint_for = p.get_str(body, "h", required=False)
-        if hint_for is not None and hint_for not in self._member_names:
+        if hint_for is not None and hint_for not in self.cluster.member_names:
             raise InvalidRequest(f"hint names {hint_for!r:.64}, which is not a member")
         if hint_for is None:
             partition = self.ring.partition_for(key)
@@ -814,239 +708,12 @@ class Node:
         self._backup_pages = 0
         step()
 
-    # --- gossip and failure detection -------------------------------------------------------
-
-    async def _gossip_loop(self) -> None:
-        """Publish a heartbeat every interval and mark silent peers down (phi accrual)."""
-        assert self.loop is not None and self.gossip is not None
-        interval = self.config.gossip_interval_ms / 1000
-        while True:
-            self._gossip_round()
-            await asyncio.sleep(interval)
-
-    def _gossip_round(self) -> None:
-        assert self.loop is not None and self.gossip is not None
-        self.gossip.publish(self.name, self.config.listen, self.state.version, self.state.digest)
-        now = self.loop.time()
-        for name in self.detector.known():
-            if (name in self._member_names and self.health.state(name) is not PeerState.DOWN
-                    and self.detector.is_suspect(name, now)):
-                log.warning("no heartbeat from %s for %.1f s (phi %.1f): marking it down", name,
-                            now - (self.detector.last_heard(name) or now), self.detector.phi(name, now))
-                self.stats.marked_down_by_gossip += 1
-                self.health.unreachable(name, now)
-
-    def _on_heartbeat(self, heartbeat: Heartbeat) -> None:
-        assert self.loop is not None and self.mux is not None
-        name = heartbeat.name
-        if name == self.name:
-            return
-        now = self.loop.time()
-        if name in self._member_names:
-            self.detector.heartbeat(name, now)
-            if self.health.state(name) is PeerState.DOWN:
-                log.info("heartbeat from %s again: marking it up", name)
-                self.health.success(name, now)
-        if (heartbeat.version, heartbeat.digest) > self.state.key and not self._pulling:
-            peer = name if name in self._member_names else "~" + heartbeat.address
-            if peer.startswith("~"):
-                if not heartbeat.address.startswith(("tcp://", "ipc://")):
-                    return
-                self.mux.connect(peer, heartbeat.address)
-            self._pull_state(peer)
-
-    def _pull_state(self, peer: str) -> None:
-        self._pulling = True
-        self.stats.state_pulls += 1
-
-        def got(reply: Reply | None, error: DynqError | None) -> None:
-            self._pulling = False
-            if error is not None or reply is None or not reply.ok:
-                return
-            try:
-                state = ClusterState.from_wire(reply.body.get("state"))
-            except MembershipError as exc:
-                log.warning("%s sent an unusable cluster state: %s", peer, exc)
-                return
-            self.offer_state(state, f"gossip from {peer}")
-
-        assert self.peers is not None
-        self.peers.request(peer, p.OP_CLUSTER_STATE, {}, STATE_TIMEOUT_S, got)
-
-    def _push_state(self) -> None:
-        """After a change made here, tell every member at once (gossip would, a round later).
-        A node that just left hears of it by gossip, or in the reply to its next report."""
-        assert self.peers is not None
-        body = {"state": self.state.to_wire()}
-        for name in sorted(m.name for m in self.state.members):
-            if name != self.name:
-                self.peers.request(name, p.OP_CLUSTER_STATE, body, STATE_TIMEOUT_S, ignore_reply)
-
-    # --- handlers: membership --------------------------------------------------------------
-
-    def handle_cluster_state(self, responder: Responder, req: Request) -> None:
-        """This node's cluster state; a peer may offer a newer one in ``state``."""
-        if "state" in req.body:
-            self.offer_state(ClusterState.from_wire(req.body["state"]), "pushed by a peer")
-        responder.ok({"state": self.state.to_wire(), "claimant": claimant(self.state),
-                      "status": self.state.status_of(self.name), "name": self.name})
-
-    def _at_claimant(self, responder: Responder, req: Request) -> bool:
-        """Membership changes are made by the claimant alone: forward the request there
-        (True) unless this node is it (False)."""
-        boss = claimant(self.state)
-        if boss == self.name:
-            return False
-        hops = p.get_int(req.body, "hops", lo=0, hi=10, default=0) or 0
-        if hops >= 3:
-            raise Unavailable("the nodes disagree on who the claimant is (the cluster state is still spreading); retry")
-        body = dict(req.body, hops=hops + 1)
-
-        def unreachable(error: DynqError) -> DynqError:
-            if isinstance(error, (Unavailable, Timeout)):
-                return Unavailable(f"the claimant {boss} (which makes membership changes) is unreachable: {error.message}")
-            return error
-
-        def learn(body: dict[str, Any]) -> dict[str, Any]:
-            self._learn_from_claimant(boss, body)
-            return body
-
-        assert self.peers is not None
-        self.peers.request(boss, req.op, body, self._timeout(req.body),
-                           relay(responder.outcome, body=learn, unreachable=unreachable))
-        return True
-
-    def _learn_from_claimant(self, boss: str, body: dict[str, Any]) -> None:
-        if isinstance(body.get("state"), dict):
-            try:
-                self.offer_state(ClusterState.from_wire(body["state"]), f"from the claimant {boss}")
-            except MembershipError as exc:
-                log.warning("the claimant sent an unusable state: %s", exc)
-
-    def handle_cluster_join(self, responder: Responder, req: Request) -> None:
-        """Sent to a new node: ask the cluster that ``cluster`` (an address) belongs to to
-        take this node in. The join is staged; `cluster commit` makes it happen."""
-        address = p.get_str(req.body, "cluster")
-        assert address is not None
-        if not address.startswith(("tcp://", "ipc://")):
-            raise InvalidRequest(f"'cluster' must be a node address like tcp://HOST:PORT, got {address!r:.80}")
-        if address == self.config.listen:
-            raise InvalidRequest("a node cannot join itself: give the address of a node in the cluster to join")
-        others = [m.name for m in self.state.members if m.name != self.name]
-        if self.is_member and others:
-            raise InvalidRequest(
-                f"{self.name} already belongs to a cluster with {', '.join(others)}; leave it first")
-        if self.storage.count():
-            raise InvalidRequest(f"{self.name} holds {self.storage.count()} keys; only an empty node can join a cluster")
-        channel = "~" + address
-        assert self.mux is not None and self.peers is not None
-        self.mux.connect(channel, address)
-
-        def joined(body: dict[str, Any]) -> dict[str, Any]:
-            try:
-                state = ClusterState.from_wire(body.get("state"))
-            except MembershipError as exc:
-                raise ProtocolError(f"{address} answered with an unusable cluster state: {exc}") from exc
-            if state.ring.q != self.ring.q:
-                log.info("joining a cluster with q = %d (this node's config says %d; the cluster's wins)",
-                         state.ring.q, self.ring.q)
-            self.adopt(state, f"joining via {address}")
-            return {"claimant": claimant(state), "members": [m.name for m in state.members],
-                    "staged": body.get("staged")}
-
-        self.peers.request(channel, p.OP_MEMBER_JOIN, {"member": member_to_wire(self.config.self_member)},
-                           self._timeout(req.body), relay(responder.outcome, body=joined))
-
-    def handle_member_join(self, responder: Responder, req: Request) -> None:
-        member = member_from_wire(req.body.get("member"))
-        if self._at_claimant(responder, req):
-            return
-        self._set_staged(self.staged.join(self.state, member))
-        log.info("staged: %s joins (at %s)", member.name, member.address)
-        responder.ok({"state": self.state.to_wire(), "staged": self.staged.to_wire()})
-
-    def handle_cluster_leave(self, responder: Responder, req: Request) -> None:
-        name = p.get_str(req.body, "node", required=False)
-        if not name:  # default: the node the operator talked to
-            req.body["node"] = name = self.name
-        if self._at_claimant(responder, req):
-            return
-        self._set_staged(self.staged.leave(self.state, name))
-        log.info("staged: %s leaves", name)
-        responder.ok({"staged": self.staged.to_wire()})
-
-    def handle_cluster_plan(self, responder: Responder, req: Request) -> None:
-        if self._at_claimant(responder, req):
-            return
-        body: dict[str, Any] = {"claimant": self.name, "version": self.state.version,
-                                "in_progress": len(self.state.transfers)}
-        if not self.staged:
-            responder.ok(dict(body, empty=True))
-            return
-        responder.ok(dict(body, **plan(self.state, self.staged).to_wire(self.state)))
-
-    def handle_cluster_clear(self, responder: Responder, req: Request) -> None:
-        if self._at_claimant(responder, req):
-            return
-        cleared = self.staged.to_wire()
-        self._set_staged(Staged())
-        log.info("staged changes cleared: %s", cleared)
-        responder.ok({"cleared": cleared})
-
-    def handle_cluster_commit(self, responder: Responder, req: Request) -> None:
-        plan_id = p.get_str(req.body, "plan", required=False)
-        if self._at_claimant(responder, req):
-            return
-        state = commit(self.state, self.staged, plan_id)
-        self._set_staged(Staged())
-        self.adopt(state, "committed")
-        self._push_state()
-        responder.ok({"state": state.to_wire(), "version": state.version, "transfers": len(state.transfers)})
-
-    def record_transfer_done(self, transfer: Transfer) -> dict[str, Any]:
-        """(claimant) One transfer finished; the last one switches the ring."""
-        previous = self.state
-        state = previous.transfer_done(transfer)
-        if state is not previous:
-            self.adopt(state, f"transfer done: {transfer.describe()}")
-            self._push_state()
-        return {"state": self.state.to_wire()}
-
-    def handle_transfer_done(self, responder: Responder, req: Request) -> None:
-        raw = req.body.get("t")
-        if (not isinstance(raw, list) or len(raw) != 3 or not isinstance(raw[0], int)
-                or not isinstance(raw[1], str) or not isinstance(raw[2], str)):
-            raise InvalidRequest("field 't' must be [partition, source, target]")
-        if self._at_claimant(responder, req):
-            return
-        responder.ok(self.record_transfer_done(Transfer(raw[0], raw[1], raw[2])))
-
-    async def tell_claimant(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Send a membership request to the claimant (or handle it here, if this is it)."""
-        boss = claimant(self.state)
-        if boss == self.name and op == p.OP_TRANSFER_DONE:
-            raw = body["t"]
-            return self.record_transfer_done(Transfer(raw[0], raw[1], raw[2]))
-        assert self.peers is not None
-        reply = await self.peers.call(boss, op, body)
-        self._learn_from_claimant(boss, reply)
-        return reply
-
-    def handle_transfers(self, responder: Responder, req: Request) -> None:
-        """This node's outgoing transfers, and the cluster's pending ones as it knows them."""
-        responder.ok({
-            "name": self.name,
-            "version": self.state.version,
-            "planned": self.state.planned,
-            "pending": [t.to_wire() for t in self.state.transfers],
-            "progress": [pr.to_wire() for pr in self.transfers.progress.values()],
-        })
-
     def handle_stats(self, responder: Responder, req: Request) -> None:
         responder.ok(self.stats_snapshot())
 
     def stats_snapshot(self) -> dict[str, Any]:
         storage = self.storage
+        gossip = self.liveness.gossip if self.liveness else None
         return {
             "name": self.name,
             "actor": self.actor,
@@ -1092,7 +759,7 @@ class Node:
                 "members": len(self.state.ring.members),
                 "transfers_pending": len(self.state.transfers),
                 "transfers_planned": self.state.planned,
-                "staged": bool(self.staged),
+                "staged": bool(self.cluster.staged),
             },
             "transfers": {
                 "active": len(self.transfers.active),
@@ -1102,9 +769,9 @@ class Node:
                 "retries": self.transfers.failures,
             },
             "gossip": {
-                "sent": self.gossip.sent if self.gossip else 0,
-                "received": self.gossip.received if self.gossip else 0,
-                "malformed": self.gossip.malformed if self.gossip else 0,
+                "sent": gossip.sent if gossip else 0,
+                "received": gossip.received if gossip else 0,
+                "malformed": gossip.malformed if gossip else 0,
                 "marked_down": self.stats.marked_down_by_gossip,
                 "state_pulls": self.stats.state_pulls,
             },

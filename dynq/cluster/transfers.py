@@ -31,6 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from dynq_client import protocol as p
 from dynq_client.errors import DynqError
+from dynq_client.protocol import Request
+
+from ..server.ports import Handler
+from ..server.responder import Responder
 
 from .membership import Transfer
 
@@ -83,6 +87,20 @@ class PartitionTransfers:
         self.completed = 0
         self.failures = 0
         self.wake = asyncio.Event()
+
+    def handlers(self) -> dict[str, Handler]:
+        return {p.OP_TRANSFERS: self.handle_transfers}
+
+    def handle_transfers(self, responder: Responder, req: Request) -> None:
+        """This node's outgoing transfers, and the cluster's pending ones as it knows them."""
+        state = self.node.state
+        responder.ok({
+            "name": self.node.name,
+            "version": state.version,
+            "planned": state.planned,
+            "pending": [t.to_wire() for t in state.transfers],
+            "progress": [pr.to_wire() for pr in self.progress.values()],
+        })
 
     # --- called by the node on every commit of a tracked partition ----------------------------
 

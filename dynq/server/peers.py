@@ -183,6 +183,16 @@ class PeerLink:
 
     # --- connections -------------------------------------------------------------------
 
+    def connect(self, peer: str, address: str) -> None:
+        """A DEALER to ``peer`` (a member, or ``~ADDRESS`` for a node not yet one)."""
+        self.mux.connect(peer, address)
+
+    def disconnect(self, peer: str) -> None:
+        self.mux.disconnect(peer)
+
+    def connected(self) -> list[str]:
+        return self.mux.connected_names()
+
     @property
     def late_replies(self) -> int:
         return self.mux.late_replies

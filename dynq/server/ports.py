@@ -8,7 +8,7 @@ substitutes a plain object and ``mypy --strict`` checks that both conform.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 from dynq_client.errors import DynqError, StorageError
 from dynq_client.protocol import Reply, Request
@@ -28,3 +28,11 @@ def ignore_reply(reply: Reply | None, error: DynqError | None) -> None:
 
 Handler = Callable[[Responder, Request], None]
 """Serves one op: replies through the responder, now or later (exactly once)."""
+
+
+class MetaStore(Protocol):
+    """Named blobs in storage (the cluster state, staged changes): ClusterManager's need."""
+
+    def get_meta(self, name: str) -> bytes | None: ...
+
+    def set_meta(self, name: str, value: bytes) -> None: ...
