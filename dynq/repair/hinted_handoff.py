@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-
-if TYPE_CHECKING:
-    from ..node import Node
+from ..config import NodeConfig
+from ..server.ports import ClusterView, HintStore, Peers
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +28,25 @@ log = logging.getLogger(__name__)
 class HintedHandoff:
     """Replays this node's hints to their targets."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, store: HintStore, peers: Peers, cluster: ClusterView, config: NodeConfig) -> None:
+        self.store = store
+        self.peers = peers
+        self.cluster = cluster
+        self.config = config
+        self.name = config.name
         self.replayed = 0  # hints delivered and deleted
         self.failures = 0  # replays that a target did not acknowledge
         self.batches = 0
 
     async def run(self) -> None:
-        config = self.node.config
+        config, store = self.config, self.store
         while True:
             await asyncio.sleep(config.replay_interval_ms / 1000)
-            for target in list(self.node.storage.hints_pending):
-                if target == self.node.name:  # a hint for ourselves: we are the primary again
+            for target in list(store.hints_pending):
+                if target == self.name:  # a hint for ourselves: we are the primary again
                     self._drop_self_hints()
                     continue
-                while self.node.is_up(target) and self.node.storage.hints_pending.get(target):
+                while self.peers.is_up(target) and store.hints_pending.get(target):
                     try:
                         delivered = await self.replay_batch(target)
                     except Exception:  # one target's failure must not hold up the others
@@ -54,27 +57,25 @@ class HintedHandoff:
                     await asyncio.sleep(delivered / config.replay_rate)
 
     def _drop_self_hints(self) -> None:
-        storage = self.node.storage
-        for key, seq in storage.hint_batch(self.node.name, 10_000):
-            storage.hint_delivered(self.node.name, key, seq, b"", drop_copy=False)
+        for key, seq in self.store.hint_batch(self.name, 10_000):
+            self.store.hint_delivered(self.name, key, seq, b"", drop_copy=False)
 
     def recipients(self, target: str, key: bytes) -> list[str]:
         """Where a hint for ``target`` goes: to ``target`` while it replicates the key;
         once the ring moved on (``target`` left, or the key's partition moved away from
         it) to the key's replicas now, so the write is not stranded on this node."""
-        state = self.node.state
+        state = self.cluster.state
         partition = state.ring.partition_for(key)
         if state.is_replica(target, partition):
             return [target]
         replicas = list(state.ring.preference_list(partition).primaries)
         replicas += [x for x in state.pending_replicas(partition) if x not in replicas]
-        return [x for x in replicas if x != self.node.name]
+        return [x for x in replicas if x != self.name]
 
     async def replay_batch(self, target: str) -> int:
         """Send one batch of hints to ``target``; returns how many were delivered."""
-        node, storage, peers = self.node, self.node.storage, self.node.peers
-        assert peers is not None
-        batch = storage.hint_batch(target, node.config.replay_batch)
+        storage, peers, cluster = self.store, self.peers, self.cluster
+        batch = storage.hint_batch(target, self.config.replay_batch)
         if not batch:
             return 0
         self.batches += 1
@@ -91,7 +92,7 @@ class HintedHandoff:
         for key, seq, blob, futures in pending:
             outcomes = await asyncio.gather(*futures, return_exceptions=True)
             if not any(isinstance(outcome, BaseException) for outcome in outcomes):
-                replica_here = node.state.is_replica(node.name, node.ring.partition_for(key))
+                replica_here = cluster.state.is_replica(self.name, cluster.ring.partition_for(key))
                 if storage.hint_delivered(target, key, seq, blob, drop_copy=not replica_here):
                     delivered += 1
                     self.replayed += 1

@@ -1,8 +1,10 @@
 """The package's layering, read from the imports of every module (ast, no import runs).
 
 * The pure modules and storage import no dynq module outside their own set.
-* No service (kv, cluster, repair, server) imports ``dynq.node``: they meet the node at
-  the ports in ``dynq.server.ports``. Only the composition root's callers import it.
+* The kernel (``dynq.server``) imports no service; a service (kv, cluster, repair)
+  imports another folder's modules only if they are pure: the rest comes through the
+  ports in ``dynq.server.ports``.
+* Nothing but the CLI and the local cluster imports ``dynq.node`` (the composition root).
 * No import circles between dynq modules (``TYPE_CHECKING`` imports count too: a
   circle that only the type checker sees is still two modules that know each other).
 """
@@ -20,18 +22,10 @@ PURE = ("dynq.store.", "dynq.cluster.membership", "dynq.cluster.failure_detector
         "dynq.kv.write_plan")
 """Pure values and storage: they import nothing of dynq beyond each other."""
 
-SERVICES = ("dynq.server.", "dynq.kv.", "dynq.cluster.", "dynq.repair.")
+SERVICES = ("dynq.kv.", "dynq.cluster.", "dynq.repair.")
 
 NODE_IMPORTERS = {"dynq.cli", "dynq.localcluster"}
 """Besides the services' rule: who may build a node (the CLI and the local cluster)."""
-
-KNOWN_NODE_IMPORTS: set[tuple[str, str]] = {
-    # Step 1 of the redesign: these services still take the whole Node (to go in step 5).
-    ("dynq.repair.anti_entropy", "dynq.node"),
-    ("dynq.repair.hinted_handoff", "dynq.node"),
-    ("dynq.cluster.transfers", "dynq.node"),
-}
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
@@ -96,12 +90,20 @@ def test_the_server_imports_no_service(name: str) -> None:
     assert not outside, f"{name} imports {sorted(outside)}"
 
 
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if n.startswith(SERVICES)))
+def test_services_meet_other_services_only_at_ports(name: str) -> None:
+    """A module of kv/, cluster/ or repair/ imports from another of those folders only
+    its pure modules: everything else it needs comes in through ``dynq.server.ports``."""
+    own = name.split(".")[1]
+    others = {t for t in GRAPH[name] if t.startswith(SERVICES) and t.split(".")[1] != own
+              and not t.startswith(PURE) and not t.startswith("dynq.server.") and t not in PACKAGES}
+    assert not others, f"{name} imports {sorted(others)}"
+
+
 def test_only_the_composition_roots_callers_import_the_node() -> None:
     """Services meet the node at ports, never at ``dynq.node`` itself."""
-    offenders = {(name, "dynq.node") for name, deps in GRAPH.items()
-                 if "dynq.node" in deps and name not in NODE_IMPORTERS}
-    assert offenders <= KNOWN_NODE_IMPORTS, f"new imports of dynq.node: {sorted(offenders - KNOWN_NODE_IMPORTS)}"
-    assert all(name.startswith(SERVICES) for name, _ in KNOWN_NODE_IMPORTS)
+    offenders = sorted(name for name, deps in GRAPH.items() if "dynq.node" in deps and name not in NODE_IMPORTERS)
+    assert offenders == []
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -144,6 +146,4 @@ def test_cycle_finder_finds_a_cycle() -> None:
 
 
 def test_no_import_cycles() -> None:
-    """Apart from the known edges into dynq.node (step 5 removes them), no circles."""
-    graph = {name: {t for t in deps if (name, t) not in KNOWN_NODE_IMPORTS} for name, deps in GRAPH.items()}
-    assert cycles(graph) == []
+    assert cycles(GRAPH) == []

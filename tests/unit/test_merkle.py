@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynq.repair.anti_entropy import RateLimiter
+from dynq.repair.exchange import RateLimiter
 from dynq.repair.merkle import Tree, diff_keys, diff_trees, leaf_hash, segment_of
 from dynq_client.ring import key_hash
 
