@@ -16,7 +16,8 @@ dot shown to other replicas before it is durable here, a crash could make this n
 the same dot again for a different write, and one of the two would be lost.
 
 The coordinators do no I/O themselves: they call the narrow :class:`Replicas` interface,
-which the node implements with its sockets and storage (and a test with plain objects).
+which :class:`dynq.kv.service.KvService` implements with the local replica and the peer
+link (and a test with plain objects).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dynq_client.quorum import QuorumState, QuorumTally, ReadQuorum
 from dynq_client.versions import VersionedObject, decode_object, decode_reply_object
 
 from ..server.ports import CommitCallback, ReplyCallback, ignore_reply
+from .write_plan import Target
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +88,6 @@ class PutState(enum.Enum):
     LOCAL_COMMIT = "local_commit"
     REMOTE_WAIT = "remote_wait"
     DONE = "done"
-
-
-Target = tuple[str, "str | None"]
-"""(node, hinted_for): a primary (None) or a fallback standing in for that primary."""
 
 
 class PutCoordinator:
