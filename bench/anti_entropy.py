@@ -92,14 +92,14 @@ def tree_build_times(base: Path, addresses: list[str]) -> tuple[float, float]:
         node = open_node(work, "n1", addresses)
         start = time.perf_counter()
         for p in range(Q):
-            node.anti_entropy.trees.tree(p)
+            node.trees.tree(p)
         load = time.perf_counter() - start
         node.storage.conn.execute("DELETE FROM ae_leaves")
-        node.anti_entropy.trees.trees.clear()
+        node.trees.trees.clear()
 
         async def build() -> None:
             for p in range(Q):
-                await node.anti_entropy.trees.verify(p, slice_rows=2000)
+                await node.trees.verify(p, slice_rows=2000)
 
         start = time.perf_counter()
         asyncio.run(build())

@@ -1,5 +1,5 @@
 """What WAL checkpoints cost the committing thread: SQLite's own (inside commits) versus the
-node's checkpointer thread (dynq/checkpointer.py), interleaved in one process.
+node's checkpointer thread (dynq/store/checkpointer.py), interleaved in one process.
 
     python bench/checkpoint.py [--keys 200000] [--batch 64] [--commits 1500] [--rounds 3]
 

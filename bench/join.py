@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.putget import parse_args, pct  # noqa: E402
 from dynq.localcluster import LocalCluster, free_ports  # noqa: E402
-from dynq.membership import ClusterState  # noqa: E402
+from dynq.cluster.membership import ClusterState  # noqa: E402
 from dynq_client import AsyncClient, Client  # noqa: E402
 
 

@@ -67,7 +67,7 @@ def main() -> None:
             for hook in (True, False) if r % 2 == 0 else (False, True):  # alternate who goes first
                 node = open_node(Path(tmp) / f"{r}-{hook}", args.synchronous)
                 for p in range(64):
-                    node.anti_entropy.trees.tree(p)  # loaded: commits update them in memory too
+                    node.trees.tree(p)  # loaded: commits update them in memory too
                 if not hook:
                     node.storage.observer = None
                 label = "hook" if hook else "no hook"

@@ -1,186 +1,101 @@
-"""A dynq node: one process, one asyncio loop, one ROUTER for requests, a DEALER per peer.
+"""A dynq node: the composition root. It builds the parts, wires them, and starts and
+stops them in one declared order.
 
-Messages are drained from the ROUTER by one ``add_reader`` callback (no task per
-request), decoded, and dispatched by op name through :attr:`Node.handlers`. Every
-request gets exactly one reply through a :class:`Responder`; malformed requests get a
-structured error when their id is readable and are dropped (and counted) otherwise, so
-no input can take the node down.
+==============================  ====================================================
+part                            what it does
+==============================  ====================================================
+server.runtime.Runtime          zmq context, ZAP, the bound ROUTER, the peer mux
+server.router.RequestServer     requests in (admission, dispatch by op), replies out
+server.peers.PeerLink           requests to peers: callbacks, batching, awaitables
+server.services.ServiceGroup    background loops under one supervision policy
+cluster.manager.ClusterManager  the cluster state, persisted, with change events
+cluster.liveness.Liveness       gossip heartbeats, failure detection, probes
+cluster.admin.ClusterAdmin      membership ops, claimant routing
+cluster.transfers               outgoing partition transfers
+kv.local.LocalReplica           this node's writes (group commit), commit watchers
+kv.service.KvService            get/put/delete and replica ops (the hot path)
+kv.admin.KvAdmin                ping, routing table, stats, inspect, backup
+repair.hinted_handoff           hints back to their primaries
+repair.tree_server / anti_entropy  Merkle exchange: answering side / scheduler
+==============================  ====================================================
 
-Writes go through the storage's group commit; coordination of client requests is done
-by the state machines in :mod:`dynq.coordinator`; replica-to-replica requests go over
-the :class:`~dynq_client.transport.RequestMux` of peer DEALER sockets.
+The parts meet at the ports of :mod:`dynq.server.ports`, never at this module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import gc
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
 
-from dynq_client import protocol as p
-from dynq_client.errors import (
-    DynqError,
-    Forbidden,
-    InternalError,
-    InvalidContext,
-    InvalidRequest,
-    KeyTooLarge,
-    NotEnoughReplicas,
-    Overloaded,
-    ProtocolError,
-    StorageError,
-    Timeout,
-    TooManySiblings,
-    Unavailable,
-    UnknownOp,
-    ValueTooLarge,
-    error_from_wire,
-)
-from dynq_client.health import Health, PeerState, sloppy_targets
-from dynq_client.protocol import Reply, Request, short_repr
-from dynq_client.ring import Ring, RingError
-from dynq_client.routing import RoutingTable
-from dynq_client.transport import RequestMux, configure_socket
-from dynq_client.versions import (
-    VersionedObject,
-    decode_context,
-    decode_object,
-    encode_object,
-    merge,
-    update,
-)
+from dynq_client.health import Health
+from dynq_client.ring import Ring
 
+from .cluster.admin import ClusterAdmin
+from .cluster.gossip import Gossip, Heartbeat, gossip_address
+from .cluster.liveness import Liveness
+from .cluster.manager import ClusterManager
+from .cluster.membership import ClusterState
+from .cluster.transfers import RETRY_MAX_S, PartitionTransfers
 from .config import ConfigError, NodeConfig
-from .coordinator import GetCoordinator, PutCoordinator, not_executed
-from . import sdnotify
-from .failure_detector import PhiAccrualDetector
-from .gossip import Gossip, Heartbeat, gossip_address
-from .hinted_handoff import HintedHandoff
-from .membership import (
-    ClusterState,
-    MembershipError,
-    Staged,
-    Transfer,
-    claimant,
-    commit,
-    initial_state,
-    member_from_wire,
-    member_to_wire,
-    plan,
-)
-from .anti_entropy import AntiEntropy
-from .metrics import Latencies, render_prometheus, serve_metrics
-from .security import GOSSIP_DOMAIN, REGISTERED_PEERS_DIR, REQUEST_DOMAIN, NodeSecurity
-from .storage import Storage
-from .transfers import PartitionTransfers
+from .kv import admin as kv_admin
+from .kv import service as kv_service
+from .kv.admin import KvAdmin
+from .kv.local import LocalReplica
+from .kv.service import KvService
+from .ops import sdnotify
+from .ops.metrics import Latencies, render_prometheus, serve_metrics
+from .ops.stats import Sources, stats_reply
+from .repair.anti_entropy import AntiEntropy
+from .repair.hinted_handoff import HintedHandoff
+from .repair.tree_server import TreeServer
+from .repair.trees import PartitionTrees
+from .security import GOSSIP_DOMAIN, REGISTERED_PEERS_DIR, KeyAdmin, NodeSecurity
+from .server.peers import PeerLink
+from .server.router import RequestServer
+from .server.runtime import Runtime
+from .server.services import ServiceGroup
+from .server.stats import Stats
+from .store.storage import Storage
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[["Responder", Request], None]
 
-_POLLIN = int(zmq.POLLIN)  # a plain int: enum.Flag arithmetic is slow on the hot path
+@dataclass
+class Parts:
+    """The parts of a serving node (built once the loop and the sockets exist)."""
 
-CLIENT_OPS = frozenset({p.OP_PING, p.OP_ROUTING_TABLE, p.OP_GET, p.OP_PUT, p.OP_DELETE, p.OP_READ_REPAIR, p.OP_STATS})
-"""What a client key may ask for under CURVE; every other op needs a peer (node or operator) key."""
-
-
-class Responder:
-    """The one reply a request gets. Replying twice is a bug and is ignored (and logged)."""
-
-    __slots__ = ("node", "ident", "req_id", "op", "started", "done")
-
-    def __init__(self, node: Node, ident: bytes, req_id: int, op: str) -> None:
-        self.node = node
-        self.ident = ident  # ROUTER identity of the sender
-        self.req_id = req_id
-        self.op = op
-        self.started = time.perf_counter()
-        self.done = False
-
-    def ok(self, body: dict[str, Any]) -> None:
-        if self._finish():
-            self.node._send_reply(self.ident, p.encode_reply(self.req_id, self.node.ring.epoch, body))
-
-    def fail(self, error: DynqError) -> None:
-        if self._finish():
-            self.node.stats.errors[error.code] += 1
-            self.node._send_reply(self.ident, p.encode_error(self.req_id, self.node.ring.epoch, error))
-
-    def outcome(self, body: dict[str, Any] | None, error: DynqError | None) -> None:
-        if error is not None:
-            self.fail(error)
-        else:
-            self.ok(body or {})
-
-    def _finish(self) -> bool:
-        if self.done:
-            log.error("second reply to request %d (%s) suppressed", self.req_id, self.op)
-            return False
-        self.done = True
-        node = self.node
-        node.in_flight -= 1
-        left = node.in_flight_by_connection[self.ident] - 1
-        if left:
-            node.in_flight_by_connection[self.ident] = left
-        else:  # the map holds only connections with requests in flight
-            del node.in_flight_by_connection[self.ident]
-        self.node.latencies.observe(self.op, time.perf_counter() - self.started)
-        return True
-
-
-MAX_BATCH_ITEMS = 1000
-"""Replica writes per batch message (well under the decoder's container limit)."""
-
-
-class _Batch:
-    """Replica writes for one peer, collected during one loop pass."""
-
-    __slots__ = ("items", "callbacks", "size", "timeout")
-
-    def __init__(self, timeout: float) -> None:
-        self.items: list[dict[str, Any]] = []  # replica_put bodies
-        self.callbacks: list[Callable[[Reply | None, DynqError | None], None]] = []  # one per item
-        self.size = 0  # object bytes so far: a batch stays well under the message limit
-        self.timeout = timeout
-
-
-class Stats:
-    """Counters exposed by the ``stats`` op."""
-
-    def __init__(self) -> None:
-        self.requests: collections.Counter[str] = collections.Counter()  # per op
-        self.errors: collections.Counter[str] = collections.Counter()  # per error code
-        self.dropped_frames = 0  # undecodable messages without a readable id
-        self.dropped_replies = 0  # replies the ROUTER could not queue (client gone / HWM)
-        self.sibling_warnings = 0
-        self.hinted_writes = 0  # puts this node coordinated that used a fallback
-        self.hints_stored = 0  # hinted writes this node took as a fallback
-        self.hints_refused = 0  # hinted writes refused because the hint store was full
-        self.read_repairs = 0  # repairs this node sent as a read coordinator
-        self.read_repairs_received = 0  # repairs clients sent to this node
-        self.replica_batches = 0  # replica_put messages sent (batched per peer and loop pass)
-        self.replica_batch_items = 0  # replica writes they carried
-        self.stray_writes = 0  # replica writes for keys this node does not replicate (old ring)
-        self.forbidden = 0  # requests refused for the sender's key (CURVE)
-        self.overloaded = 0  # requests refused because their connection had too many in flight
-        self.marked_down_by_gossip = 0  # peers the failure detector declared down
-        self.state_pulls = 0  # newer cluster states fetched after a heartbeat
+    runtime: Runtime
+    server: RequestServer
+    group: ServiceGroup
+    peers: PeerLink
+    liveness: Liveness
+    local: LocalReplica
+    kv: KvService
+    kv_admin: KvAdmin
+    cluster_admin: ClusterAdmin
+    transfers: PartitionTransfers
+    handoff: HintedHandoff
+    tree_server: TreeServer
+    anti_entropy: AntiEntropy
 
 
 class Node:
-    """One dynq node. ``asyncio.run(Node(config).serve())`` runs it until SIGTERM."""
+    """One dynq node. ``asyncio.run(Node(config).serve())`` runs it until SIGTERM.
+
+    Construction opens what lives on disk (storage, cluster state, Merkle trees); the
+    rest is built in :meth:`serve`, once the loop and the sockets exist."""
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.name = config.name
-        self.limits = config.limits
         self.security: NodeSecurity | None = None
         if config.security == "curve":
             assert config.server_key and config.node_key and config.peer_keys and config.client_keys
@@ -191,283 +106,145 @@ class Node:
                 raise ConfigError(f"{config.source}: [security] {exc}") from exc
         self.storage = Storage(config.db_path, synchronous=config.synchronous, limits=config.limits)
         self.actor = self.storage.actor_id(config.name)  # the identity this node mints dots with
-        self.state = self._load_state()  # cluster membership: serving ring, next ring, transfers
-        self.ring = self.state.ring
-        self.staged = self._load_staged()  # changes staged here (meaningful on the claimant)
+        self.cluster = ClusterManager.load(self.storage, config)  # the cluster state; change events
+        # The trees observe every commit from the start (they are storage's, in memory).
+        self.trees = PartitionTrees(self.storage, self.name, lambda: self.cluster.ring)
         self.stats = Stats()
         self.latencies = Latencies()  # per-op request latency histograms
-        self._metrics_server: asyncio.AbstractServer | None = None
-        self.in_flight = 0  # requests received and not yet answered
-        self.in_flight_by_connection: dict[bytes, int] = {}  # ROUTER identity -> its share of in_flight
-        self.started = time.time()
-        self.handlers: dict[str, Handler] = {
-            p.OP_PING: self.handle_ping,
-            p.OP_ROUTING_TABLE: self.handle_routing_table,
-            p.OP_GET: self.handle_get,
-            p.OP_PUT: self.handle_put,
-            p.OP_DELETE: self.handle_delete,
-            p.OP_REPLICA_GET: self.handle_replica_get,
-            p.OP_REPLICA_PUT: self.handle_replica_put,
-            p.OP_READ_REPAIR: self.handle_replica_put,
-            p.OP_REPLICA_PUT_BATCH: self.handle_replica_put_batch,
-            p.OP_STATS: self.handle_stats,
-            p.OP_INSPECT: self.handle_inspect,
-            p.OP_BACKUP: self.handle_backup,
-            p.OP_CLUSTER_STATE: self.handle_cluster_state,
-            p.OP_CLUSTER_JOIN: self.handle_cluster_join,
-            p.OP_MEMBER_JOIN: self.handle_member_join,
-            p.OP_CLUSTER_LEAVE: self.handle_cluster_leave,
-            p.OP_CLUSTER_PLAN: self.handle_cluster_plan,
-            p.OP_CLUSTER_CLEAR: self.handle_cluster_clear,
-            p.OP_CLUSTER_COMMIT: self.handle_cluster_commit,
-            p.OP_TRANSFER_DONE: self.handle_transfer_done,
-            p.OP_TRANSFERS: self.handle_transfers,
-            p.OP_KEY_REGISTER: self.handle_key_register,
-            p.OP_KEY_REVOKE: self.handle_key_revoke,
-        }
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.context: zmq.Context[Any] | None = None
-        self.router: zmq.Socket[Any] | None = None
-        self.peers: RequestMux | None = None
-        self._stopping: asyncio.Event | None = None
-        self._router_check_scheduled = False  # a _check_router is queued on the loop
-        self._closing = False  # shutting down: new requests are refused as unavailable
-        self._outbox: dict[str, _Batch] = {}  # replica writes waiting for the end of this loop pass
-        self._outbox_scheduled = False
-        self._backup_pages = 0  # progress of the running backup
-        self._member_names = {m.name for m in self.state.members}
         self.health = Health(timeouts_to_down=2)  # this node's view of its peers
-        self.detector = PhiAccrualDetector(config.gossip_interval_ms / 1000, config.phi_threshold)
-        self.gossip: Gossip | None = None
-        self.transfers = PartitionTransfers(self)
-        self._pulling = False  # a cluster_state pull is in flight
+        self.started = time.time()
+        self.parts: Parts | None = None  # while serving
+        self._stopping: asyncio.Event | None = None
         self._left = False  # this node left the cluster: it exits once it handed everything off
-        self._replica_timeout = config.request_timeout_ms / 1000
-        self.handoff: HintedHandoff | None = None
-        self._background: list[asyncio.Task[None]] = []
-        self.anti_entropy = AntiEntropy(self)  # Merkle trees, exchange, repair loop, reaping
-        self.handlers.update(self.anti_entropy.handlers())
-
-    # --- ring --------------------------------------------------------------------------
-
-    def _load_state(self) -> ClusterState:
-        """The stored cluster state, or (first start) the config's: its static members, or
-        this node alone. A static member list that the operator edited since it was last
-        applied starts a transition to it, as a commit would."""
-        config = self.config
-        raw = self.storage.get_meta("cluster")
-        legacy = self.storage.get_meta("ring")
-        configured = p.packb([member_to_wire(m) for m in config.members])
-        try:
-            if raw is not None:
-                state = ClusterState.from_wire(p.unpackb(raw))
-            elif legacy is not None:  # written by a version without membership changes
-                state = ClusterState(Ring.from_wire(p.unpackb(legacy)))
-            else:
-                state = initial_state(config.members, config.q, config.n)
-                self.storage.set_meta("static_members", configured)
-        except (RingError, MembershipError, DynqError) as exc:
-            raise ConfigError(f"stored cluster state in {config.db_path} is unreadable: {exc}") from exc
-        if config.static_members:
-            if state.ring.q != config.q:
-                raise ConfigError(
-                    f"{config.source}: 'cluster.q' is {config.q} but this node's data was "
-                    f"created with q = {state.ring.q}; the ring size cannot change"
-                )
-            edited = self.storage.get_meta("static_members") != configured
-            if edited and (set(state.ring.members) != set(config.members) or state.ring.n != config.n):
-                try:
-                    state = state.begin(config.members, n=config.n)
-                    log.info("configured members changed: cluster state version %d, %d transfers",
-                             state.version, len(state.transfers))
-                except MembershipError as exc:
-                    log.warning("configured members changed but not applied: %s", exc)
-            self.storage.set_meta("static_members", configured)
-        self.storage.set_meta("cluster", p.packb(state.to_wire()))
-        return state
-
-    def _load_staged(self) -> Staged:
-        raw = self.storage.get_meta("staged")
-        if raw is None:
-            return Staged()
-        try:
-            return Staged.from_wire(p.unpackb(raw))
-        except (MembershipError, DynqError) as exc:
-            log.warning("dropping unreadable staged changes: %s", exc)
-            return Staged()
-
-    def _set_staged(self, staged: Staged) -> None:
-        self.staged = staged
-        self.storage.set_meta("staged", p.packb(staged.to_wire()))
 
     @property
-    def is_member(self) -> bool:
-        """Whether this node is in the serving or the next ring."""
-        return any(m.name == self.name for m in self.state.members)
+    def ring(self) -> Ring:
+        return self.cluster.ring
 
-    def adopt(self, state: ClusterState, reason: str) -> None:
-        """Make ``state`` this node's cluster state (persisted first), and act on it."""
-        old = self.state
-        if state.key == old.key:
-            return
-        self.storage.set_meta("cluster", p.packb(state.to_wire()))
-        self.state = state
-        self.ring = state.ring
-        self._member_names = {m.name for m in state.members}
-        log.info("cluster state %d -> %d (%s): %d members, %d transfers pending%s",
-                 old.version, state.version, reason, len(state.ring.members), len(state.transfers),
-                 f", moving to {len(state.next_ring.members)} members" if state.next_ring else "")
-        self._sync_peers()
-        self.transfers.wake.set()
-        if self.name in old.leaving and not self.is_member and not self._left:
-            self._left = True
-            log.info("%s has left the cluster; handing off what remains, then exiting", self.name)
-            assert self.loop is not None
-            self._background.append(self.loop.create_task(self._exit_when_handed_off()))
+    # --- build and wire ----------------------------------------------------------------
 
-    def offer_state(self, state: ClusterState, reason: str) -> bool:
-        """Gossip merge: adopt ``state`` if it is newer and concerns this node (a node that
-        belongs to a cluster ignores states of clusters it is not part of)."""
-        if state.key <= self.state.key:
-            return False
-        names = {m.name for m in state.members}
-        if self.name not in names and self.is_member and self.name not in self.state.leaving:
-            return False
-        self.adopt(state, reason)
-        return True
+    def _build(self, loop: asyncio.AbstractEventLoop, runtime: Runtime) -> Parts:
+        config, storage, cluster, stats = self.config, self.storage, self.cluster, self.stats
+        security = self.security
+        peers = PeerLink(loop, runtime.mux, self.health, stats, name=self.name, limits=config.limits,
+                         timeout_s=config.request_timeout_ms / 1000)
 
-    def _sync_peers(self) -> None:
-        """Connect to every member (and subscribe to its gossip); drop departed ones."""
-        if self.peers is None or self.gossip is None:
-            return
-        wanted = {m.name: m.address for m in self.state.members if m.name != self.name}
-        assert self.loop is not None
-        for name, address in wanted.items():
-            self.peers.connect(name, address)
-            self.gossip.subscribe(name, gossip_address(address))
-            if self.detector.last_heard(name) is None:  # silence from now on counts, too
-                self.detector.heartbeat(name, self.loop.time())
-        for name in self.peers.connected_names():
-            if name not in wanted and not name.startswith("~"):
-                self.peers.disconnect(name)
-        for name in self.gossip.subscribed():
-            if name not in wanted and not name.startswith("~"):
-                self.gossip.unsubscribe(name)
-                self.detector.forget(name)
+        def open_gossip(on_heartbeat: Callable[[Heartbeat], None]) -> Gossip:
+            return Gossip(
+                loop, runtime.context, gossip_address(config.listen), on_heartbeat,
+                secure_pub=(lambda sock: security.serve(sock, GOSSIP_DOMAIN)) if security else None,
+                secure_sub=security.own.apply if security else None,
+            )
 
-    async def _exit_when_handed_off(self) -> None:
-        """A node that left stops once its transfers and hints are delivered."""
-        waited = 0.0
-        while self.transfers.busy or self.storage.hint_count:
-            await asyncio.sleep(0.5)
-            waited += 0.5
-            if waited % 30 == 0:
-                log.info("left the cluster; waiting for %d hints and %d transfers before exiting",
-                         self.storage.hint_count, len(self.transfers.active))
-        log.info("%s left the cluster and handed everything off: exiting", self.name)
-        self.stop()
-
-    def routing_table(self) -> RoutingTable:
-        return RoutingTable(
-            ring=self.ring,
-            r=self.config.r,
-            w=self.config.w,
-            max_key_bytes=self.limits.max_key_bytes,
-            max_value_bytes=self.limits.max_value_bytes,
+        try:
+            liveness = Liveness(loop, cluster, peers, self.health, stats, config, open_gossip)
+        except (zmq.ZMQError, ValueError) as exc:
+            raise ConfigError(f"cannot bind gossip for {config.listen}: {exc}") from exc
+        runtime.own(liveness.gossip.close)
+        server = RequestServer(
+            loop, runtime.router, stats, self.latencies, name=self.name, limits=config.limits,
+            max_in_flight_per_connection=config.max_in_flight_per_connection, security=security,
+            epoch=cluster.ring.epoch,
         )
+        group = ServiceGroup(loop)
+        local = LocalReplica(loop, storage, cluster, stats, max_hints=config.max_hints)
+        cluster_admin = ClusterAdmin(cluster, peers, config, keys=storage.count)
+        tree_server = TreeServer(self.trees, storage, cluster, group, limits=config.limits)
+        transfers = PartitionTransfers(storage, peers, cluster, cluster_admin, local, config)
+        handoff = HintedHandoff(storage, peers, cluster, config)
+        anti_entropy = AntiEntropy(self.trees, tree_server, storage, peers, cluster, local, group, config,
+                                   started=self.started)
+        admin = KvAdmin(loop, cluster, peers, storage, config, actor=self.actor, stats=self.stats_snapshot)
+        kv = KvService(loop, cluster, local, peers, storage, stats, config, actor=self.actor)
+        return Parts(runtime, server, group, peers, liveness, local, kv, admin, cluster_admin, transfers, handoff,
+                     tree_server, anti_entropy)
+
+    def _wire(self, parts: Parts) -> None:
+        server = parts.server
+        server.register(parts.kv_admin.handlers(), kv_admin.CLIENT_OPS)
+        server.register(parts.kv.handlers(), kv_service.CLIENT_OPS)
+        server.register(parts.cluster_admin.handlers())
+        server.register(parts.transfers.handlers())
+        server.register(parts.tree_server.handlers())
+        server.register(parts.anti_entropy.handlers())
+        server.register(KeyAdmin(self.security).handlers())
+        # The cluster state's dependents, in this order, after each change (persisted first).
+        self.cluster.subscribe(lambda old, new: setattr(server, "epoch", new.ring.epoch))
+        self.cluster.subscribe(parts.liveness.on_cluster_change)
+        self.cluster.subscribe(lambda old, new: parts.transfers.wake.set())
+        self.cluster.subscribe(self._on_cluster_change)
 
     # --- lifecycle ---------------------------------------------------------------------
 
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
         """Bind, connect to peers, and serve until :meth:`stop` (or SIGTERM/SIGINT)."""
-        self.loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self.context = zmq.Context()
-        if self.security is not None:  # before any bind: without a ZAP handler libzmq lets anyone in
-            self.security.start(self.context)
-        self.router = self.context.socket(zmq.ROUTER)
-        configure_socket(self.router, self.limits, hwm=self.config.socket_hwm)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # A reply that cannot be queued (sender gone, or its queue at socket_hwm because it
-        # does not read) raises instead of vanishing silently, so it is counted.
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        if self.security is not None:
-            self.security.serve(self.router, REQUEST_DOMAIN)
+        runtime = Runtime.open(loop, self.config, self.security, self.health)
         try:
-            self.router.bind(self.config.listen)
-        except zmq.ZMQError as exc:
-            raise ConfigError(f"cannot listen on {self.config.listen}: {exc}") from exc
-        security = self.security
-        self.peers = RequestMux(
-            self.loop, context=self.context, limits=self.limits, connect_grace=0.5, health=self.health,
-            socket_setup=security.own.apply if security else None,
-        )
-        try:
-            self.gossip = Gossip(
-                self.loop, self.context, gossip_address(self.config.listen), self._on_heartbeat,
-                secure_pub=(lambda sock: security.serve(sock, GOSSIP_DOMAIN)) if security else None,
-                secure_sub=security.own.apply if security else None,
-            )
-        except (zmq.ZMQError, ValueError) as exc:
-            raise ConfigError(f"cannot bind gossip for {self.config.listen}: {exc}") from exc
-        self._sync_peers()
-        known = {m.address for m in self.state.members}
-        for seed in self.config.seeds:
-            if seed not in known:  # bootstrap only: listen to it until it is a member
-                self.gossip.subscribe("~" + seed, gossip_address(seed))
-        self.storage.start_checkpointer(self.config.checkpoint_interval_ms, self.config.wal_limit_mb * 1024 * 1024)
-        self.loop.add_reader(self.router.fileno(), self._drain_router)
+            parts = self._build(loop, runtime)
+        except BaseException:
+            runtime.close()
+            raise
+        self.parts = parts
+        self._wire(parts)
+        config = self.config
+        # Start, in order: peers and gossip, checkpoints, requests, then background work.
+        parts.liveness.start()
+        self.storage.start_checkpointer(config.checkpoint_interval_ms, config.wal_limit_mb * 1024 * 1024)
+        parts.server.start()
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
             try:
-                self.loop.add_signal_handler(sig, handler)
+                loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError):  # not the main thread (tests in-process)
                 pass
-        log.info(
-            "node %s (actor %s) serving on %s; ring epoch %d, %d members, n=%d q=%d",
-            self.name, self.actor, self.config.listen, self.ring.epoch, len(self.ring.members),
-            self.ring.n, self.ring.q,
-        )
-        self.handoff = HintedHandoff(self)
-        self._background = [
-            self.loop.create_task(self._probe_down_peers()),
-            self.loop.create_task(self.handoff.run()),
-            self.loop.create_task(self._gossip_loop()),
-            self.loop.create_task(self.transfers.run()),
-            self.loop.create_task(self.anti_entropy.run()),
-        ]
-        if self.config.metrics_port:
-            self._metrics_server = await serve_metrics(
-                self.config.metrics_host, self.config.metrics_port,
+        ring = self.ring
+        log.info("node %s (actor %s) serving on %s; ring epoch %d, %d members, n=%d q=%d",
+                 self.name, self.actor, config.listen, ring.epoch, len(ring.members), ring.n, ring.q)
+        group = parts.group
+        group.add("probe of down peers", parts.liveness.run_probes)
+        group.add("hinted handoff", parts.handoff.run)
+        group.add("gossip", parts.liveness.run_gossip)
+        group.add("transfers", parts.transfers.run, restart_delay_s=RETRY_MAX_S)
+        group.add("anti-entropy", parts.anti_entropy.run)
+        metrics_server: asyncio.AbstractServer | None = None
+        if config.metrics_port:
+            metrics_server = await serve_metrics(
+                config.metrics_host, config.metrics_port,
                 lambda: render_prometheus(self.stats_snapshot(), self.latencies),
             )
-            log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.config.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
         interval = sdnotify.watchdog_interval()
         if interval is not None:
-            self._background.append(self.loop.create_task(self._watchdog(interval)))
-        sdnotify.notify("READY=1", f"STATUS=serving on {self.config.listen}, ring epoch {self.ring.epoch}")
+            group.add("systemd watchdog", functools.partial(_watchdog, interval))
+        sdnotify.notify("READY=1", f"STATUS=serving on {config.listen}, ring epoch {ring.epoch}")
         if ready is not None:
             ready()
         await self._stopping.wait()
-        sdnotify.notify("STOPPING=1", f"STATUS=stopping: {self.in_flight} requests in flight")
-        await self._shutdown()
+        sdnotify.notify("STOPPING=1", f"STATUS=stopping: {parts.server.in_flight} requests in flight")
+        await self._shutdown(parts, metrics_server)
 
-    async def _watchdog(self, interval: float) -> None:
-        """Tell systemd the event loop is alive; a wedged loop stops these and gets restarted."""
-        while True:
-            sdnotify.notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
+    async def _shutdown(self, parts: Parts, metrics_server: asyncio.AbstractServer | None) -> None:
+        """Stop taking requests, stop background work and let requests in flight finish
+        (bounded), flush, close the sockets, close the storage last."""
+        loop = asyncio.get_running_loop()
+        log.info("node %s stopping: %d requests in flight", self.name, parts.server.in_flight)
+        parts.server.refuse_new()
+        timeout = self.config.request_timeout_ms / 1000
+        deadline = loop.time() + timeout
+        await parts.group.stop(timeout)
+        await parts.server.drain(deadline - loop.time())
+        parts.server.stop_reading()
+        if metrics_server is not None:
+            metrics_server.close()
+        self.storage.flush()
+        parts.runtime.close()
+        self.storage.close()
+        log.info("node %s stopped", self.name)
 
     def stop(self) -> None:
         if self._stopping is not None:
             self._stopping.set()
-
-    def _checkpoint_stats(self) -> dict[str, int | float]:
-        checkpointer = self.storage.checkpointer
-        if checkpointer is None:
-            return {}
-        cs = checkpointer.stats
-        return {"checkpoints": cs.passes, "checkpoint_restarts": cs.restarts, "checkpoint_busy": cs.busy,
-                "checkpoint_errors": cs.errors, "checkpoint_last_restart_ms": round(cs.last_restart_ms, 1)}
 
     def reload(self) -> None:
         """SIGHUP: re-read the allowed keys (a removed key is refused from its next message)."""
@@ -476,982 +253,39 @@ class Node:
         else:
             log.info("SIGHUP: nothing to reload (security is off)")
 
-    async def _shutdown(self) -> None:
-        """Stop taking requests, let those in flight finish (bounded), flush, close."""
-        assert self.loop is not None and self.router is not None and self.context is not None
-        log.info("node %s stopping: %d requests in flight", self.name, self.in_flight)
-        # New requests are now answered "unavailable" (never executed), so clients and peers
-        # go to another replica at once instead of waiting for a node that will not answer.
-        self._closing = True
-        for task in self._background:
-            task.cancel()
-        deadline = self.loop.time() + self.config.request_timeout_ms / 1000
-        while self.in_flight > 0 and self.loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        self.loop.remove_reader(self.router.fileno())
-        if self._metrics_server is not None:
-            self._metrics_server.close()
-        self.storage.flush()
-        if self.peers is not None:
-            self.peers.close()
-        if self.gossip is not None:
-            self.gossip.close()
-        self.router.close(0)
-        self.storage.close()
-        if self.security is not None:
-            self.security.stop()
-        self.context.term()
-        log.info("node %s stopped", self.name)
-
-    # --- the ROUTER ----------------------------------------------------------------------
-
-    def _drain_router(self) -> None:
-        router, security = self.router, self.security
-        assert router is not None
-        while True:
-            try:
-                if security is None:
-                    frames = router.recv_multipart(zmq.NOBLOCK)
-                    ident, frame, role = frames[0], frames[-1], "peer"
-                else:  # under CURVE, frames (not bytes) carry the sender's User-Id: role and key
-                    parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    frames = [part.bytes for part in parts]
-                    ident, frame = frames[0], frames[-1]
-                    role = security.role_of(_user_id(parts[-1])) or "none"
-            except zmq.Again:
-                return
-            except zmq.ZMQError as exc:
-                log.warning("router recv failed: %s", exc)
-                return
-            if len(frames) != 2:
-                self.stats.dropped_frames += 1
-                if len(frames) > 2:  # the sender is reachable: tell it what went wrong
-                    self._send_reply(ident, p.encode_error(0, self.ring.epoch, p.BadRequest(
-                        f"a request is one frame; got {len(frames) - 1}")))
-                continue
-            self._dispatch(ident, frame, role)
-
-    def _dispatch(self, ident: bytes, frame: bytes, role: str = "peer") -> None:
-        try:
-            request = p.decode_request(frame, self.limits)
-        except p.BadRequest as exc:
-            if exc.request_id is None:
-                self.stats.dropped_frames += 1
-                log.debug("dropping undecodable frame: %s", exc)
-            else:
-                self.stats.errors[exc.code] += 1
-                self._send_reply(ident, p.encode_error(exc.request_id, self.ring.epoch, exc))
-            return
-        if self._closing:
-            self._send_reply(ident, p.encode_error(
-                request.id, self.ring.epoch, Unavailable(f"{self.name} is shutting down")))
-            return
-        in_flight_here = self.in_flight_by_connection.get(ident, 0)
-        # Capped: what clients send. Not: what nodes send each other on behalf of all their
-        # clients over one connection (replica ops, forwarded writes, repair, transfers).
-        if (in_flight_here >= self.config.max_in_flight_per_connection and request.op in CLIENT_OPS
-                and request.body.get("fwd") is not True):
-            self.stats.overloaded += 1
-            self.stats.errors[Overloaded.code] += 1
-            self._send_reply(ident, p.encode_error(request.id, self.ring.epoch, Overloaded(
-                f"{self.name}: this connection already has {in_flight_here} requests in flight "
-                f"(max_in_flight_per_connection)")))
-            return
-        self.in_flight_by_connection[ident] = in_flight_here + 1
-        self.in_flight += 1
-        handler = self.handlers.get(request.op)
-        op = request.op if handler is not None else "unknown"  # a client must not mint metric series
-        responder = Responder(self, ident, request.id, op)
-        self.stats.requests[op] += 1
-        if handler is None:
-            responder.fail(UnknownOp(f"unknown op {short_repr(request.op)}"))
-            return
-        if role != "peer" and (role != "client" or request.op not in CLIENT_OPS):
-            self.stats.forbidden += 1
-            responder.fail(Forbidden(
-                f"op {request.op!r} needs a peer key" if role == "client" else "this key is not allowed (revoked?)"))
-            return
-        self._guarded(responder, handler, responder, request)
-
-    def _guarded(self, responder: Responder, fn: Callable[..., None], *args: Any) -> None:
-        """Run handler code - directly or later, from a reply callback - so that any error
-        becomes this request's error reply: never a lost reply, never a crashed loop."""
-        try:
-            fn(*args)
-        except DynqError as exc:
-            if not responder.done:
-                responder.fail(exc)
-        except MembershipError as exc:  # a membership change that cannot be made, and why
-            if not responder.done:
-                responder.fail(InvalidRequest(str(exc)))
-        except Exception as exc:  # a bug must cost one request, not the node
-            log.exception("request %s failed", responder.op)
-            if not responder.done:
-                responder.fail(InternalError(f"{type(exc).__name__}: {exc}"))
-
-    def _send_reply(self, ident: bytes, frame: bytes) -> None:
-        router = self.router
-        if router is None or router.closed:
-            return
-        try:
-            router.send(ident, zmq.NOBLOCK | zmq.SNDMORE)
-            router.send(frame, zmq.NOBLOCK)
-        except zmq.ZMQError:
-            self.stats.dropped_replies += 1
-        # A send may swallow the fd's edge for a request that is already waiting; look once
-        # per loop pass (not per reply) whether one is.
-        if not self._router_check_scheduled:
-            self._router_check_scheduled = True
-            assert self.loop is not None
-            self.loop.call_soon(self._check_router)
-
-    def _check_router(self) -> None:
-        self._router_check_scheduled = False
-        router = self.router
-        if router is not None and not router.closed and int(router.getsockopt(zmq.EVENTS)) & _POLLIN:
-            self._drain_router()
-
-    # --- the Replicas interface used by the coordinators ----------------------------------
-
-    def stage_local(
-        self,
-        key: bytes,
-        obj: VersionedObject,
-        blob: bytes,
-        done: Callable[[StorageError | None], None],
-        hint_for: str | None = None,
-    ) -> None:
-        assert self.loop is not None
-        if hint_for is not None:
-            if self.storage.hint_count + self.storage.staged_hint_count >= self.config.max_hints:
-                self.stats.hints_refused += 1
-                log.error("hint store full (%d hints): refusing a hinted write for %s",
-                          self.storage.hint_count, hint_for)
-                self.loop.call_soon(done, StorageError(
-                    f"{self.name}: hint store full ({self.config.max_hints} hints); write not taken"))
-                return
-            self.stats.hints_stored += 1
-        partition = self.ring.partition_for(key)
-        if self.transfers.tracking(partition):  # a transfer of this partition must see the commit
-            inner, note = done, self.transfers.note_commit
-
-            def done(error: StorageError | None) -> None:
-                if error is None:
-                    note(partition, key)
-                inner(error)
-
-        self.storage.stage(key, partition, obj, blob, done, self.loop, hint_for)
-
-    def read_repair(self, key: bytes, merged: VersionedObject, stale: list[str]) -> None:
-        blob = encode_object(merged)
-        for target in stale:
-            self.stats.read_repairs += 1
-            if target == self.name:  # merge with what is here *now*: a write may have landed since
-                mine = merge(self.storage.current(key), merged)
-                self.stage_local(key, mine, encode_object(mine), lambda err: None)
-            else:
-                self.send(target, p.OP_REPLICA_PUT, {"k": key, "ob": blob}, self._replica_timeout, _ignore)
-
-    def read_local(self, key: bytes) -> bytes | None:
-        return self.storage.get_blob(key)
-
-    def send(
-        self,
-        replica: str,
-        op: str,
-        body: dict[str, Any],
-        timeout: float,
-        done: Callable[[Reply | None, DynqError | None], None],
-    ) -> None:
-        assert self.peers is not None
-        if op == p.OP_REPLICA_PUT:
-            self._queue_replica_put(replica, body, timeout, done)
-        else:
-            self.peers.request(replica, op, body, timeout, done)
-
-    # --- replica writes, batched per peer and loop pass ----------------------------------
-
-    def _queue_replica_put(
-        self, replica: str, body: dict[str, Any], timeout: float, done: Callable[[Reply | None, DynqError | None], None]
-    ) -> None:
-        """Replica writes made in one loop pass (typically: everything one group commit
-        released) go to each peer as one message, and come back as one reply: one send, one
-        wake-up of each side's I/O thread, one commit on the replica."""
-        batch = self._outbox.get(replica)
-        # Everything that goes into the frame: object, key, hint, msgpack framing.
-        size = len(body.get("ob", b"")) + len(body.get("k", b"")) + len(body.get("h") or "") + 64
-        if batch is not None and (
-            batch.size + size > self.limits.max_message_bytes // 2 or len(batch.items) >= MAX_BATCH_ITEMS
-        ):
-            self._send_batch(replica, self._outbox.pop(replica))
-            batch = None
-        if batch is None:
-            batch = self._outbox[replica] = _Batch(timeout)
-            if not self._outbox_scheduled:
-                self._outbox_scheduled = True
-                assert self.loop is not None
-                self.loop.call_soon(self._flush_outbox)
-        batch.items.append(body)
-        batch.callbacks.append(done)
-        batch.size += size
-        batch.timeout = max(batch.timeout, timeout)  # each coordinator keeps its own deadline
-
-    def _flush_outbox(self) -> None:
-        self._outbox_scheduled = False
-        outbox, self._outbox = self._outbox, {}
-        for replica, batch in outbox.items():
-            self._send_batch(replica, batch)
-
-    def _send_batch(self, replica: str, batch: _Batch) -> None:
-        assert self.peers is not None
-        self.stats.replica_batches += 1
-        self.stats.replica_batch_items += len(batch.items)
-        if len(batch.items) == 1:
-            self.peers.request(replica, p.OP_REPLICA_PUT, batch.items[0], batch.timeout, batch.callbacks[0])
-            return
-        callbacks = batch.callbacks
-
-        def each(callback: Callable[[Reply | None, DynqError | None], None], reply: Reply | None,
-                 error: DynqError | None) -> None:
-            try:
-                callback(reply, error)
-            except Exception:  # one broken callback must not leave the others unanswered
-                log.exception("replica write callback failed")
-
-        def done(reply: Reply | None, error: DynqError | None) -> None:
-            results = reply.body.get("r") if reply is not None and reply.ok else None
-            if reply is not None and not reply.ok and (reply.error or {}).get("code") == UnknownOp.code:
-                # A peer that predates batching (rolling upgrade): send the items one by one.
-                for item, callback in zip(batch.items, callbacks):
-                    self.peers.request(replica, p.OP_REPLICA_PUT, item, batch.timeout, callback)  # type: ignore[union-attr]
-            elif error is not None or reply is None or not reply.ok:
-                for callback in callbacks:  # the whole batch failed alike
-                    each(callback, reply, error)
-            elif not isinstance(results, list) or len(results) != len(callbacks):
-                bad = ProtocolError(f"{replica}: batch reply does not match the batch")
-                for callback in callbacks:
-                    each(callback, None, bad)
-            else:
-                for callback, result in zip(callbacks, results):
-                    if result is None:
-                        each(callback, Reply(reply.id, reply.epoch, True, {}), None)
-                    else:
-                        err = result if isinstance(result, dict) else {"code": "protocol", "msg": "bad result"}
-                        each(callback, Reply(reply.id, reply.epoch, False, {}, err), None)
-
-        self.peers.request(replica, p.OP_REPLICA_PUT_BATCH, {"items": batch.items}, batch.timeout, done)
-
-    def is_up(self, name: str) -> bool:
-        """This node's view: usable for sloppy quorum unless marked down (probes revive it)."""
-        return name == self.name or self.health.state(name) is not PeerState.DOWN
-
-    def targets(self, key: bytes) -> tuple[list[tuple[str, str | None]], tuple[str, ...]]:
-        """Sloppy-quorum targets of ``key`` (node, hinted_for) and its primaries."""
-        plist = self.ring.preference_list_for(key)
-        return sloppy_targets(plist.primaries, plist.fallbacks, self.ring.n, self.is_up), plist.primaries
-
-    async def _probe_down_peers(self) -> None:
-        """Ping peers marked down, so they are used again as soon as they answer."""
-        while True:
-            await asyncio.sleep(self.config.probe_interval_ms / 1000)
-            for name in self.health.down():
-                self.send(name, p.OP_PING, {}, self.config.probe_interval_ms / 1000, _ignore)
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
-        assert self.loop is not None
-        return self.loop.call_later(delay, callback)
-
-    # --- validation helpers ----------------------------------------------------------------
-
-    def _key(self, body: dict[str, Any]) -> bytes:
-        key = p.get_bytes(body, "k")
-        assert key is not None
-        if not key:
-            raise InvalidRequest("key must not be empty")
-        if len(key) > self.limits.max_key_bytes:
-            raise KeyTooLarge(f"key is {len(key)} bytes; the limit is {self.limits.max_key_bytes}")
-        return key
-
-    def _timeout(self, body: dict[str, Any]) -> float:
-        """Seconds this node may spend on replicas: a bit less than the caller will wait."""
-        ms = p.get_int(body, "t", lo=1, hi=600_000, default=self.config.request_timeout_ms)
-        assert ms is not None
-        return min(ms, self.config.request_timeout_ms) * 0.9 / 1000
-
-    def _quorum(self, body: dict[str, Any], field: str, default: int) -> int:
-        value = p.get_int(body, field, lo=1, hi=self.ring.n, default=min(default, self.ring.n))
-        assert value is not None
-        return value
-
-    # --- handlers: client-facing ---------------------------------------------------------
-
-    def handle_ping(self, responder: Responder, req: Request) -> None:
-        body: dict[str, Any] = {"name": self.name, "actor": self.actor, "epoch": self.ring.epoch}
-        if req.body.get("peers") is not True:
-            responder.ok(body)
-            return
-        # Deep ping: which peers answer this node right now (readiness checks, status).
-        others = [m.name for m in self.ring.members if m.name != self.name]
-        answered: dict[str, bool] = {}
-
-        def pong(name: str, reply: Reply | None, error: DynqError | None) -> None:
-            answered[name] = error is None and reply is not None and reply.ok
-            if len(answered) == len(others):
-                responder.ok(dict(body, reachable=sorted(n for n, ok in answered.items() if ok)))
-
-        if not others:
-            responder.ok(dict(body, reachable=[]))
-        for name in others:
-            self.send(name, p.OP_PING, {}, 1.0, functools.partial(pong, name))
-
-    def handle_routing_table(self, responder: Responder, req: Request) -> None:
-        responder.ok({"table": self.routing_table().to_wire()})
-
-    def handle_get(self, responder: Responder, req: Request) -> None:
-        key = self._key(req.body)
-        if req.body.get("local") is True:  # a client coordinating the read itself
-            responder.ok({"ob": self.storage.get_blob(key)})
-            return
-        r = self._quorum(req.body, "r", self.config.r)
-
-        def outcome(obj: VersionedObject | None, error: DynqError | None) -> None:
-            if error is not None:
-                responder.fail(error)
-            else:
-                responder.ok({"ob": None if obj is None else encode_object(obj)})
-
-        self._coordinate_get(key, r, self._timeout(req.body), outcome)
-
-    def _coordinate_get(
-        self,
-        key: bytes,
-        r: int,
-        timeout: float,
-        outcome: Callable[[VersionedObject | None, DynqError | None], None],
-    ) -> None:
-        targets, primaries = self.targets(key)
-        names = [name for name, _ in targets]
-        if len(names) < r:  # too few look healthy: ask the primaries anyway, and say why they failed
-            names += [name for name in primaries if name not in names]
-        GetCoordinator(self, key, names, min(r, len(names)), timeout, outcome, primaries).start()
-
-    def handle_put(self, responder: Responder, req: Request) -> None:
-        key = self._key(req.body)
-        value = p.get_bytes(req.body, "v")
-        assert value is not None
-        if len(value) > self.limits.max_value_bytes:
-            raise ValueTooLarge(f"value is {len(value)} bytes; the limit is {self.limits.max_value_bytes}")
-        context = decode_context(p.get_bytes(req.body, "ctx", required=False), self.limits)
-        self._write(responder, req, key, value, context)
-
-    def handle_delete(self, responder: Responder, req: Request) -> None:
-        key = self._key(req.body)
-        raw_context = p.get_bytes(req.body, "ctx", required=False)
-        if raw_context:
-            self._write(responder, req, key, None, decode_context(raw_context, self.limits))
-            return
-        if self._forward_if_not_primary(responder, req, key):
-            return
-        # No context: read the key first and delete what the read saw, as Riak does.
-        def after_read(obj: VersionedObject | None, error: DynqError | None) -> None:
-            if error is not None:
-                responder.fail(error)
-            elif obj is None or obj.is_tombstone:
-                responder.ok({"found": False})
-            else:
-                self._guarded(responder, self._write, responder, req, key, None, dict(obj.clock))
-
-        self._coordinate_get(key, self.config.r, self._timeout(req.body), after_read)
-
-    def _forward_if_not_primary(self, responder: Responder, req: Request, key: bytes) -> bool:
-        """Writes are coordinated by a primary of the key, so that only the N replicas (not
-        every node) appear as actors in its version vector: metadata stays bounded."""
-        primaries = self.ring.preference_list_for(key).primaries
-        if self.name in primaries or req.body.get("fwd") is True:
-            return False
-        reachable = [name for name in primaries if self.is_up(name)]
-        if not reachable:  # always writable: with every primary down, coordinate here
-            return False
-        timeout = self._timeout(req.body)
-        errors: dict[str, str] = {}
-        body = dict(req.body, fwd=True)  # the receiver coordinates, never forwards again
-
-        def attempt(i: int) -> None:
-            if i >= len(reachable):
-                if req.op == p.OP_PUT or req.op == p.OP_DELETE:
-                    # every reachable primary vanished meanwhile: coordinate here after all
-                    self._dispatch_write_locally(responder, req)
-                    return
-                responder.fail(Unavailable(f"no primary of the key is reachable: {errors}"))
-                return
-
-            def relay(reply: Reply | None, error: DynqError | None) -> None:
-                if not_executed(reply, error):  # next primary
-                    errors[reachable[i]] = error.message if error else error_from_wire(
-                        reply.error if reply is not None else None).message
-                    attempt(i + 1)
-                elif error is not None:
-                    responder.fail(error)
-                elif reply is not None and not reply.ok:
-                    responder.fail(error_from_wire(reply.error))
-                else:
-                    responder.ok(reply.body if reply else {})
-
-            self.send(reachable[i], req.op, body, timeout, relay)
-
-        attempt(0)
-        return True
-
-    def _coordinate_as_fallback(
-        self, targets: list[tuple[str, str | None]], primaries: tuple[str, ...]
-    ) -> list[tuple[str, str | None]]:
-        """Every primary is unreachable and this node coordinates: it must write first (its
-        dot must be durable here before anyone sees it), so it joins the targets as a
-        fallback standing in for a primary no other fallback covers."""
-        covered = {name for name, _ in targets} | {hint for _, hint in targets if hint}
-        free = [primary for primary in primaries if primary not in covered]
-        if not free:  # N fallbacks already: take the place (and hint) of the last one
-            free = [targets[-1][1] or primaries[-1]]
-            targets = targets[:-1]
-        return [(self.name, free[0])] + targets
-
-    def _dispatch_write_locally(self, responder: Responder, req: Request) -> None:
-        req.body["fwd"] = True
-        self._guarded(responder, self.handlers[req.op], responder, req)
-
-    def _write(
-        self,
-        responder: Responder,
-        req: Request,
-        key: bytes,
-        value: bytes | None,
-        context: dict[str, int],
-    ) -> None:
-        if self._forward_if_not_primary(responder, req, key):
-            return
-        targets, primaries = self.targets(key)
-        if self.name not in {name for name, _ in targets}:
-            targets = self._coordinate_as_fallback(targets, primaries)
-        w = self._quorum(req.body, "w", self.config.w)
-        pw = p.get_int(req.body, "pw", lo=0, hi=self.ring.n, default=0) or 0
-        local = self.storage.current(key)
-        forgotten = self.storage.is_forgotten(key)
-        actor = self.actor_for(local, forgotten)
-        new = update(local, context, actor, value, int(time.time() * 1000))
-        if len(new.clock) > self.limits.max_clock_entries:
-            raise InvalidContext(
-                f"the write's version vector would have {len(new.clock)} entries (limit "
-                f"{self.limits.max_clock_entries}): the context names actors this key never had"
-            )
-        if len(new.siblings) > self.limits.max_siblings:
-            raise TooManySiblings(
-                f"key would have {len(new.siblings)} siblings (limit {self.limits.max_siblings}); "
-                "read it, resolve the siblings and write back with the context"
-            )
-        if len(new.siblings) > self.limits.sibling_warn:
-            self.stats.sibling_warnings += 1
-            log.warning("key %r has %d siblings; the application should resolve them", key[:64], len(new.siblings))
-        blob = encode_object(new)
-        if len(blob) > self.limits.max_message_bytes - self.limits.max_key_bytes - 1024:
-            raise ValueTooLarge(
-                f"the object with all its siblings would be {len(blob)} bytes; "
-                f"the limit is {self.limits.max_message_bytes - self.limits.max_key_bytes - 1024}"
-            )
-        if len(targets) < w:
-            raise NotEnoughReplicas(
-                f"put failed: w={w} but only {len(targets)} replicas are reachable",
-                required=w, succeeded=0, errors={name: "down" for name in self.health.down()},
-            )
-        used = {name for name, _ in targets}
-        spares = [f for f in self.ring.preference_list_for(key).fallbacks if f not in used and self.is_up(f)]
-        incoming = [x for x in self.state.pending_replicas(self.ring.partition_for(key)) if x not in used]
-        outcome = responder.outcome
-        if forgotten:  # minted by a fresh actor now: later writes may use it again
-            def outcome(body: dict[str, Any] | None, error: DynqError | None) -> None:
-                if error is None:
-                    self.storage.remember(key)
-                responder.outcome(body, error)
-
-        coordinator = PutCoordinator(
-            self, key, new, blob, targets, w, self._timeout(req.body), outcome, pw, spares, incoming
-        )
-        if coordinator.hinted:
-            self.stats.hinted_writes += 1
-        coordinator.start()
-
-    def actor_for(self, local: VersionedObject | None, forgotten: bool) -> str:
-        """The actor that mints this node's next dot of a key.
-
-        A dot must never be minted twice, and a new clock entry must not claim dots this
-        node minted but can no longer see: merge would silently keep one of two writes (or
-        a stale context would supersede a newer write: Riak's KV679). Both can happen once
-        this node dropped its copy of the key (handed off, reaped) while others kept it.
-        So: after such a drop, a fresh actor ``ACTOR~N`` (N never handed out before);
-        otherwise the newest of this node's actors in the local clock (all of its dots
-        are in the local copy), or the node's own actor for a key it never held.
-        """
-        if forgotten:
-            return f"{self.actor}~{self.storage.next_dot()}"
-        if local is None:
-            return self.actor
-        prefix = self.actor + "~"
-        fresh = [a for a in local.clock if a.startswith(prefix) and a[len(prefix):].isdigit()]
-        if fresh:
-            return max(fresh, key=lambda a: int(a[len(prefix):]))
-        return self.actor
-
-    # --- handlers: replica-facing --------------------------------------------------------
-
-    def handle_replica_get(self, responder: Responder, req: Request) -> None:
-        responder.ok({"ob": self.storage.get_blob(self._key(req.body))})
-
-    def handle_replica_put(self, responder: Responder, req: Request) -> None:
-        if req.op == p.OP_READ_REPAIR:
-            self.stats.read_repairs_received += 1
-
-        def committed(error: StorageError | None) -> None:
-            if error is not None:
-                responder.fail(error)
-            else:
-                responder.ok({})
-
-        self._apply_replica_put(req.body, committed)
-
-    def handle_replica_put_batch(self, responder: Responder, req: Request) -> None:
-        items = req.body.get("items")
-        if not isinstance(items, list) or not items:
-            raise InvalidRequest("field 'items' must be a non-empty list")
-        results: list[dict[str, Any] | None] = [None] * len(items)
-        remaining = len(items)
-
-        def item_done(i: int, error: DynqError | None) -> None:
-            nonlocal remaining
-            results[i] = None if error is None else error.to_wire()
-            remaining -= 1
-            if remaining == 0:
-                responder.ok({"r": results})
-
-        for i, item in enumerate(items):
-            try:
-                if not isinstance(item, dict):
-                    raise InvalidRequest("each item must be a map")
-                self._apply_replica_put(item, functools.partial(item_done, i))
-            except DynqError as exc:
-                item_done(i, exc)
-            except Exception as exc:  # a bug costs this item, not the items already staged
-                log.exception("replica write in a batch failed")
-                item_done(i, InternalError(f"{type(exc).__name__}: {exc}"))
-
-    def _apply_replica_put(self, body: dict[str, Any], done: Callable[[StorageError | None], None]) -> None:
-        """Merge a replica's object into ours; ``done`` runs after the commit."""
-        key = self._key(body)
-        blob = p.get_bytes(body, "ob")
-        assert blob is not None
-        hint_for = p.get_str(body, "h", required=False)
-        if hint_for is not None and hint_for not in self._member_names:
-            raise InvalidRequest(f"hint names {hint_for!r:.64}, which is not a member")
-        if hint_for is None:
-            partition = self.ring.partition_for(key)
-            if not self.state.is_replica(self.name, partition):
-                # Sent by a node routing by an older ring: keep it, and hand it on like a
-                # fallback's write, to the key's replicas as this node knows them.
-                self.stats.stray_writes += 1
-                hint_for = self.ring.preference_list(partition).primaries[0]
-        incoming = decode_object(blob, self.limits)
-        merged = merge(self.storage.current(key), incoming)
-        # Staged even when nothing changed, so the ack waits for any staged write of the key.
-        merged_blob = blob if merged == incoming else encode_object(merged)
-        self.stage_local(key, merged, merged_blob, done, hint_for)
-
-    def handle_inspect(self, responder: Responder, req: Request) -> None:
-        """What this node holds for one key, and which hints it keeps for it (dynq inspect)."""
-        key = self._key(req.body)
-        responder.ok({"ob": self.storage.get_blob(key), "hints": self.storage.hints_for_key(key),
-                      "partition": self.ring.partition_for(key)})
-
-    def handle_backup(self, responder: Responder, req: Request) -> None:
-        """Copy the database, consistently and online, to a file on this node's machine."""
-        path = p.get_str(req.body, "path")
-        assert path is not None
-        if not path.startswith("/"):
-            raise InvalidRequest("backup path must be absolute (it is a path on the node's machine)")
-        self.storage.flush()
-        steps = self.storage.backup_steps(path)
-        assert self.loop is not None
-        loop = self.loop
-
-        def step() -> None:  # a slice per loop pass: requests keep being served meanwhile
-            try:
-                pages = next(steps)
-            except StopIteration:
-                responder.ok({"path": path, "pages": self._backup_pages, "keys": self.storage.count()})
-                return
-            except Exception as exc:
-                responder.fail(StorageError(f"backup to {path} failed: {type(exc).__name__}: {exc}"))
-                return
-            self._backup_pages = pages
-            loop.call_soon(step)
-
-        self._backup_pages = 0
-        step()
-
-    def handle_key_register(self, responder: Responder, req: Request) -> None:
-        """Allow a new peer's public key (a node about to join), without a restart."""
-        name, key = p.get_str(req.body, "name"), p.get_str(req.body, "key")
-        if self.security is None:
-            raise InvalidRequest("security is off on this node: there are no keys to register")
-        try:
-            path = self.security.keyring.register(name or "", (key or "").encode())
-        except ValueError as exc:
-            raise InvalidRequest(f"key_register: {exc}") from exc
-        except OSError as exc:
-            raise StorageError(f"key_register: cannot write the key: {exc}") from exc
-        log.info("registered peer key %s (%s)", name, path)
-        responder.ok({"name": name, "path": str(path)})
-
-    def handle_key_revoke(self, responder: Responder, req: Request) -> None:
-        """Forget a registered peer key; its connections are refused from their next message."""
-        name = p.get_str(req.body, "name")
-        if self.security is None:
-            raise InvalidRequest("security is off on this node: there are no keys to revoke")
-        try:
-            removed = self.security.keyring.revoke(name or "")
-        except OSError as exc:
-            raise StorageError(f"key_revoke: cannot remove the key: {exc}") from exc
-        responder.ok({"name": name, "revoked": removed})
-
-    # --- gossip and failure detection -------------------------------------------------------
-
-    async def _gossip_loop(self) -> None:
-        """Publish a heartbeat every interval and mark silent peers down (phi accrual)."""
-        assert self.loop is not None and self.gossip is not None
-        interval = self.config.gossip_interval_ms / 1000
-        while True:
-            try:
-                self._gossip_round()
-            except Exception:  # gossip must outlive any bug in one round
-                log.exception("gossip round failed")
-            await asyncio.sleep(interval)
-
-    def _gossip_round(self) -> None:
-        assert self.loop is not None and self.gossip is not None
-        self.gossip.publish(self.name, self.config.listen, self.state.version, self.state.digest)
-        now = self.loop.time()
-        for name in self.detector.known():
-            if (name in self._member_names and self.health.state(name) is not PeerState.DOWN
-                    and self.detector.is_suspect(name, now)):
-                log.warning("no heartbeat from %s for %.1f s (phi %.1f): marking it down", name,
-                            now - (self.detector.last_heard(name) or now), self.detector.phi(name, now))
-                self.stats.marked_down_by_gossip += 1
-                self.health.unreachable(name, now)
-
-    def _on_heartbeat(self, heartbeat: Heartbeat) -> None:
-        assert self.loop is not None and self.peers is not None
-        name = heartbeat.name
-        if name == self.name:
-            return
-        now = self.loop.time()
-        if name in self._member_names:
-            self.detector.heartbeat(name, now)
-            if self.health.state(name) is PeerState.DOWN:
-                log.info("heartbeat from %s again: marking it up", name)
-                self.health.success(name, now)
-        if (heartbeat.version, heartbeat.digest) > self.state.key and not self._pulling:
-            peer = name if name in self._member_names else "~" + heartbeat.address
-            if peer.startswith("~"):
-                if not heartbeat.address.startswith(("tcp://", "ipc://")):
-                    return
-                self.peers.connect(peer, heartbeat.address)
-            self._pull_state(peer)
-
-    def _pull_state(self, peer: str) -> None:
-        self._pulling = True
-        self.stats.state_pulls += 1
-
-        def got(reply: Reply | None, error: DynqError | None) -> None:
-            self._pulling = False
-            if error is not None or reply is None or not reply.ok:
-                return
-            try:
-                state = ClusterState.from_wire(reply.body.get("state"))
-            except MembershipError as exc:
-                log.warning("%s sent an unusable cluster state: %s", peer, exc)
-                return
-            self.offer_state(state, f"gossip from {peer}")
-
-        self.send(peer, p.OP_CLUSTER_STATE, {}, 2.0, got)
-
-    def _push_state(self) -> None:
-        """After a change made here, tell every member at once (gossip would, a round later).
-        A node that just left hears of it by gossip, or in the reply to its next report."""
-        body = {"state": self.state.to_wire()}
-        for name in sorted(m.name for m in self.state.members):
-            if name != self.name:
-                self.send(name, p.OP_CLUSTER_STATE, body, 2.0, _ignore)
-
-    # --- handlers: membership --------------------------------------------------------------
-
-    def handle_cluster_state(self, responder: Responder, req: Request) -> None:
-        """This node's cluster state; a peer may offer a newer one in ``state``."""
-        if "state" in req.body:
-            self.offer_state(ClusterState.from_wire(req.body["state"]), "pushed by a peer")
-        responder.ok({"state": self.state.to_wire(), "claimant": claimant(self.state),
-                      "status": self.state.status_of(self.name), "name": self.name})
-
-    def _at_claimant(self, responder: Responder, req: Request) -> bool:
-        """Membership changes are made by the claimant alone: forward the request there
-        (True) unless this node is it (False)."""
-        boss = claimant(self.state)
-        if boss == self.name:
-            return False
-        hops = p.get_int(req.body, "hops", lo=0, hi=10, default=0) or 0
-        if hops >= 3:
-            raise Unavailable("the nodes disagree on who the claimant is (the cluster state is still spreading); retry")
-        body = dict(req.body, hops=hops + 1)
-
-        def relay(reply: Reply | None, error: DynqError | None) -> None:
-            if error is not None:
-                if isinstance(error, (Unavailable, Timeout)):
-                    responder.fail(Unavailable(
-                        f"the claimant {boss} (which makes membership changes) is unreachable: {error.message}"))
-                else:
-                    responder.fail(error)
-            elif reply is not None and not reply.ok:
-                responder.fail(error_from_wire(reply.error))
-            else:
-                body = reply.body if reply is not None else {}
-                if isinstance(body.get("state"), dict):
-                    try:
-                        self.offer_state(ClusterState.from_wire(body["state"]), f"from the claimant {boss}")
-                    except MembershipError:
-                        pass
-                responder.ok(body)
-
-        self.send(boss, req.op, body, self._timeout(req.body), relay)
-        return True
-
-    def handle_cluster_join(self, responder: Responder, req: Request) -> None:
-        """Sent to a new node: ask the cluster that ``cluster`` (an address) belongs to to
-        take this node in. The join is staged; `cluster commit` makes it happen."""
-        address = p.get_str(req.body, "cluster")
-        assert address is not None and self.peers is not None
-        if not address.startswith(("tcp://", "ipc://")):
-            raise InvalidRequest(f"'cluster' must be a node address like tcp://HOST:PORT, got {address!r:.80}")
-        if address == self.config.listen:
-            raise InvalidRequest("a node cannot join itself: give the address of a node in the cluster to join")
-        others = [m.name for m in self.state.members if m.name != self.name]
-        if self.is_member and others:
-            raise InvalidRequest(
-                f"{self.name} already belongs to a cluster with {', '.join(others)}; leave it first")
-        if self.storage.count():
-            raise InvalidRequest(f"{self.name} holds {self.storage.count()} keys; only an empty node can join a cluster")
-        channel = "~" + address
-        self.peers.connect(channel, address)
-
-        def joined(reply: Reply | None, error: DynqError | None) -> None:
-            if error is not None:
-                responder.fail(error)
-                return
-            assert reply is not None
-            if not reply.ok:
-                responder.fail(error_from_wire(reply.error))
-                return
-            try:
-                state = ClusterState.from_wire(reply.body.get("state"))
-            except MembershipError as exc:
-                responder.fail(ProtocolError(f"{address} answered with an unusable cluster state: {exc}"))
-                return
-            if state.ring.q != self.ring.q:
-                log.info("joining a cluster with q = %d (this node's config says %d; the cluster's wins)",
-                         state.ring.q, self.ring.q)
-            self.adopt(state, f"joining via {address}")
-            responder.ok({"claimant": claimant(state), "members": [m.name for m in state.members],
-                          "staged": reply.body.get("staged")})
-
-        self.send(channel, p.OP_MEMBER_JOIN, {"member": member_to_wire(self.config.self_member)},
-                  self._timeout(req.body), joined)
-
-    def handle_member_join(self, responder: Responder, req: Request) -> None:
-        member = member_from_wire(req.body.get("member"))
-        if self._at_claimant(responder, req):
-            return
-        self._set_staged(self.staged.join(self.state, member))
-        log.info("staged: %s joins (at %s)", member.name, member.address)
-        responder.ok({"state": self.state.to_wire(), "staged": self.staged.to_wire()})
-
-    def handle_cluster_leave(self, responder: Responder, req: Request) -> None:
-        name = p.get_str(req.body, "node", required=False)
-        if not name:  # default: the node the operator talked to
-            req.body["node"] = name = self.name
-        if self._at_claimant(responder, req):
-            return
-        self._set_staged(self.staged.leave(self.state, name))
-        log.info("staged: %s leaves", name)
-        responder.ok({"staged": self.staged.to_wire()})
-
-    def handle_cluster_plan(self, responder: Responder, req: Request) -> None:
-        if self._at_claimant(responder, req):
-            return
-        body: dict[str, Any] = {"claimant": self.name, "version": self.state.version,
-                                "in_progress": len(self.state.transfers)}
-        if not self.staged:
-            responder.ok(dict(body, empty=True))
-            return
-        responder.ok(dict(body, **plan(self.state, self.staged).to_wire(self.state)))
-
-    def handle_cluster_clear(self, responder: Responder, req: Request) -> None:
-        if self._at_claimant(responder, req):
-            return
-        cleared = self.staged.to_wire()
-        self._set_staged(Staged())
-        log.info("staged changes cleared: %s", cleared)
-        responder.ok({"cleared": cleared})
-
-    def handle_cluster_commit(self, responder: Responder, req: Request) -> None:
-        plan_id = p.get_str(req.body, "plan", required=False)
-        if self._at_claimant(responder, req):
-            return
-        state = commit(self.state, self.staged, plan_id)
-        self._set_staged(Staged())
-        self.adopt(state, "committed")
-        self._push_state()
-        responder.ok({"state": state.to_wire(), "version": state.version, "transfers": len(state.transfers)})
-
-    def record_transfer_done(self, transfer: Transfer) -> dict[str, Any]:
-        """(claimant) One transfer finished; the last one switches the ring."""
-        previous = self.state
-        state = previous.transfer_done(transfer)
-        if state is not previous:
-            self.adopt(state, f"transfer done: {transfer.describe()}")
-            self._push_state()
-        return {"state": self.state.to_wire()}
-
-    def handle_transfer_done(self, responder: Responder, req: Request) -> None:
-        raw = req.body.get("t")
-        if (not isinstance(raw, list) or len(raw) != 3 or not isinstance(raw[0], int)
-                or not isinstance(raw[1], str) or not isinstance(raw[2], str)):
-            raise InvalidRequest("field 't' must be [partition, source, target]")
-        if self._at_claimant(responder, req):
-            return
-        responder.ok(self.record_transfer_done(Transfer(raw[0], raw[1], raw[2])))
-
-    async def tell_claimant(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Send a membership request to the claimant (or handle it here, if this is it)."""
-        boss = claimant(self.state)
-        if boss == self.name and op == p.OP_TRANSFER_DONE:
-            raw = body["t"]
-            return self.record_transfer_done(Transfer(raw[0], raw[1], raw[2]))
-        assert self.loop is not None
-        future: asyncio.Future[tuple[Reply | None, DynqError | None]] = self.loop.create_future()
-
-        def done(reply: Reply | None, error: DynqError | None) -> None:
-            if not future.done():
-                future.set_result((reply, error))
-
-        self.send(boss, op, body, self._replica_timeout, done)
-        reply, error = await future
-        if error is not None:
-            raise error
-        assert reply is not None
-        if not reply.ok:
-            raise error_from_wire(reply.error)
-        if isinstance(reply.body.get("state"), dict):
-            try:
-                self.offer_state(ClusterState.from_wire(reply.body["state"]), f"from the claimant {boss}")
-            except MembershipError as exc:
-                log.warning("the claimant sent an unusable state: %s", exc)
-        return reply.body
-
-    def handle_transfers(self, responder: Responder, req: Request) -> None:
-        """This node's outgoing transfers, and the cluster's pending ones as it knows them."""
-        responder.ok({
-            "name": self.name,
-            "version": self.state.version,
-            "planned": self.state.planned,
-            "pending": [t.to_wire() for t in self.state.transfers],
-            "progress": [pr.to_wire() for pr in self.transfers.progress.values()],
-        })
-
-    def handle_stats(self, responder: Responder, req: Request) -> None:
-        responder.ok(self.stats_snapshot())
+    def _on_cluster_change(self, old: ClusterState, new: ClusterState) -> None:
+        """A node that left starts its exit: once its transfers and hints are delivered."""
+        if self.name in old.leaving and not self.cluster.is_member and not self._left:
+            self._left = True
+            log.info("%s has left the cluster; handing off what remains, then exiting", self.name)
+            assert self.parts is not None
+            self.parts.group.spawn(self._exit_when_handed_off(self.parts.transfers), "exit when handed off")
+
+    async def _exit_when_handed_off(self, transfers: PartitionTransfers) -> None:
+        waited = 0.0
+        while transfers.busy or self.storage.hint_count:
+            await asyncio.sleep(0.5)
+            waited += 0.5
+            if waited % 30 == 0:
+                log.info("left the cluster; waiting for %d hints and %d transfers before exiting",
+                         self.storage.hint_count, len(transfers.active))
+        log.info("%s left the cluster and handed everything off: exiting", self.name)
+        self.stop()
 
     def stats_snapshot(self) -> dict[str, Any]:
-        storage = self.storage
-        return {
-            "name": self.name,
-            "actor": self.actor,
-            "epoch": self.ring.epoch,
-            "uptime_s": round(time.time() - self.started, 1),
-            "in_flight": self.in_flight,
-            "requests": dict(self.stats.requests),
-            "errors": dict(self.stats.errors),
-            "dropped_frames": self.stats.dropped_frames,
-            "dropped_replies": self.stats.dropped_replies,
-            "late_replies": self.peers.late_replies if self.peers else 0,
-            "send_retries": self.peers.send_retries if self.peers else 0,
-            "sibling_warnings": self.stats.sibling_warnings,
-            "keys": storage.count(),
-            "storage_bytes": storage.size_bytes(),
-            "commits": storage.commits,
-            "rows_committed": storage.rows_committed,
-            "commit_failures": storage.commit_failures,
-            "wal_bytes": storage.wal_bytes(),
-            **self._checkpoint_stats(),
-            "partitions_owned": len(self.ring.partitions_of(self.name)),
-            "hinted_writes": self.stats.hinted_writes,
-            "hints_stored": self.stats.hints_stored,
-            "hints_refused": self.stats.hints_refused,
-            "hints_pending": dict(storage.hints_pending),
-            "hints_pending_total": storage.hint_count,
-            "hints_replayed": self.handoff.replayed if self.handoff else 0,
-            "read_repairs": self.stats.read_repairs,
-            "read_repairs_received": self.stats.read_repairs_received,
-            "replica_batches": self.stats.replica_batches,
-            "replica_batch_items": self.stats.replica_batch_items,
-            "latency": {op: hist.summary() for op, hist in sorted(self.latencies.by_op.items())},
-            "peers": self.health.snapshot(),
-            "peers_down": self.health.down(),
-            "stray_writes": self.stats.stray_writes,
-            "security": self.config.security,
-            "forbidden": self.stats.forbidden,
-            "overloaded": self.stats.overloaded,
-            "cluster": {
-                "version": self.state.version,
-                "status": self.state.status_of(self.name),
-                "claimant": claimant(self.state),
-                "members": len(self.state.ring.members),
-                "transfers_pending": len(self.state.transfers),
-                "transfers_planned": self.state.planned,
-                "staged": bool(self.staged),
-            },
-            "transfers": {
-                "active": len(self.transfers.active),
-                "keys_sent": self.transfers.keys_sent,
-                "bytes_sent": self.transfers.bytes_sent,
-                "completed": self.transfers.completed,
-                "retries": self.transfers.failures,
-            },
-            "gossip": {
-                "sent": self.gossip.sent if self.gossip else 0,
-                "received": self.gossip.received if self.gossip else 0,
-                "malformed": self.gossip.malformed if self.gossip else 0,
-                "marked_down": self.stats.marked_down_by_gossip,
-                "state_pulls": self.stats.state_pulls,
-            },
-            "anti_entropy": self.anti_entropy.snapshot(),
-        }
+        parts = self.parts
+        assert parts is not None
+        return stats_reply(Sources(
+            self.config, self.actor, self.started, self.stats, self.storage, self.cluster, parts.server, parts.peers,
+            self.health, parts.liveness, parts.handoff, parts.transfers, parts.anti_entropy,
+        ))
 
 
-def _user_id(frame: zmq.Frame) -> str | None:
-    try:
-        user = frame.get("User-Id")
-    except zmq.ZMQError:
-        return None
-    return user if isinstance(user, str) else None
-
-
-def _ignore(reply: Reply | None, error: DynqError | None) -> None:
-    """Callback for fire-and-forget requests (repairs, probes): health already saw the outcome."""
+async def _watchdog(interval: float) -> None:
+    """Tell systemd the event loop is alive; a wedged loop stops these and gets restarted."""
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
 
 
 def run_node(config: NodeConfig) -> None:

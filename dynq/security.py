@@ -239,3 +239,46 @@ def generate_keys(directory: Path, name: str) -> tuple[Path, Path]:
     public, secret = zmq.auth.create_certificates(str(directory), name)
     os.chmod(secret, 0o600)
     return Path(public), Path(secret)
+
+
+class KeyAdmin:
+    """The ``key_register`` / ``key_revoke`` ops: peer keys allowed over the wire (admin)."""
+
+    def __init__(self, security: NodeSecurity | None) -> None:
+        self.security = security  # None: the node runs without security; both ops refuse
+
+    def handlers(self) -> dict[str, Any]:
+        from dynq_client import protocol as p
+
+        return {p.OP_KEY_REGISTER: self.handle_key_register, p.OP_KEY_REVOKE: self.handle_key_revoke}
+
+    def handle_key_register(self, responder: Any, req: Any) -> None:
+        """Allow a new peer's public key (a node about to join), without a restart."""
+        from dynq_client import protocol as p
+        from dynq_client.errors import InvalidRequest, StorageError
+
+        name, key = p.get_str(req.body, "name"), p.get_str(req.body, "key")
+        if self.security is None:
+            raise InvalidRequest("security is off on this node: there are no keys to register")
+        try:
+            path = self.security.keyring.register(name or "", (key or "").encode())
+        except ValueError as exc:
+            raise InvalidRequest(f"key_register: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"key_register: cannot write the key: {exc}") from exc
+        log.info("registered peer key %s (%s)", name, path)
+        responder.ok({"name": name, "path": str(path)})
+
+    def handle_key_revoke(self, responder: Any, req: Any) -> None:
+        """Forget a registered peer key; its connections are refused from their next message."""
+        from dynq_client import protocol as p
+        from dynq_client.errors import InvalidRequest, StorageError
+
+        name = p.get_str(req.body, "name")
+        if self.security is None:
+            raise InvalidRequest("security is off on this node: there are no keys to revoke")
+        try:
+            removed = self.security.keyring.revoke(name or "")
+        except OSError as exc:
+            raise StorageError(f"key_revoke: cannot remove the key: {exc}") from exc
+        responder.ok({"name": name, "revoked": removed})

@@ -86,7 +86,7 @@ with atheris.instrument_imports(include=["dynq", "dynq_client"]):
         update,
     )
 
-    from dynq.membership import (
+    from dynq.cluster.membership import (
         ClusterState,
         MembershipError,
         Staged,

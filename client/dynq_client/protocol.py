@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import DynqError, InvalidRequest, ProtocolError
+from .errors import DynqError, InvalidRequest, ProtocolError, error_from_wire
 
 PROTOCOL_VERSION = 1
 
@@ -108,6 +108,18 @@ class Reply:
     ok: bool
     body: dict[str, Any] = field(default_factory=dict)
     error: dict[str, Any] | None = None
+
+
+def reply_error(reply: Reply | None, error: DynqError | None) -> DynqError | None:
+    """The outcome of a request as one error: the transport's (timeout, unreachable), the
+    error reply's, or None when the request succeeded."""
+    if error is not None:
+        return error
+    if reply is None:
+        return ProtocolError("no reply")
+    if not reply.ok:
+        return error_from_wire(reply.error)
+    return None
 
 
 def packb(obj: Any) -> bytes:

@@ -205,7 +205,7 @@ def cluster_status(as_json: bool, seed: tuple[str, ...], timeout: float) -> None
     reach a peer), for scripts."""
     import time
 
-    from ..membership import ClusterState
+    from ..cluster.membership import ClusterState
 
     rows: list[dict[str, Any]] = []
     try:

@@ -11,7 +11,7 @@ from dynq_client.errors import DynqError
 from dynq_client.security import CurveKeys
 
 from ..config import ConfigError, load_config
-from ..logs import setup_logging
+from ..ops.logs import setup_logging
 from .common import CURVE_KEYS, timeout_option
 from .keys import register_key
 

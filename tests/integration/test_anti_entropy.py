@@ -14,7 +14,7 @@ import apsw
 import pytest
 
 from dynq.localcluster import LocalCluster
-from dynq.metrics import Latencies, render_prometheus
+from dynq.ops.metrics import Latencies, render_prometheus
 from dynq_client import Client
 from dynq_client.versions import encode_object, update
 from tests.conftest import wait_known_down

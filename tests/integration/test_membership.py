@@ -17,7 +17,7 @@ import apsw
 import pytest
 
 from dynq.localcluster import LocalCluster
-from dynq.membership import ClusterState
+from dynq.cluster.membership import ClusterState
 from dynq_client import AsyncClient, Client, DynqError, Timeout
 from dynq_client.versions import decode_object, merge
 from tests.conftest import free_ports

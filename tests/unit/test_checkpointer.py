@@ -10,8 +10,8 @@ from pathlib import Path
 
 import apsw
 
-from dynq.checkpointer import Checkpointer
-from dynq.storage import Storage
+from dynq.store.checkpointer import Checkpointer
+from dynq.store.storage import Storage
 from dynq_client.versions import decode_object, encode_object, update
 
 LIMIT = 1024 * 1024  # 1 MiB of WAL

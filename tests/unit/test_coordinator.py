@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from dynq.coordinator import GetCoordinator, PutCoordinator, PutState
+from dynq.kv.coordinator import GetCoordinator, PutCoordinator, PutState
 from dynq_client.errors import DynqError, QuorumError, QuorumTimeout, StorageError, Timeout
 from dynq_client.protocol import DEFAULT_LIMITS, Reply
 from dynq_client.versions import VersionedObject, encode_object, update
@@ -46,7 +46,17 @@ class FakeReplicas:
     def read_local(self, key: bytes) -> bytes | None:
         return self.local
 
-    def send(self, replica: str, op: str, body: dict[str, Any], timeout: float, done: Callable[[Reply | None, DynqError | None], None]) -> None:
+    def replicate(self, target: str, key: bytes, blob: bytes, hint: str | None, timeout_s: float,
+                  done: Callable[[Reply | None, DynqError | None], None]) -> None:
+        self._sent(target, "replica_put", {"k": key, "ob": blob} if hint is None else {"k": key, "ob": blob, "h": hint},
+                   done)
+
+    def fetch(self, target: str, key: bytes, timeout_s: float, done: Callable[[Reply | None, DynqError | None], None]
+              ) -> None:
+        self._sent(target, "replica_get", {"k": key}, done)
+
+    def _sent(self, replica: str, op: str, body: dict[str, Any], done: Callable[[Reply | None, DynqError | None], None]
+              ) -> None:
         self.sent[replica] = done
         self.sent_ops.append(op)
         self.bodies[replica] = body
@@ -183,7 +193,7 @@ def test_get_counts_a_corrupt_reply_as_a_failure() -> None:
 def test_refused_unexecuted_means_shutting_down_or_overloaded_and_nothing_else() -> None:
     """A primary that answered ``overloaded`` did not take the write, like one shutting
     down: the forwarder tries the next primary and a put may use a stand-in."""
-    from dynq.coordinator import not_executed
+    from dynq.kv.coordinator import not_executed
     from dynq_client.errors import Overloaded, Unavailable
 
     def refused(code: str) -> Reply:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynq.membership import ClusterState, MembershipError, Staged, member_from_wire
+from dynq.cluster.membership import ClusterState, MembershipError, Staged, member_from_wire
 from dynq_client.errors import ProtocolError
 from dynq_client.protocol import decode_reply, unpackb
 from dynq_client.ring import Ring, RingError

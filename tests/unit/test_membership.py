@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynq.failure_detector import PhiAccrualDetector
-from dynq.gossip import Heartbeat, gossip_address
-from dynq.membership import (
+from dynq.cluster.failure_detector import PhiAccrualDetector
+from dynq.cluster.gossip import Heartbeat, gossip_address
+from dynq.cluster.membership import (
     ClusterState,
     MembershipError,
     Staged,

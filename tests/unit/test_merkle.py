@@ -1,12 +1,12 @@
-"""Merkle trees (dynq.merkle) and the anti-entropy rate limiter: pure code, no sockets."""
+"""Merkle trees (dynq.repair.merkle) and the anti-entropy rate limiter: pure code, no sockets."""
 
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynq.anti_entropy import RateLimiter
-from dynq.merkle import Tree, diff_keys, diff_trees, leaf_hash, segment_of
+from dynq.repair.exchange import RateLimiter
+from dynq.repair.merkle import Tree, diff_keys, diff_trees, leaf_hash, segment_of
 from dynq_client.ring import key_hash
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

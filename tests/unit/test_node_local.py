@@ -6,7 +6,9 @@ import asyncio
 from pathlib import Path
 
 from dynq.config import parse_config
+from dynq.kv.local import LocalReplica
 from dynq.node import Node
+from dynq.server.stats import Stats
 from dynq_client.versions import VersionedObject, decode_object, encode_object, update
 
 
@@ -19,9 +21,15 @@ def make_node(tmp_path: Path) -> Node:
     return Node(cfg)
 
 
+def local_replica(node: Node) -> LocalReplica:
+    """The node's local replica on the running loop (what ``serve`` builds)."""
+    return LocalReplica(asyncio.get_running_loop(), node.storage, node.cluster, Stats(),
+                        max_hints=node.config.max_hints)
+
+
 async def commit(node: Node, key: bytes, obj: VersionedObject) -> None:
     done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-    node.stage_local(key, obj, encode_object(obj), done.set_result)
+    local_replica(node).stage_local(key, obj, encode_object(obj), done.set_result)
     assert await done is None
 
 
@@ -31,13 +39,12 @@ def test_read_repair_of_own_copy_never_undoes_a_newer_write(tmp_path: Path) -> N
     node = make_node(tmp_path)
 
     async def scenario() -> None:
-        node.loop = asyncio.get_running_loop()
         key = b"k"
         seen_by_read = update(None, {}, node.actor, b"old", 1)
         await commit(node, key, seen_by_read)
         newer = update(node.storage.current(key), seen_by_read.clock, node.actor, b"new", 2)
         await commit(node, key, newer)
-        node.read_repair(key, seen_by_read, [node.name])
+        local_replica(node).repair(key, seen_by_read)
         await asyncio.sleep(0.05)
         stored = decode_object(node.storage.get_blob(key) or b"")
         assert stored.values == [b"new"] and stored.clock == newer.clock

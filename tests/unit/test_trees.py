@@ -1,4 +1,4 @@
-"""The node's persisted Merkle trees (dynq.trees) against a real SQLite file, no sockets."""
+"""The node's persisted Merkle trees (dynq.repair.trees) against a real SQLite file, no sockets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import apsw
 
-from dynq.merkle import Tree, leaf_hash
+from dynq.repair.merkle import Tree, leaf_hash
 from dynq.node import Node
 from dynq_client.versions import encode_object, update
 from tests.unit.test_node_local import commit, make_node
@@ -15,7 +15,7 @@ from tests.unit.test_node_local import commit, make_node
 
 def fresh_tree(node: Node, partition: int) -> Tree:
     """The partition's tree computed from the objects table alone (the model)."""
-    trees = node.anti_entropy.trees
+    trees = node.trees
     tree = Tree.empty(trees.segments, trees.fanout)
     for key, blob in node.storage.conn.execute("SELECT key, obj FROM objects WHERE partition = ?", (partition,)):
         tree.update(trees.segment(bytes(key)), leaf_hash(bytes(key), bytes(blob)))
@@ -30,8 +30,7 @@ def test_trees_follow_commits_survive_restarts_and_verify_fixes_drift(tmp_path: 
     keys = [f"k{i}".encode() for i in range(200)]
 
     async def write_all() -> None:
-        node.loop = asyncio.get_running_loop()
-        trees = node.anti_entropy.trees
+        trees = node.trees
         assert trees.tracked_partitions() == list(range(8)) and all(trees.verified(p) for p in range(8))
         for p in range(8):
             trees.tree(p)  # loaded before the writes: updated incrementally
@@ -43,12 +42,12 @@ def test_trees_follow_commits_survive_restarts_and_verify_fixes_drift(tmp_path: 
             await commit(node, key, update(obj, obj.clock, node.actor, b"w", 1))
 
     asyncio.run(write_all())
-    roots = {p: node.anti_entropy.trees.tree(p).root for p in range(8)}
+    roots = {p: node.trees.tree(p).root for p in range(8)}
     assert roots == {p: fresh_tree(node, p).root for p in range(8)}
     node.storage.close()
 
     node = make_node(tmp_path)  # restart: loads from leaf rows, no rebuild
-    trees = node.anti_entropy.trees
+    trees = node.trees
     assert {p: trees.tree(p).root for p in range(8)} == roots
     assert all(trees.verified(p) for p in range(8))
     conn = apsw.Connection(str(tmp_path / "dynq.db"))
@@ -60,7 +59,6 @@ def test_trees_follow_commits_survive_restarts_and_verify_fixes_drift(tmp_path: 
     p0, p1 = node.ring.partition_for(keys[0]), node.ring.partition_for(keys[1])
 
     async def verify() -> int:
-        node.loop = asyncio.get_running_loop()
         return sum([await trees.verify(p) for p in range(8)])
 
     assert asyncio.run(verify()) == 2
@@ -78,13 +76,12 @@ def test_sliced_load_sees_writes_committed_while_it_runs(tmp_path: Path) -> None
     """Loading a tree in slices (so the loop keeps serving) while writes commit in between
     ends with the same tree as a build from the final data."""
     node = make_node(tmp_path)
-    trees = node.anti_entropy.trees
+    trees = node.trees
     keys = [f"s{i}".encode() for i in range(400)]
     partition = node.ring.partition_for(keys[0])
     mine = [k for k in keys if node.ring.partition_for(k) == partition]
 
     async def scenario() -> None:
-        node.loop = asyncio.get_running_loop()
         for key in keys:
             await commit(node, key, update(None, {}, node.actor, b"v", 1))
         trees.trees.clear()

@@ -1,7 +1,7 @@
 """Ownership handoff: a node streams the key partitions it is giving up to their new replicas.
 
 For each transfer the cluster state assigns to this node as source (see
-:func:`dynq.membership.plan_transfers`):
+:func:`dynq.cluster.membership.plan_transfers`):
 
 1. start tracking the partition: every key committed here from now on is noted;
 2. stream the partition's rows in key order, in chunks bounded by items and bytes, as
@@ -27,16 +27,17 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from dynq_client import protocol as p
-from dynq_client.errors import DynqError, error_from_wire
-from dynq_client.protocol import Reply
+from dynq_client.errors import DynqError
+from dynq_client.protocol import Request
+
+from ..config import NodeConfig
+from ..server.ports import Claimant, ClusterView, Handler, LocalWriter, PartitionStore, Peers
+from ..server.responder import Responder
 
 from .membership import Transfer
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,16 @@ class TransferFailed(Exception):
 class PartitionTransfers:
     """Runs this node's outgoing transfers, one at a time."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, store: PartitionStore, peers: Peers, cluster: ClusterView, claimant: Claimant,
+                 local: LocalWriter, config: NodeConfig) -> None:
+        self.store = store
+        self.peers = peers
+        self.cluster = cluster
+        self.claimant = claimant  # takes the reports of finished transfers
+        self.local = local  # tells of every commit of a tracked partition
+        self.config = config
+        self.name = config.name
+        self._unwatch: dict[int, Callable[[], None]] = {}  # tracked partition -> stop hearing of its commits
         self._tracked: dict[Transfer, set[bytes]] = {}  # keys committed since tracking began
         self._by_partition: dict[int, list[Transfer]] = {}
         self.progress: dict[Transfer, Progress] = {}
@@ -85,7 +94,21 @@ class PartitionTransfers:
         self.failures = 0
         self.wake = asyncio.Event()
 
-    # --- called by the node on every commit of a tracked partition ----------------------------
+    def handlers(self) -> dict[str, Handler]:
+        return {p.OP_TRANSFERS: self.handle_transfers}
+
+    def handle_transfers(self, responder: Responder, req: Request) -> None:
+        """This node's outgoing transfers, and the cluster's pending ones as it knows them."""
+        state = self.cluster.state
+        responder.ok({
+            "name": self.name,
+            "version": state.version,
+            "planned": state.planned,
+            "pending": [t.to_wire() for t in state.transfers],
+            "progress": [pr.to_wire() for pr in self.progress.values()],
+        })
+
+    # --- every commit of a tracked partition ----------------------------------------------------
 
     def tracking(self, partition: int) -> bool:
         return partition in self._by_partition
@@ -97,6 +120,8 @@ class PartitionTransfers:
     def _track(self, transfer: Transfer) -> None:
         if transfer not in self._tracked:
             self._tracked[transfer] = set()
+            if transfer.partition not in self._by_partition:
+                self._unwatch[transfer.partition] = self.local.watch(transfer.partition, self.note_commit)
             self._by_partition.setdefault(transfer.partition, []).append(transfer)
 
     def _untrack(self, transfer: Transfer) -> None:
@@ -106,6 +131,9 @@ class PartitionTransfers:
             listed.remove(transfer)
         if not listed:
             self._by_partition.pop(transfer.partition, None)
+            unwatch = self._unwatch.pop(transfer.partition, None)
+            if unwatch is not None:
+                unwatch()
         self._cursor.pop(transfer, None)
 
     @property
@@ -115,7 +143,7 @@ class PartitionTransfers:
     @property
     def busy(self) -> bool:
         """Whether anything is left to do here (a leaving node waits for this to exit)."""
-        mine = [t for t in self.node.state.transfers if t.source == self.node.name]
+        mine = [t for t in self.cluster.state.transfers if t.source == self.name]
         return bool(mine) or bool(self._reported)
 
     # --- the loop ------------------------------------------------------------------------------
@@ -136,34 +164,31 @@ class PartitionTransfers:
                 log.warning("transfer interrupted, retrying in %.1f s: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
-            except Exception:  # never let the loop die
-                log.exception("transfer step failed")
-                await asyncio.sleep(RETRY_MAX_S)
+            # anything else is a bug: the node's service group logs it and restarts this loop
 
     async def _step(self) -> None:
-        node = self.node
-        state = node.state
+        state = self.cluster.state
         for transfer in state.transfers:
-            if transfer.source == node.name and transfer not in self._reported:
+            if transfer.source == self.name and transfer not in self._reported:
                 await self._transfer(transfer)
                 return  # one at a time; the state may have changed meanwhile
         await self._finish_reported()
 
     async def _transfer(self, transfer: Transfer) -> None:
-        node, storage = self.node, self.node.storage
+        storage = self.store
         progress = self.progress.get(transfer)
         if progress is None or transfer not in self._tracked:
             # The target must know it is becoming a replica, or it would treat what we send
             # as stray writes (the commit's push may not have reached it yet).
-            await self._request(transfer, p.OP_CLUSTER_STATE, {"state": node.state.to_wire()})
+            await self._request(transfer, p.OP_CLUSTER_STATE, {"state": self.cluster.state.to_wire()})
             self._track(transfer)  # before the scan: nothing committed from now on is missed
             progress = self.progress[transfer] = Progress(transfer, storage.partition_count(transfer.partition))
             log.info("transfer %s: starting, %d objects", transfer.describe(), progress.total)
         if progress.state == "streaming":
             cursor = self._cursor.get(transfer, b"")
             while True:
-                rows = storage.partition_chunk(transfer.partition, cursor, node.config.transfer_batch,
-                                               node.limits.max_message_bytes // 2)
+                rows = storage.partition_chunk(transfer.partition, cursor, self.config.transfer_batch,
+                                               self.config.limits.max_message_bytes // 2)
                 if not rows:
                     break
                 await self._send(transfer, rows, progress)
@@ -182,14 +207,14 @@ class PartitionTransfers:
         if not keys:
             return 0
         self._tracked[transfer] = set()
-        storage = self.node.storage
+        storage = self.store
         rows = [(key, blob) for key in sorted(keys) if (blob := storage.get_blob(key)) is not None]
         chunk: list[tuple[bytes, bytes]] = []
         size = 0
-        limit = self.node.limits.max_message_bytes // 2
+        limit = self.config.limits.max_message_bytes // 2
         try:
             for row in rows:
-                if chunk and (len(chunk) >= self.node.config.transfer_batch or size + len(row[1]) > limit):
+                if chunk and (len(chunk) >= self.config.transfer_batch or size + len(row[1]) > limit):
                     await self._send(transfer, chunk, progress)
                     chunk, size = [], 0
                 chunk.append(row)
@@ -203,25 +228,13 @@ class PartitionTransfers:
 
     async def _request(self, transfer: Transfer, op: str, body: dict[str, Any]) -> dict[str, Any]:
         """One request to the transfer's target; TransferFailed unless it succeeded."""
-        node = self.node
-        future: asyncio.Future[tuple[Reply | None, DynqError | None]] = asyncio.get_running_loop().create_future()
-
-        def done(reply: Reply | None, error: DynqError | None) -> None:
-            if not future.done():
-                future.set_result((reply, error))
-
-        node.send(transfer.target, op, body, node.config.request_timeout_ms / 1000, done)
-        reply, error = await future
-        if error is None and reply is not None and not reply.ok:
-            error = error_from_wire(reply.error)
-        if error is not None or reply is None:
-            message = f"{error.code}: {error.message}" if error is not None else "no reply"
-            raise TransferFailed(f"{transfer.describe()}: {message}")
-        return reply.body
+        try:
+            return await self.peers.call(transfer.target, op, body)
+        except DynqError as exc:
+            raise TransferFailed(f"{transfer.describe()}: {exc.code}: {exc.message}") from exc
 
     async def _send(self, transfer: Transfer, rows: list[tuple[bytes, bytes]], progress: Progress) -> None:
-        node = self.node
-        if transfer not in node.state.transfers and transfer not in self._reported:
+        if transfer not in self.cluster.state.transfers and transfer not in self._reported:
             raise TransferFailed(f"{transfer.describe()} is no longer planned")
         items = [{"k": key, "ob": blob} for key, blob in rows]
         try:
@@ -239,13 +252,13 @@ class PartitionTransfers:
         progress.bytes += n_bytes
         self.keys_sent += len(rows)
         self.bytes_sent += n_bytes
-        rate = node.config.transfer_rate
+        rate = self.config.transfer_rate
         if rate:
             await asyncio.sleep(len(rows) / rate)
 
     async def _report(self, transfer: Transfer) -> None:
         try:
-            await self.node.tell_claimant(p.OP_TRANSFER_DONE, {"t": transfer.to_wire()})
+            await self.claimant.transfer_done(transfer)
         except DynqError as exc:
             raise TransferFailed(f"{transfer.describe()}: the claimant did not take the report: {exc}") from exc
         first = self.progress[transfer].state != "reported"
@@ -254,8 +267,7 @@ class PartitionTransfers:
 
     async def _finish_reported(self) -> None:
         """After the switch and a grace period: last delta, then drop what is not ours."""
-        node = self.node
-        state = node.state
+        state = self.cluster.state
         now = time.monotonic()
         for transfer, seen in list(self._reported.items()):
             if transfer in state.transfers:
@@ -265,7 +277,7 @@ class PartitionTransfers:
             if seen is None:
                 self._reported[transfer] = now
                 continue
-            if now - seen < node.config.transfer_cleanup_delay_ms / 1000:
+            if now - seen < self.config.transfer_cleanup_delay_ms / 1000:
                 continue
             progress = self.progress[transfer]
             while await self._delta(transfer, progress):
@@ -275,19 +287,19 @@ class PartitionTransfers:
             progress.state = "done"
             progress.finished = time.time()
             self.completed += 1
-            if node.is_member and not node.state.is_replica(node.name, transfer.partition) \
+            if self.cluster.is_member and not self.cluster.state.is_replica(self.name, transfer.partition) \
                     and not self.tracking(transfer.partition):
                 dropped = await self._drop_partition(transfer.partition)
                 log.info("partition %d handed off to %s; dropped %d local objects",
                          transfer.partition, transfer.target, dropped)
         # a transfer reported but forgotten by a newer state (re-planned): report again
-        for transfer in [t for t in self._reported if t in state.transfers and t.source == node.name]:
+        for transfer in [t for t in self._reported if t in state.transfers and t.source == self.name]:
             await self._report(transfer)
 
     async def _drop_partition(self, partition: int) -> int:
         total = 0
         while True:
-            dropped = self.node.storage.drop_partition_rows(partition, limit=1000)
+            dropped = self.store.drop_partition_rows(partition, limit=1000)
             total += dropped
             if dropped < 1000:
                 return total

@@ -1,7 +1,7 @@
 """Hinted handoff: a fallback hands the writes it took for a down primary back to it.
 
 A hint is a row ``(target, key, seq)`` committed together with the fallback's copy of the
-object (see :mod:`dynq.storage`). This loop, one per node, looks every
+object (see :mod:`dynq.store.storage`). This loop, one per node, looks every
 ``replay_interval`` for targets with hints that the node believes reachable, and replays
 them in batches: it sends the fallback's *current* object for each key as an ordinary
 ``replica_put`` (the primary merges it through the normal version logic, so nothing the
@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
-from dynq_client import protocol as p
-from dynq_client.errors import DynqError
-from dynq_client.protocol import Reply
-
-if TYPE_CHECKING:
-    from .node import Node
+from ..config import NodeConfig
+from ..server.ports import ClusterView, HintStore, Peers
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +28,28 @@ log = logging.getLogger(__name__)
 class HintedHandoff:
     """Replays this node's hints to their targets."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, store: HintStore, peers: Peers, cluster: ClusterView, config: NodeConfig) -> None:
+        self.store = store
+        self.peers = peers
+        self.cluster = cluster
+        self.config = config
+        self.name = config.name
         self.replayed = 0  # hints delivered and deleted
         self.failures = 0  # replays that a target did not acknowledge
         self.batches = 0
 
     async def run(self) -> None:
-        config = self.node.config
+        config, store = self.config, self.store
         while True:
             await asyncio.sleep(config.replay_interval_ms / 1000)
-            for target in list(self.node.storage.hints_pending):
-                if target == self.node.name:  # a hint for ourselves: we are the primary again
+            for target in list(store.hints_pending):
+                if target == self.name:  # a hint for ourselves: we are the primary again
                     self._drop_self_hints()
                     continue
-                while self.node.is_up(target) and self.node.storage.hints_pending.get(target):
+                while self.peers.is_up(target) and store.hints_pending.get(target):
                     try:
                         delivered = await self.replay_batch(target)
-                    except Exception:  # never let the loop die: log and try again later
+                    except Exception:  # one target's failure must not hold up the others
                         log.exception("hint replay to %s failed", target)
                         break
                     if not delivered:
@@ -57,51 +57,42 @@ class HintedHandoff:
                     await asyncio.sleep(delivered / config.replay_rate)
 
     def _drop_self_hints(self) -> None:
-        storage = self.node.storage
-        for key, seq in storage.hint_batch(self.node.name, 10_000):
-            storage.hint_delivered(self.node.name, key, seq, b"", drop_copy=False)
+        for key, seq in self.store.hint_batch(self.name, 10_000):
+            self.store.hint_delivered(self.name, key, seq, b"", drop_copy=False)
 
     def recipients(self, target: str, key: bytes) -> list[str]:
         """Where a hint for ``target`` goes: to ``target`` while it replicates the key;
         once the ring moved on (``target`` left, or the key's partition moved away from
         it) to the key's replicas now, so the write is not stranded on this node."""
-        state = self.node.state
+        state = self.cluster.state
         partition = state.ring.partition_for(key)
         if state.is_replica(target, partition):
             return [target]
         replicas = list(state.ring.preference_list(partition).primaries)
         replicas += [x for x in state.pending_replicas(partition) if x not in replicas]
-        return [x for x in replicas if x != self.node.name]
+        return [x for x in replicas if x != self.name]
 
     async def replay_batch(self, target: str) -> int:
         """Send one batch of hints to ``target``; returns how many were delivered."""
-        node, storage = self.node, self.node.storage
-        loop = asyncio.get_running_loop()
-        batch = storage.hint_batch(target, node.config.replay_batch)
+        storage, peers, cluster = self.store, self.peers, self.cluster
+        batch = storage.hint_batch(target, self.config.replay_batch)
         if not batch:
             return 0
         self.batches += 1
-        pending: list[tuple[bytes, int, bytes, list[asyncio.Future[bool]]]] = []
+        pending: list[tuple[bytes, int, bytes, list[asyncio.Future[dict[str, Any]]]]] = []
         for key, seq in batch:
             blob = storage.get_blob(key)
             if blob is None:  # nothing to hand over (cannot happen unless the row was removed by hand)
                 storage.hint_delivered(target, key, seq, b"", drop_copy=False)
                 continue
-            futures: list[asyncio.Future[bool]] = []
-            for replica in self.recipients(target, key):
-                future: asyncio.Future[bool] = loop.create_future()
-
-                def done(reply: Reply | None, error: DynqError | None, future: asyncio.Future[bool] = future) -> None:
-                    if not future.done():
-                        future.set_result(error is None and reply is not None and reply.ok)
-
-                node.send(replica, p.OP_REPLICA_PUT, {"k": key, "ob": blob}, node.config.request_timeout_ms / 1000, done)
-                futures.append(future)
+            # sent now, in one loop pass: one batch message per recipient
+            futures = [peers.call_replicate(replica, key, blob) for replica in self.recipients(target, key)]
             pending.append((key, seq, blob, futures))
         delivered = 0
         for key, seq, blob, futures in pending:
-            if all([await future for future in futures]):
-                replica_here = node.state.is_replica(node.name, node.ring.partition_for(key))
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            if not any(isinstance(outcome, BaseException) for outcome in outcomes):
+                replica_here = cluster.state.is_replica(self.name, cluster.ring.partition_for(key))
                 if storage.hint_delivered(target, key, seq, blob, drop_copy=not replica_here):
                     delivered += 1
                     self.replayed += 1

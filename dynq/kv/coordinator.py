@@ -16,7 +16,8 @@ dot shown to other replicas before it is durable here, a crash could make this n
 the same dot again for a different write, and one of the two would be lost.
 
 The coordinators do no I/O themselves: they call the narrow :class:`Replicas` interface,
-which the node implements with its sockets and storage (and a test with plain objects).
+which :class:`dynq.kv.service.KvService` implements with the local replica and the peer
+link (and a test with plain objects).
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ import functools
 import logging
 from typing import Any, Callable, Protocol, Sequence
 
-from dynq_client.errors import DynqError, NotEnoughReplicas, Overloaded, StorageError, Unavailable, error_from_wire
-from dynq_client.protocol import Limits, Reply
+from dynq_client.errors import DynqError, NotEnoughReplicas, Overloaded, Unavailable
+from dynq_client.protocol import Limits, Reply, reply_error
 from dynq_client.quorum import QuorumState, QuorumTally, ReadQuorum
 from dynq_client.versions import VersionedObject, decode_object, decode_reply_object
+
+from ..server.ports import CommitCallback, ReplyCallback, ignore_reply
+from .write_plan import Target
 
 log = logging.getLogger(__name__)
 
@@ -42,45 +46,30 @@ Outcome = Callable[[dict[str, Any] | None, DynqError | None], None]
 
 
 class Replicas(Protocol):
-    """What a coordinator needs from its node."""
+    """What a coordinator needs from its node: verbs, no op names or wire bodies."""
 
     name: str
     limits: Limits
 
-    def stage_local(
-        self,
-        key: bytes,
-        obj: VersionedObject,
-        blob: bytes,
-        done: Callable[[StorageError | None], None],
-        hint_for: str | None = None,
-    ) -> None: ...
+    def stage_local(self, key: bytes, obj: VersionedObject, blob: bytes, done: CommitCallback,
+                    hint_for: str | None = None) -> None: ...
 
     def read_repair(self, key: bytes, merged: VersionedObject, stale: list[str]) -> None: ...
 
     def read_local(self, key: bytes) -> bytes | None: ...
 
-    def send(
-        self,
-        replica: str,
-        op: str,
-        body: dict[str, Any],
-        timeout: float,
-        done: Callable[[Reply | None, DynqError | None], None],
-    ) -> None: ...
+    def replicate(self, target: str, key: bytes, blob: bytes, hint: str | None, timeout_s: float,
+                  done: ReplyCallback) -> None: ...
+
+    def fetch(self, target: str, key: bytes, timeout_s: float, done: ReplyCallback) -> None: ...
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
 
 
 def _describe(reply: Reply | None, error: DynqError | None) -> str | None:
     """None when the replica succeeded, otherwise why it failed."""
-    if error is not None:
-        return f"{error.code}: {error.message}"
-    assert reply is not None
-    if not reply.ok:
-        remote = error_from_wire(reply.error)
-        return f"{remote.code}: {remote.message}"
-    return None
+    failure = reply_error(reply, error)
+    return None if failure is None else f"{failure.code}: {failure.message}"
 
 
 _UNEXECUTED_CODES = frozenset({Unavailable.code, Overloaded.code})
@@ -94,19 +83,11 @@ def not_executed(reply: Reply | None, error: DynqError | None) -> bool:
     return reply is not None and not reply.ok and (reply.error or {}).get("code") in _UNEXECUTED_CODES
 
 
-def _no_wait(reply: Reply | None, error: DynqError | None) -> None:
-    """Outcome of a best-effort send nobody waits for."""
-
-
 class PutState(enum.Enum):
     PREPARE = "prepare"
     LOCAL_COMMIT = "local_commit"
     REMOTE_WAIT = "remote_wait"
     DONE = "done"
-
-
-Target = tuple[str, "str | None"]
-"""(node, hinted_for): a primary (None) or a fallback standing in for that primary."""
 
 
 class PutCoordinator:
@@ -166,7 +147,7 @@ class PutCoordinator:
             self.key, self.obj, self.blob, self._on_local_commit, self.hints.get(self.replicas.name)
         )
 
-    def _on_local_commit(self, error: StorageError | None) -> None:
+    def _on_local_commit(self, error: DynqError | None) -> None:
         if error is not None:
             # The dot is not durable here, so it must not reach any other replica.
             self.tally.failure(self.replicas.name, f"{error.code}: {error.message}")
@@ -181,14 +162,11 @@ class PutCoordinator:
         for target, hint in list(self.hints.items()):
             if target == self.replicas.name:
                 continue
-            body: dict[str, Any] = {"k": self.key, "ob": self.blob}
-            if hint is not None:
-                body["h"] = hint
-            self.replicas.send(
-                target, "replica_put", body, self.timeout, functools.partial(self._on_remote, target)
+            self.replicas.replicate(
+                target, self.key, self.blob, hint, self.timeout, functools.partial(self._on_remote, target)
             )
         for target in self.incoming:
-            self.replicas.send(target, "replica_put", {"k": self.key, "ob": self.blob}, self.timeout, _no_wait)
+            self.replicas.replicate(target, self.key, self.blob, None, self.timeout, ignore_reply)
         self._check()
 
     def _ack(self, target: str) -> None:
@@ -222,9 +200,8 @@ class PutCoordinator:
                 break
             hint = self.hints.get(target) or target
             self.hints[spare] = hint
-            self.replicas.send(
-                spare, "replica_put", {"k": self.key, "ob": self.blob, "h": hint}, self.timeout,
-                functools.partial(self._on_remote, spare),
+            self.replicas.replicate(
+                spare, self.key, self.blob, hint, self.timeout, functools.partial(self._on_remote, spare)
             )
 
     def _stand_in(self, target: str) -> bool:
@@ -236,9 +213,8 @@ class PutCoordinator:
                 return False
             hint = self.hints.pop(target) or target
             self.hints[spare] = hint
-            self.replicas.send(
-                spare, "replica_put", {"k": self.key, "ob": self.blob, "h": hint}, self.timeout,
-                functools.partial(self._on_remote, spare),
+            self.replicas.replicate(
+                spare, self.key, self.blob, hint, self.timeout, functools.partial(self._on_remote, spare)
             )
             return True
         return False
@@ -299,13 +275,10 @@ class GetCoordinator:
 
     def start(self) -> None:
         self._timer = self.replicas.call_later(self.timeout, self._on_deadline)
-        body = {"k": self.key}
         for target in self.tally.replicas:
             if target == self.replicas.name:
                 continue
-            self.replicas.send(
-                target, "replica_get", body, self.timeout, functools.partial(self._on_remote, target)
-            )
+            self.replicas.fetch(target, self.key, self.timeout, functools.partial(self._on_remote, target))
         if self.replicas.name in self.tally.replicas:
             try:
                 blob = self.replicas.read_local(self.key)

@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 
 import apsw
 
-from dynq.checkpointer import Checkpointer
+from .checkpointer import Checkpointer
 from dynq_client.errors import StorageError
 from dynq_client.protocol import DEFAULT_LIMITS, Limits
 from dynq_client.versions import VersionedObject, decode_object

@@ -7,7 +7,7 @@ Persistence is one row per key, written in the *same transaction* as the object:
     ae_partitions(partition, verified_ms, exchanged_ms, keys_repaired, build_ms)
 
 so the leaves can never disagree with the objects after a crash, and a restart never
-re-reads or re-hashes the objects: a partition's in-memory :class:`~dynq.merkle.Tree`
+re-reads or re-hashes the objects: a partition's in-memory :class:`~dynq.repair.merkle.Tree`
 is loaded lazily from its leaf rows (XOR per segment) the first time it is needed, and
 from then on every commit XORs ``old ^ new`` into it. The old leaf hash comes from the
 leaf row (a point read of a small row), never from the old object.
@@ -46,7 +46,7 @@ from .merkle import FANOUT, SEGMENTS, Tree, hash_bytes, hash_int, leaf_hash, seg
 if TYPE_CHECKING:
     from dynq_client.ring import Ring
 
-    from .storage import Storage
+    from ..store.storage import Storage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ae_leaves (

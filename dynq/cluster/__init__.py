@@ -1,0 +1,1 @@
+"""Cluster membership: the cluster state (value and owner), gossip, failure detection, transfers."""

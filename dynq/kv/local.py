@@ -1,0 +1,88 @@
+"""This node's own copy: writes through the storage's group commit, reads, and watchers.
+
+Every write of this node - a coordinated put, a replica write, a repair, a handoff that
+arrives - is staged here: the hint store's bound is enforced for hinted writes, and the
+watchers of the key's partition (an outgoing transfer that must see every commit made
+during it) hear of the commit once it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from dynq_client.errors import StorageError
+from dynq_client.versions import VersionedObject, encode_object, merge
+
+from ..server.ports import ClusterView, CommitCallback, CommitListener
+from ..server.stats import Stats
+from ..store.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class LocalReplica:
+    """Writes and reads of this node's copy (implements ``LocalWriter``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, storage: Storage, cluster: ClusterView, stats: Stats, *,
+                 max_hints: int) -> None:
+        self.loop = loop
+        self.storage = storage
+        self.cluster = cluster
+        self.stats = stats
+        self.name = cluster.name
+        self.max_hints = max_hints  # hinted writes this node keeps at most (then refuses them)
+        self._watchers: dict[int, list[CommitListener]] = {}  # partition -> who hears of its commits
+        self.read_local = storage.get_blob
+        self.current = storage.current  # the merge base: staged writes included
+
+    def stage_local(self, key: bytes, obj: VersionedObject, blob: bytes, done: CommitCallback,
+                    hint_for: str | None = None) -> None:
+        storage = self.storage
+        if hint_for is not None:
+            if storage.hint_count + storage.staged_hint_count >= self.max_hints:
+                self.stats.hints_refused += 1
+                log.error("hint store full (%d hints): refusing a hinted write for %s",
+                          storage.hint_count, hint_for)
+                self.loop.call_soon(done, StorageError(
+                    f"{self.name}: hint store full ({self.max_hints} hints); write not taken"))
+                return
+            self.stats.hints_stored += 1
+        partition = self.cluster.ring.partition_for(key)
+        watchers = self._watchers.get(partition)
+        if watchers:  # a transfer of this partition must see the commit
+            inner = done
+            listeners = list(watchers)
+
+            def done(error: StorageError | None) -> None:
+                if error is None:
+                    for listener in listeners:
+                        listener(partition, key)
+                inner(error)
+
+        storage.stage(key, partition, obj, blob, done, self.loop, hint_for)
+
+    def watch(self, partition: int, listener: CommitListener) -> Callable[[], None]:
+        """Call ``listener(partition, key)`` after each commit of a key of ``partition``
+        (staged from now on); returns the unwatch."""
+        self._watchers.setdefault(partition, []).append(listener)
+
+        def unwatch() -> None:
+            listeners = self._watchers.get(partition, [])
+            if listener in listeners:
+                listeners.remove(listener)
+            if not listeners:
+                self._watchers.pop(partition, None)
+
+        return unwatch
+
+    def repair(self, key: bytes, merged: VersionedObject) -> None:
+        """Read repair of this node's own copy: merge with what is here *now* (a write may
+        have landed since the read), never write the read's merge over it."""
+        mine = merge(self.storage.current(key), merged)
+        self.stage_local(key, mine, encode_object(mine), _ignore_commit)
+
+
+def _ignore_commit(error: StorageError | None) -> None:
+    """A repair nobody waits for (a failed commit is counted and logged by storage)."""

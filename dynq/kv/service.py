@@ -1,0 +1,289 @@
+"""The data path: client reads and writes, replica reads and writes, read repair.
+
+A put or delete is coordinated by a primary of the key (another node forwards it there,
+so that only the N replicas appear as actors in the key's version vector); the write is
+planned by :func:`dynq.kv.write_plan.plan_write` and carried out by a
+:class:`~dynq.kv.coordinator.PutCoordinator`; a get by a
+:class:`~dynq.kv.coordinator.GetCoordinator`. Both are plain callbacks all the way:
+this is the hot path, with no task or future per request.
+
+:class:`KvService` is also the coordinators' :class:`~dynq.kv.coordinator.Replicas`:
+its verbs are the bound methods of the local replica, the peer link and the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any, Callable
+
+from dynq_client import protocol as p
+from dynq_client.errors import DynqError, InternalError, InvalidRequest, StorageError, Unavailable, ValueTooLarge
+from dynq_client.health import sloppy_targets
+from dynq_client.protocol import Reply, Request, reply_error
+from dynq_client.ring import PreferenceList
+from dynq_client.versions import VersionedObject, decode_context, decode_object, encode_object, merge
+
+from ..config import NodeConfig
+from ..server import fields
+from ..server.peers import PeerLink, relay
+from ..server.ports import ClusterView, CommitCallback, Handler, ignore_reply
+from ..server.responder import Responder, guarded
+from ..server.stats import Stats
+from ..store.storage import Storage
+from .coordinator import GetCoordinator, PutCoordinator, not_executed
+from .local import LocalReplica
+from .write_plan import actor_for, choose_targets, plan_write
+
+log = logging.getLogger(__name__)
+
+CLIENT_OPS = frozenset({p.OP_GET, p.OP_PUT, p.OP_DELETE, p.OP_READ_REPAIR})
+"""Of this service's ops, what a client key may ask for under CURVE."""
+
+
+class KvService:
+    """Gets, puts, deletes and replica writes (and the coordinators' ``Replicas``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cluster: ClusterView, local: LocalReplica,
+                 peers: PeerLink, storage: Storage, stats: Stats, config: NodeConfig, *, actor: str) -> None:
+        self.cluster = cluster
+        self.local = local
+        self.peers = peers
+        self.storage = storage
+        self.stats = stats
+        self.config = config
+        self.name = config.name
+        self.actor = actor  # the identity this node mints dots with
+        self.limits = config.limits
+        self.replica_timeout_s = config.request_timeout_ms / 1000
+        # The coordinators' Replicas verbs, bound once: a coordinator's call is one lookup.
+        self.stage_local = local.stage_local
+        self.read_local = local.read_local
+        self.replicate = peers.replicate
+        self.fetch = peers.fetch
+        self.call_later = loop.call_later
+        self.is_up = peers.is_up
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            p.OP_GET: self.handle_get,
+            p.OP_PUT: self.handle_put,
+            p.OP_DELETE: self.handle_delete,
+            p.OP_REPLICA_GET: self.handle_replica_get,
+            p.OP_REPLICA_PUT: self.handle_replica_put,
+            p.OP_READ_REPAIR: self.handle_replica_put,
+            p.OP_REPLICA_PUT_BATCH: self.handle_replica_put_batch,
+        }
+
+    # --- Replicas: what the coordinators call besides the bound verbs ---------------------------
+
+    def read_repair(self, key: bytes, merged: VersionedObject, stale: list[str]) -> None:
+        blob = encode_object(merged)
+        for target in stale:
+            self.stats.read_repairs += 1
+            if target == self.name:
+                self.local.repair(key, merged)
+            else:
+                self.peers.replicate(target, key, blob, None, self.replica_timeout_s, ignore_reply)
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def handle_get(self, responder: Responder, req: Request) -> None:
+        key = fields.key(req.body, self.limits)
+        if req.body.get("local") is True:  # a client coordinating the read itself
+            responder.ok({"ob": self.storage.get_blob(key)})
+            return
+        r = fields.quorum(req.body, "r", self.config.r, self.cluster.ring.n)
+
+        def outcome(obj: VersionedObject | None, error: DynqError | None) -> None:
+            if error is not None:
+                responder.fail(error)
+            else:
+                responder.ok({"ob": None if obj is None else encode_object(obj)})
+
+        self._coordinate_get(key, r, fields.deadline_s(req.body, self.config.request_timeout_ms), outcome)
+
+    def _coordinate_get(self, key: bytes, r: int, timeout: float,
+                        outcome: Callable[[VersionedObject | None, DynqError | None], None]) -> None:
+        ring = self.cluster.ring
+        plist = ring.preference_list_for(key)
+        primaries = plist.primaries
+        names = [name for name, _ in sloppy_targets(primaries, plist.fallbacks, ring.n, self.is_up)]
+        if len(names) < r:  # too few look healthy: ask the primaries anyway, and say why they failed
+            names += [name for name in primaries if name not in names]
+        GetCoordinator(self, key, names, min(r, len(names)), timeout, outcome, primaries).start()
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def handle_put(self, responder: Responder, req: Request) -> None:
+        key = fields.key(req.body, self.limits)
+        value = p.get_bytes(req.body, "v")
+        assert value is not None
+        if len(value) > self.limits.max_value_bytes:
+            raise ValueTooLarge(f"value is {len(value)} bytes; the limit is {self.limits.max_value_bytes}")
+        context = decode_context(p.get_bytes(req.body, "ctx", required=False), self.limits)
+        self._write(responder, req, key, value, context)
+
+    def handle_delete(self, responder: Responder, req: Request) -> None:
+        key = fields.key(req.body, self.limits)
+        raw_context = p.get_bytes(req.body, "ctx", required=False)
+        if raw_context:
+            self._write(responder, req, key, None, decode_context(raw_context, self.limits))
+            return
+        if self._forward_if_not_primary(responder, req, self.cluster.ring.preference_list_for(key)):
+            return
+        # No context: read the key first and delete what the read saw, as Riak does.
+        def after_read(obj: VersionedObject | None, error: DynqError | None) -> None:
+            if error is not None:
+                responder.fail(error)
+            elif obj is None or obj.is_tombstone:
+                responder.ok({"found": False})
+            else:
+                guarded(responder, self._write, responder, req, key, None, dict(obj.clock))
+
+        self._coordinate_get(key, self.config.r, fields.deadline_s(req.body, self.config.request_timeout_ms),
+                             after_read)
+
+    def _forward_if_not_primary(self, responder: Responder, req: Request, plist: PreferenceList) -> bool:
+        """Writes are coordinated by a primary of the key, so that only the N replicas (not
+        every node) appear as actors in its version vector: metadata stays bounded."""
+        primaries = plist.primaries
+        if self.name in primaries or req.body.get("fwd") is True:
+            return False
+        reachable = [name for name in primaries if self.is_up(name)]
+        if not reachable:  # always writable: with every primary down, coordinate here
+            return False
+        timeout = fields.deadline_s(req.body, self.config.request_timeout_ms)
+        errors: dict[str, str] = {}
+        body = dict(req.body, fwd=True)  # the receiver coordinates, never forwards again
+        passed_on = relay(responder.outcome)
+        peers = self.peers
+
+        def attempt(i: int) -> None:
+            if i >= len(reachable):
+                if req.op == p.OP_PUT or req.op == p.OP_DELETE:
+                    # every reachable primary vanished meanwhile: coordinate here after all
+                    req.body["fwd"] = True
+                    guarded(responder, self.handle_put if req.op == p.OP_PUT else self.handle_delete,
+                            responder, req)
+                    return
+                responder.fail(Unavailable(f"no primary of the key is reachable: {errors}"))
+                return
+
+            def done(reply: Reply | None, error: DynqError | None) -> None:
+                if not_executed(reply, error):  # next primary
+                    failure = reply_error(reply, error)
+                    errors[reachable[i]] = failure.message if failure else ""
+                    attempt(i + 1)
+                else:
+                    passed_on(reply, error)
+
+            peers.request(reachable[i], req.op, body, timeout, done)
+
+        attempt(0)
+        return True
+
+    def _write(self, responder: Responder, req: Request, key: bytes, value: bytes | None,
+               context: dict[str, int]) -> None:
+        cluster = self.cluster
+        ring = cluster.ring
+        plist = ring.preference_list_for(key)
+        if self._forward_if_not_primary(responder, req, plist):
+            return
+        targets = choose_targets(self.name, plist.primaries, plist.fallbacks, ring.n, self.is_up)
+        w = fields.quorum(req.body, "w", self.config.w, ring.n)
+        pw = p.get_int(req.body, "pw", lo=0, hi=ring.n, default=0) or 0
+        storage = self.storage
+        local = storage.current(key)
+        forgotten = storage.is_forgotten(key)
+        plan = plan_write(
+            targets=targets, fallbacks=plist.fallbacks, pending=cluster.state.pending_replicas(plist.partition),
+            is_up=self.is_up, down=self.peers.down, local=local, context=context,
+            actor=actor_for(self.actor, local, forgotten, storage.next_dot), value=value,
+            now_ms=int(time.time() * 1000), w=w, limits=self.limits,
+            many_siblings=functools.partial(self._many_siblings, key),
+        )
+        outcome = responder.outcome
+        if forgotten:  # minted by a fresh actor now: later writes may use it again
+            def outcome(body: dict[str, Any] | None, error: DynqError | None) -> None:
+                if error is None:
+                    storage.remember(key)
+                responder.outcome(body, error)
+
+        coordinator = PutCoordinator(
+            self, key, plan.obj, plan.blob, plan.targets, w, fields.deadline_s(req.body, self.config.request_timeout_ms),
+            outcome, pw, plan.spares, plan.incoming,
+        )
+        if coordinator.hinted:
+            self.stats.hinted_writes += 1
+        coordinator.start()
+
+    def _many_siblings(self, key: bytes, siblings: int) -> None:
+        self.stats.sibling_warnings += 1
+        log.warning("key %r has %d siblings; the application should resolve them", key[:64], siblings)
+
+    # --- replica-facing ------------------------------------------------------------------------
+
+    def handle_replica_get(self, responder: Responder, req: Request) -> None:
+        responder.ok({"ob": self.storage.get_blob(fields.key(req.body, self.limits))})
+
+    def handle_replica_put(self, responder: Responder, req: Request) -> None:
+        if req.op == p.OP_READ_REPAIR:
+            self.stats.read_repairs_received += 1
+
+        def committed(error: StorageError | None) -> None:
+            if error is not None:
+                responder.fail(error)
+            else:
+                responder.ok({})
+
+        self._apply_replica_put(req.body, committed)
+
+    def handle_replica_put_batch(self, responder: Responder, req: Request) -> None:
+        items = req.body.get("items")
+        if not isinstance(items, list) or not items:
+            raise InvalidRequest("field 'items' must be a non-empty list")
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        remaining = len(items)
+
+        def item_done(i: int, error: DynqError | None) -> None:
+            nonlocal remaining
+            results[i] = None if error is None else error.to_wire()
+            remaining -= 1
+            if remaining == 0:
+                responder.ok({"r": results})
+
+        for i, item in enumerate(items):
+            try:
+                if not isinstance(item, dict):
+                    raise InvalidRequest("each item must be a map")
+                self._apply_replica_put(item, functools.partial(item_done, i))
+            except DynqError as exc:
+                item_done(i, exc)
+            except Exception as exc:  # a bug costs this item, not the items already staged
+                log.exception("replica write in a batch failed")
+                item_done(i, InternalError(f"{type(exc).__name__}: {exc}"))
+
+    def _apply_replica_put(self, body: dict[str, Any], done: CommitCallback) -> None:
+        """Merge a replica's object into ours; ``done`` runs after the commit."""
+        key = fields.key(body, self.limits)
+        blob = p.get_bytes(body, "ob")
+        assert blob is not None
+        hint_for = p.get_str(body, "h", required=False)
+        cluster = self.cluster
+        if hint_for is not None and hint_for not in cluster.member_names:
+            raise InvalidRequest(f"hint names {hint_for!r:.64}, which is not a member")
+        if hint_for is None:
+            partition = cluster.ring.partition_for(key)
+            if not cluster.state.is_replica(self.name, partition):
+                # Sent by a node routing by an older ring: keep it, and hand it on like a
+                # fallback's write, to the key's replicas as this node knows them.
+                self.stats.stray_writes += 1
+                hint_for = cluster.ring.preference_list(partition).primaries[0]
+        incoming = decode_object(blob, self.limits)
+        merged = merge(self.storage.current(key), incoming)
+        # Staged even when nothing changed, so the ack waits for any staged write of the key.
+        merged_blob = blob if merged == incoming else encode_object(merged)
+        self.local.stage_local(key, merged, merged_blob, done, hint_for)

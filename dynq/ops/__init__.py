@@ -1,0 +1,1 @@
+"""Process and operator plumbing: metrics, logging, systemd notification."""

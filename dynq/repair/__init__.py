@@ -1,0 +1,1 @@
+"""Convergence in the background: hinted handoff, anti-entropy with Merkle trees."""

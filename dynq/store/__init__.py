@@ -1,0 +1,1 @@
+"""Local storage: the SQLite database with group commit, hints and metadata; WAL checkpoints."""
