@@ -188,6 +188,51 @@ async def case_events(env: Env) -> dict[str, Any]:
     return {"pollin": pollin, "cleared": cleared}
 
 
+async def case_maxmsgsize(env: Env) -> dict[str, Any]:
+    addr = env.address()
+    r = _socket(env, "b", zmq.ROUTER, MAXMSGSIZE=100)
+    r.bind(addr)
+    d = _socket(env, "a", zmq.DEALER, IMMEDIATE=1, RECONNECT_IVL=50)
+    d.connect(addr)
+    await env.until(lambda: _try_send(d, [b"small"]))
+    d.send(b"x" * 1000)
+    got: list[bytes] = []
+
+    def probe() -> bool:
+        _try_send(d, [b"after"])
+        while (m := _recv(r)) is not None:
+            got.append(m[1])
+        return b"after" in got
+
+    recovered = await env.until(probe)
+    d.close(0)
+    r.close(0)
+    return {"first": got[:1], "big_dropped": b"x" * 1000 not in got, "recovered": recovered}
+
+
+async def case_monitor(env: Env) -> dict[str, Any]:
+    from zmq.utils.monitor import parse_monitor_message
+    addr = env.address()
+    r = _socket(env, "b", zmq.ROUTER)
+    r.bind(addr)
+    d = _socket(env, "a", zmq.DEALER, IMMEDIATE=1)
+    mon = d.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED)
+    d.connect(addr)
+    events: list[str] = []
+
+    def more() -> bool:
+        while (m := _recv(mon)) is not None:
+            events.append(parse_monitor_message(m)["event"].name)
+        return "HANDSHAKE_SUCCEEDED" in events
+
+    await env.until(more)
+    d.disable_monitor()
+    mon.close(0)
+    d.close(0)
+    r.close(0)
+    return {"events": events}
+
+
 CASES: dict[str, tuple[Callable[[Env], Awaitable[dict[str, Any]]], dict[str, Any]]] = {
     "request_reply": (case_request_reply, {"frames": [b"ping", b"two"], "id_len": 5, "id0": b"\x00",
                                            "reply": [b"pong"]}),
@@ -199,6 +244,8 @@ CASES: dict[str, tuple[Callable[[Env], Awaitable[dict[str, Any]]], dict[str, Any
                                                              "after_disconnect": False,
                                                              "disconnect_unknown_errno": 2}),
     "events": (case_events, {"pollin": True, "cleared": True}),
+    "maxmsgsize": (case_maxmsgsize, {"first": [b"small"], "big_dropped": True, "recovered": True}),
+    "monitor": (case_monitor, {"events": ["CONNECTED", "HANDSHAKE_SUCCEEDED"]}),
 }
 
 
