@@ -38,7 +38,13 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from dynq_client import protocol as p
+from dynq_client.errors import InvalidRequest, StorageError
+from dynq_client.protocol import Request
 from dynq_client.security import CurveKeys, KeyFileError, load_keypair, load_public_key
+
+from .server.ports import Handler
+from .server.responder import Responder
 
 log = logging.getLogger(__name__)
 
@@ -247,16 +253,11 @@ class KeyAdmin:
     def __init__(self, security: NodeSecurity | None) -> None:
         self.security = security  # None: the node runs without security; both ops refuse
 
-    def handlers(self) -> dict[str, Any]:
-        from dynq_client import protocol as p
-
+    def handlers(self) -> dict[str, Handler]:
         return {p.OP_KEY_REGISTER: self.handle_key_register, p.OP_KEY_REVOKE: self.handle_key_revoke}
 
-    def handle_key_register(self, responder: Any, req: Any) -> None:
+    def handle_key_register(self, responder: Responder, req: Request) -> None:
         """Allow a new peer's public key (a node about to join), without a restart."""
-        from dynq_client import protocol as p
-        from dynq_client.errors import InvalidRequest, StorageError
-
         name, key = p.get_str(req.body, "name"), p.get_str(req.body, "key")
         if self.security is None:
             raise InvalidRequest("security is off on this node: there are no keys to register")
@@ -269,11 +270,8 @@ class KeyAdmin:
         log.info("registered peer key %s (%s)", name, path)
         responder.ok({"name": name, "path": str(path)})
 
-    def handle_key_revoke(self, responder: Any, req: Any) -> None:
+    def handle_key_revoke(self, responder: Responder, req: Request) -> None:
         """Forget a registered peer key; its connections are refused from their next message."""
-        from dynq_client import protocol as p
-        from dynq_client.errors import InvalidRequest, StorageError
-
         name = p.get_str(req.body, "name")
         if self.security is None:
             raise InvalidRequest("security is off on this node: there are no keys to revoke")

@@ -144,6 +144,7 @@ class UpCluster:
     port: int  # base port: n1's request port
     cwd: Path  # the directory it runs in (its data is in cwd/dynq-data)
     banner: list[str] = field(default_factory=list)  # lines up to its "try:" line
+    survivors: list[int] = field(default_factory=list)  # node PIDs that outlived `dynq up` (then killed)
 
     @property
     def node_pids(self) -> list[int]:
@@ -176,9 +177,11 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0) -> bool
 
 
 @contextmanager
-def running_up(cwd: Path, nodes: int = 3, extra: tuple[str, ...] = ()) -> Iterator[UpCluster]:
+def running_up(cwd: Path, nodes: int = 3, extra: tuple[str, ...] = (),
+               stop_signal: int = signal.SIGINT) -> Iterator[UpCluster]:
     """`dynq up` on its defaults (CURVE on), run in ``cwd`` on free ports; stopped with
-    SIGINT (as Ctrl-C does) at exit, and every node it started is checked gone (by PID)."""
+    ``stop_signal`` (SIGINT: as Ctrl-C does) at exit, and every node it started is checked
+    gone (by PID): those that outlived it are killed and listed in ``survivors``."""
     port = free_base_port(nodes + 1)
     process = subprocess.Popen(
         [sys.executable, "-m", "dynq", "up", "--nodes", str(nodes), "--base-port", str(port), *extra],
@@ -198,11 +201,11 @@ def running_up(cwd: Path, nodes: int = 3, extra: tuple[str, ...] = ()) -> Iterat
         assert any(f"{nodes} nodes up" in line for line in up.banner), "".join(up.banner)
         yield up
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop_signal)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        for pid in up.node_pids:
-            stop_pid(pid, 0, timeout=10)  # signal 0: only wait; SIGKILL if it outlived `dynq up`
+        # signal 0: only wait; SIGKILL if it outlived `dynq up`
+        up.survivors = [pid for pid in up.node_pids if not stop_pid(pid, 0, timeout=10)]

@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from dynq.config import load_config
-from tests.conftest import free_base_port
+from tests.conftest import running_up
 
 pytestmark = pytest.mark.integration
 
@@ -27,28 +26,9 @@ def dynq(*args: str, seed: str, check: bool = True, keys: Path | None = None) ->
 
 def test_up_runs_a_cluster_the_cli_can_use_and_stops_it(tmp_path: Path) -> None:
     """`dynq up` starts one process per node, serves get/put/delete/ring, and stops them all on SIGTERM."""
-    port = free_base_port(3)
-    data = tmp_path / "data"
-    up = subprocess.Popen(
-        [sys.executable, "-m", "dynq", "up", "--nodes", "3", "--data-dir", str(data), "--base-port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    seed = f"tcp://127.0.0.1:{port}"
-    node_pids: list[int] = []
-    try:
-        assert up.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # bounded: wait for the banner
-            line = up.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("try:"):
-                break
-        assert any("3 nodes up" in line for line in lines), "".join(lines)
-        node_pids = [int(line.split("pid ")[1].split()[0]) for line in lines if " pid " in line]
-        assert len(node_pids) == 3
+    with running_up(tmp_path, nodes=3, stop_signal=signal.SIGTERM) as up:
+        seed, data = up.seed, tmp_path / "dynq-data"
+        assert len(up.node_pids) == 3
         cfg = load_config(data / "n1" / "dynq.toml")
         assert cfg.listen == seed and len(cfg.members) == 3
 
@@ -70,24 +50,8 @@ def test_up_runs_a_cluster_the_cli_can_use_and_stops_it(tmp_path: Path) -> None:
         assert '"keys"' in dynq("stats", "--json", seed=seed, keys=keys).stdout
         bad = dynq("put", "k", "v", "--w", "7", seed=seed, check=False, keys=keys)
         assert bad.returncode == 2 and "w must be" in bad.stderr
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
-        for pid in node_pids:  # the nodes must be gone too
-            for _ in range(100):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            else:
-                os.kill(pid, signal.SIGKILL)
-                pytest.fail(f"node pid {pid} survived `dynq up` stopping")
-    assert up.returncode == 0
+    assert up.survivors == [], f"node PIDs {up.survivors} survived `dynq up` stopping"
+    assert up.process.returncode == 0
 
 
 def test_config_check_names_the_bad_key(tmp_path: Path) -> None:
