@@ -29,7 +29,6 @@ import functools
 import gc
 import logging
 import signal
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,6 +44,7 @@ from .cluster.manager import ClusterManager
 from .cluster.membership import ClusterState
 from .cluster.transfers import RETRY_MAX_S, PartitionTransfers
 from .config import ConfigError, NodeConfig
+from .env import SYSTEM, Env
 from .kv import admin as kv_admin
 from .kv import service as kv_service
 from .kv.admin import KvAdmin
@@ -93,8 +93,9 @@ class Node:
     Construction opens what lives on disk (storage, cluster state, Merkle trees); the
     rest is built in :meth:`serve`, once the loop and the sockets exist."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, env: Env = SYSTEM) -> None:
         self.config = config
+        self.env = env  # clocks, randomness, zmq context and SQLite VFS (the simulator's seam)
         self.name = config.name
         self.security: NodeSecurity | None = None
         if config.security == "curve":
@@ -104,15 +105,16 @@ class Node:
                                                   config.client_keys, config.data_dir / REGISTERED_PEERS_DIR)
             except ValueError as exc:
                 raise ConfigError(f"{config.source}: [security] {exc}") from exc
-        self.storage = Storage(config.db_path, synchronous=config.synchronous, limits=config.limits)
+        self.storage = Storage(config.db_path, synchronous=config.synchronous, limits=config.limits,
+                               vfs=env.sqlite_vfs, token_hex=env.token_hex)
         self.actor = self.storage.actor_id(config.name)  # the identity this node mints dots with
         self.cluster = ClusterManager.load(self.storage, config)  # the cluster state; change events
         # The trees observe every commit from the start (they are storage's, in memory).
-        self.trees = PartitionTrees(self.storage, self.name, lambda: self.cluster.ring)
+        self.trees = PartitionTrees(self.storage, self.name, lambda: self.cluster.ring, wall_ms=env.wall_ms)
         self.stats = Stats()
         self.latencies = Latencies()  # per-op request latency histograms
         self.health = Health(timeouts_to_down=2)  # this node's view of its peers
-        self.started = time.time()
+        self.started = env.wall()
         self.parts: Parts | None = None  # while serving
         self._stopping: asyncio.Event | None = None
         self._left = False  # this node left the cluster: it exits once it handed everything off
@@ -150,12 +152,12 @@ class Node:
         local = LocalReplica(loop, storage, cluster, stats, max_hints=config.max_hints)
         cluster_admin = ClusterAdmin(cluster, peers, config, keys=storage.count)
         tree_server = TreeServer(self.trees, storage, cluster, group, limits=config.limits)
-        transfers = PartitionTransfers(storage, peers, cluster, cluster_admin, local, config)
+        transfers = PartitionTransfers(storage, peers, cluster, cluster_admin, local, config, env=self.env)
         handoff = HintedHandoff(storage, peers, cluster, config)
         anti_entropy = AntiEntropy(self.trees, tree_server, storage, peers, cluster, local, group, config,
-                                   started=self.started)
+                                   started=self.started, env=self.env)
         admin = KvAdmin(loop, cluster, peers, storage, config, actor=self.actor, stats=self.stats_snapshot)
-        kv = KvService(loop, cluster, local, peers, storage, stats, config, actor=self.actor)
+        kv = KvService(loop, cluster, local, peers, storage, stats, config, actor=self.actor, env=self.env)
         return Parts(runtime, server, group, peers, liveness, local, kv, admin, cluster_admin, transfers, handoff,
                      tree_server, anti_entropy)
 
@@ -180,7 +182,7 @@ class Node:
         """Bind, connect to peers, and serve until :meth:`stop` (or SIGTERM/SIGINT)."""
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        runtime = Runtime.open(loop, self.config, self.security, self.health)
+        runtime = Runtime.open(loop, self.config, self.security, self.health, context_factory=self.env.zmq_context)
         try:
             parts = self._build(loop, runtime)
         except BaseException:
@@ -191,7 +193,8 @@ class Node:
         config = self.config
         # Start, in order: peers and gossip, checkpoints, requests, then background work.
         parts.liveness.start()
-        self.storage.start_checkpointer(config.checkpoint_interval_ms, config.wal_limit_mb * 1024 * 1024)
+        self.storage.start_checkpointer(config.checkpoint_interval_ms, config.wal_limit_mb * 1024 * 1024,
+                                        self.env.checkpointer)
         parts.server.start()
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
             try:
@@ -277,7 +280,7 @@ class Node:
         assert parts is not None
         return stats_reply(Sources(
             self.config, self.actor, self.started, self.stats, self.storage, self.cluster, parts.server, parts.peers,
-            self.health, parts.liveness, parts.handoff, parts.transfers, parts.anti_entropy,
+            self.health, parts.liveness, parts.handoff, parts.transfers, parts.anti_entropy, self.env.wall,
         ))
 
 

@@ -21,9 +21,10 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any, Coroutine, Iterable, TypeVar
+from typing import Any, Callable, Coroutine, Iterable, TypeVar
 
 import tenacity
+import zmq
 
 from .errors import (
     HandshakeFailed,
@@ -122,6 +123,15 @@ def result_from_object(obj: VersionedObject | None) -> GetResult:
     return GetResult(obj.values, encode_context(obj.clock), obj.found)
 
 
+def _stop_after_loop_delay(seconds: float) -> Callable[[tenacity.RetryCallState], bool]:
+    """tenacity's ``stop_after_delay``, measured on the running loop's clock: tenacity's own
+    reads ``time.monotonic()`` while it sleeps with ``asyncio.sleep``, which under a
+    virtual-time loop (the simulator) mixes two clocks. In production the two agree."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    return lambda state: loop.time() - start >= seconds
+
+
 def _retry_bootstrap(state: tenacity.RetryCallState) -> bool:
     """Bootstrap retries what may pass (a node still starting), not keys that do not fit."""
     exc = state.outcome.exception() if state.outcome is not None else None
@@ -139,6 +149,7 @@ class AsyncClient:
         limits: Limits = DEFAULT_LIMITS,
         curve: CurveKeys | None = None,
         keys: KeysOption = "auto",
+        context: zmq.Context[Any] | None = None,
     ) -> None:
         """Security, for a cluster running with ``security = "curve"``: ``curve`` gives this
         client's keypair and the cluster's public key explicitly (:class:`CurveKeys`);
@@ -155,6 +166,7 @@ class AsyncClient:
         self.timeout = timeout  # seconds for one whole operation
         self.limits = limits
         self.curve = curve if curve is not None else find_keys(keys, "app")  # None: plaintext
+        self.context = context  # the zmq context of the sockets (None: the process-wide one)
         self.table: RoutingTable | None = None  # cached routing table; None until bootstrap
         self._mux: RequestMux | None = None
         self._refreshing: asyncio.Task[None] | None = None  # background table refresh, one at a time
@@ -182,7 +194,7 @@ class AsyncClient:
                 return
             mux = self._ensure_mux()
             async for attempt in tenacity.AsyncRetrying(
-                stop=tenacity.stop_after_delay(self.timeout),
+                stop=_stop_after_loop_delay(self.timeout),
                 wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
                 retry=_retry_bootstrap,
                 reraise=True,
@@ -201,7 +213,7 @@ class AsyncClient:
     def _ensure_mux(self) -> RequestMux:
         if self._mux is None:
             self._mux = RequestMux(
-                asyncio.get_running_loop(), limits=self.limits, on_reply=self._observe_reply,
+                asyncio.get_running_loop(), context=self.context, limits=self.limits, on_reply=self._observe_reply,
                 health=self.health, socket_setup=self.curve.apply if self.curve else None,
             )
         return self._mux
@@ -318,7 +330,7 @@ class AsyncClient:
         if not retry:
             return (await self._call(node, op, body or {}, self.timeout)).body
         async for attempt in tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_delay(self.timeout),
+            stop=_stop_after_loop_delay(self.timeout),
             wait=tenacity.wait_exponential(multiplier=0.02, max=0.5),
             retry=tenacity.retry_if_exception(
                 lambda exc: isinstance(exc, Unavailable) and "not connected" in exc.message),
@@ -360,7 +372,7 @@ class AsyncClient:
             # reconnect can take. Tenacity only on this slow path: on every read it cost ~30%
             # of the client's CPU.
             async for attempt in tenacity.AsyncRetrying(
-                stop=tenacity.stop_after_delay(min(self.timeout, RECONNECT_WINDOW_S)),
+                stop=_stop_after_loop_delay(min(self.timeout, RECONNECT_WINDOW_S)),
                 wait=tenacity.wait_exponential(multiplier=0.02, max=0.3),
                 retry=tenacity.retry_if_exception(_only_unreachable),
                 reraise=True,
@@ -507,7 +519,7 @@ class AsyncClient:
             await self._send_write(op, body, candidates)
         except Unavailable:  # executed nowhere: retry with backoff (tenacity off the fast path)
             async for attempt in tenacity.AsyncRetrying(
-                stop=tenacity.stop_after_delay(self.timeout),
+                stop=_stop_after_loop_delay(self.timeout),
                 wait=tenacity.wait_exponential(multiplier=0.02, max=0.5),
                 retry=tenacity.retry_if_exception_type(Unavailable),
                 reraise=True,

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from dynq_client import protocol as p
@@ -34,6 +33,7 @@ from dynq_client.errors import DynqError
 from dynq_client.protocol import Request
 
 from ..config import NodeConfig
+from ..env import SYSTEM, Env
 from ..server.ports import Claimant, ClusterView, Handler, LocalWriter, PartitionStore, Peers
 from ..server.responder import Responder
 
@@ -54,7 +54,7 @@ class Progress:
     total: int  # rows in the partition when the transfer started
     sent: int = 0  # objects acknowledged by the target (full pass and deltas)
     bytes: int = 0
-    started: float = field(default_factory=time.time)
+    started: float = 0.0  # wall clock, seconds
     finished: float | None = None
     retries: int = 0
     state: str = "streaming"  # streaming | delta | reported | done
@@ -74,7 +74,8 @@ class PartitionTransfers:
     """Runs this node's outgoing transfers, one at a time."""
 
     def __init__(self, store: PartitionStore, peers: Peers, cluster: ClusterView, claimant: Claimant,
-                 local: LocalWriter, config: NodeConfig) -> None:
+                 local: LocalWriter, config: NodeConfig, *, env: Env = SYSTEM) -> None:
+        self.env = env  # clocks
         self.store = store
         self.peers = peers
         self.cluster = cluster
@@ -182,7 +183,8 @@ class PartitionTransfers:
             # as stray writes (the commit's push may not have reached it yet).
             await self._request(transfer, p.OP_CLUSTER_STATE, {"state": self.cluster.state.to_wire()})
             self._track(transfer)  # before the scan: nothing committed from now on is missed
-            progress = self.progress[transfer] = Progress(transfer, storage.partition_count(transfer.partition))
+            progress = self.progress[transfer] = Progress(transfer, storage.partition_count(transfer.partition),
+                                                                started=self.env.wall())
             log.info("transfer %s: starting, %d objects", transfer.describe(), progress.total)
         if progress.state == "streaming":
             cursor = self._cursor.get(transfer, b"")
@@ -268,7 +270,7 @@ class PartitionTransfers:
     async def _finish_reported(self) -> None:
         """After the switch and a grace period: last delta, then drop what is not ours."""
         state = self.cluster.state
-        now = time.monotonic()
+        now = self.env.monotonic()
         for transfer, seen in list(self._reported.items()):
             if transfer in state.transfers:
                 continue  # the claimant has not recorded it yet: report again
@@ -285,7 +287,7 @@ class PartitionTransfers:
             self._untrack(transfer)
             del self._reported[transfer]
             progress.state = "done"
-            progress.finished = time.time()
+            progress.finished = self.env.wall()
             self.completed += 1
             if self.cluster.is_member and not self.cluster.state.is_replica(self.name, transfer.partition) \
                     and not self.tracking(transfer.partition):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from typing import Any, Callable
 
 from dynq_client import protocol as p
@@ -27,6 +26,7 @@ from dynq_client.ring import PreferenceList
 from dynq_client.versions import VersionedObject, decode_context, decode_object, encode_object, merge
 
 from ..config import NodeConfig
+from ..env import SYSTEM, Env
 from ..server import fields
 from ..server.peers import PeerLink, relay
 from ..server.ports import ClusterView, CommitCallback, Handler, ignore_reply
@@ -47,7 +47,9 @@ class KvService:
     """Gets, puts, deletes and replica writes (and the coordinators' ``Replicas``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, cluster: ClusterView, local: LocalReplica,
-                 peers: PeerLink, storage: Storage, stats: Stats, config: NodeConfig, *, actor: str) -> None:
+                 peers: PeerLink, storage: Storage, stats: Stats, config: NodeConfig, *, actor: str,
+                 env: Env = SYSTEM) -> None:
+        self.wall_ms = env.wall_ms  # sibling timestamps
         self.cluster = cluster
         self.local = local
         self.peers = peers
@@ -202,7 +204,7 @@ class KvService:
             targets=targets, fallbacks=plist.fallbacks, pending=cluster.state.pending_replicas(plist.partition),
             is_up=self.is_up, down=self.peers.down, local=local, context=context,
             actor=actor_for(self.actor, local, forgotten, storage.next_dot), value=value,
-            now_ms=int(time.time() * 1000), w=w, limits=self.limits,
+            now_ms=self.wall_ms(), w=w, limits=self.limits,
             many_siblings=functools.partial(self._many_siblings, key),
         )
         outcome = responder.outcome

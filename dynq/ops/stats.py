@@ -7,6 +7,7 @@ operators' scripts read it by key; ``tests/integration/test_stats_shape.py`` pin
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ class Sources:
 
     config: NodeConfig
     actor: str
-    started: float  # time.time() at start
+    started: float  # wall clock at start
     stats: Stats
     storage: Storage
     cluster: ClusterManager
@@ -42,6 +43,7 @@ class Sources:
     handoff: HintedHandoff
     transfers: PartitionTransfers
     anti_entropy: AntiEntropy
+    wall: Callable[[], float] = time.time  # the environment's wall clock
 
 
 def stats_reply(src: Sources) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def stats_reply(src: Sources) -> dict[str, Any]:
         "name": name,
         "actor": src.actor,
         "epoch": ring.epoch,
-        "uptime_s": round(time.time() - src.started, 1),
+        "uptime_s": round(src.wall() - src.started, 1),
         "in_flight": src.server.in_flight,
         "requests": dict(stats.requests),
         "errors": dict(stats.errors),

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from dynq_client import protocol as p
@@ -42,6 +41,7 @@ from dynq_client.errors import DynqError, InvalidRequest, ProtocolError
 from dynq_client.protocol import Request
 
 from ..config import NodeConfig
+from ..env import SYSTEM, Env
 from ..server.ports import ClusterView, Handler, LocalWriter, Peers, Spawner
 from ..server.responder import Responder
 from ..store.storage import Storage
@@ -59,7 +59,8 @@ class AntiEntropy:
 
     def __init__(self, trees: PartitionTrees, server: TreeServer, storage: Storage, peers: Peers,
                  cluster: ClusterView, local: LocalWriter, spawner: Spawner, config: NodeConfig, *,
-                 started: float) -> None:
+                 started: float, env: Env = SYSTEM) -> None:
+        self.env = env  # the wall clock (tombstone grace, staleness)
         self.trees = trees
         self.server = server  # the answering side, whose reaps count too
         self.storage = storage
@@ -69,7 +70,7 @@ class AntiEntropy:
         self.config = config
         self.name = config.name
         self.started = started  # when this node started (the horizon of never-exchanged partitions)
-        self.limiter = RateLimiter(self.config.ae_rate_objects, self.config.ae_rate_bytes)
+        self.limiter = RateLimiter(self.config.ae_rate_objects, self.config.ae_rate_bytes, clock=env.monotonic)
         self.exchanger = Exchanger(trees, peers, local, self.limiter, limits=config.limits,
                                    timeout_s=config.request_timeout_ms / 1000)
         self._slots: asyncio.Semaphore | None = None  # exchanges running at once (created on the loop)
@@ -128,7 +129,7 @@ class AntiEntropy:
         async with self._slots:
             info = trees.info.get(partition)
             stale = info is None or not info.verified_ms or (
-                time.time() * 1000 - info.verified_ms > self.config.ae_rebuild_interval_s * 1000)
+                self.env.wall_ms() - info.verified_ms > self.config.ae_rebuild_interval_s * 1000)
             if rebuild or stale:
                 fixed += await trees.verify(partition)
             if rebuild:
@@ -192,7 +193,7 @@ class AntiEntropy:
             # of a key it has not yet seen deleted. Reap once the ring has settled.
             self.reap_blocked += 1
             return 0
-        older_than = int(time.time() * 1000) - self.config.ae_tombstone_grace_s * 1000
+        older_than = self.env.wall_ms() - self.config.ae_tombstone_grace_s * 1000
         candidates = [(k, h) for k, h in trees.reap_candidates(partition, older_than, REAP_BATCH)
                       if not self.storage.hints_for_key(k)]
         if not candidates:
@@ -237,7 +238,7 @@ class AntiEntropy:
     # --- metrics ------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        now_ms = int(time.time() * 1000)
+        now_ms = self.env.wall_ms()
         partitions: dict[str, Any] = {}
         oldest: int | None = None
         never = 0

@@ -97,8 +97,9 @@ class PartitionTrees:
     """Leaves and trees of the partitions this node is a primary of."""
 
     def __init__(self, storage: Storage, name: str, ring: Callable[[], Ring],
-                 segments: int = SEGMENTS, fanout: int = FANOUT) -> None:
+                 segments: int = SEGMENTS, fanout: int = FANOUT, wall_ms: Callable[[], int] | None = None) -> None:
         self.storage = storage
+        self._now_ms = wall_ms or _now_ms  # the wall clock (the environment's)
         self.conn: apsw.Connection = storage.conn
         self.name = name
         self._ring = ring  # the node's current ring (it may change while we run)
@@ -119,7 +120,7 @@ class PartitionTrees:
         epoch = storage.get_meta("reap_epoch")
         self.reap_epoch = int(epoch) if epoch else 0  # reap rounds that deleted something, ever
         if storage.count() == 0:  # a new (or emptied) database: nothing to verify
-            now = _now_ms()
+            now = self._now_ms()
             with self.conn:  # one commit, not one per partition
                 for p in self.tracked_partitions():
                     self.info.setdefault(p, PartitionInfo()).verified_ms = now
@@ -333,7 +334,7 @@ class PartitionTrees:
         finally:
             self.verifying.discard(partition)
         info = self.info.setdefault(partition, PartitionInfo())
-        info.verified_ms = _now_ms()
+        info.verified_ms = self._now_ms()
         info.build_ms = (time.perf_counter() - start) * 1000
         self.fixed_by_verify += fixed
         self._save(partition)
@@ -395,7 +396,7 @@ class PartitionTrees:
     def record(self, partition: int, *, exchanged: bool, keys_repaired: int) -> None:
         info = self.info.setdefault(partition, PartitionInfo())
         if exchanged:
-            info.exchanged_ms = _now_ms()
+            info.exchanged_ms = self._now_ms()
         info.keys_repaired += keys_repaired
         self._save(partition)
 

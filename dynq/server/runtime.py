@@ -40,8 +40,8 @@ class Runtime:
 
     @classmethod
     def open(cls, loop: asyncio.AbstractEventLoop, config: NodeConfig, security: NodeSecurity | None,
-             health: Health) -> Runtime:
-        context: zmq.Context[Any] = zmq.Context()
+             health: Health, context_factory: Callable[[], zmq.Context[Any]] = zmq.Context) -> Runtime:
+        context: zmq.Context[Any] = context_factory()
         router: zmq.Socket[Any] | None = None
         try:
             if security is not None:  # before any bind: without a ZAP handler libzmq lets anyone in

@@ -25,6 +25,7 @@ autocheckpoint is left on at twice the limit, so the WAL stays bounded either wa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -53,8 +54,10 @@ class CheckpointStats:
 class Checkpointer:
     """Checkpoint the WAL of ``path`` every ``interval_s`` from a daemon thread."""
 
-    def __init__(self, path: Path, *, interval_s: float, wal_limit_bytes: int, busy_timeout_ms: int = 2000) -> None:
+    def __init__(self, path: Path, *, interval_s: float, wal_limit_bytes: int, busy_timeout_ms: int = 2000,
+                 vfs: str | None = None) -> None:
         self.path = path
+        self.vfs = vfs  # the SQLite VFS of the database (None: the default)
         self.interval_s = interval_s
         self.wal_limit_bytes = wal_limit_bytes
         self.busy_timeout_ms = busy_timeout_ms
@@ -62,24 +65,43 @@ class Checkpointer:
         self.page_size = 4096
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None  # the passes as a loop task (simulation)
 
     @property
     def limit_frames(self) -> int:
         return max(1, self.wal_limit_bytes // (self.page_size + WAL_FRAME_HEADER))
 
-    def start(self) -> None:
-        conn = apsw.Connection(str(self.path))  # opened here: a bad path fails the caller
+    def start(self, as_task: bool = False) -> None:
+        """Start the passes on a daemon thread, or (``as_task``) as a task of the running loop."""
+        # opened here: a bad path fails the caller
+        conn = apsw.Connection(str(self.path), vfs=self.vfs) if self.vfs else apsw.Connection(str(self.path))
         conn.setbusytimeout(self.busy_timeout_ms)
         # Opens the WAL for this connection; until it has, checkpoints do nothing and return -1.
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA journal_size_limit={self.wal_limit_bytes}")
         for (size,) in conn.execute("PRAGMA page_size"):
             self.page_size = int(size)
+        self.conn = conn  # the checkpointing connection (closed by the thread or the task)
+        if as_task:
+            self._task = asyncio.get_running_loop().create_task(self._run_task(conn), name="dynq-checkpoint")
+            return
         self._thread = threading.Thread(target=self._run, args=(conn,), name="dynq-checkpoint", daemon=True)
         self._thread.start()
 
+    async def _run_task(self, conn: apsw.Connection) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.interval_s)
+                self.checkpoint_once(conn)
+        finally:
+            conn.close()
+
     def stop(self) -> None:
         self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+            self.conn.close()  # now, not when the cancelled task next runs
         if self._thread is not None:
             self._thread.join()
             self._thread = None

@@ -70,11 +70,14 @@ CREATE TABLE IF NOT EXISTS forgotten (key BLOB PRIMARY KEY) WITHOUT ROWID;
 class Storage:
     """The node's object store with group commit. Single-threaded: call from the loop only."""
 
-    def __init__(self, path: Path, *, synchronous: str = "full", limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, path: Path, *, synchronous: str = "full", limits: Limits = DEFAULT_LIMITS,
+                 vfs: str | None = None, token_hex: Callable[[int], str] = secrets.token_hex) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.limits = limits  # the node's limits: objects it accepted must always decode again
-        self.conn = apsw.Connection(str(path))
+        self.vfs = vfs  # SQLite VFS of every connection to this file (None: the default)
+        self._token_hex = token_hex  # randomness of the actor id (the environment's)
+        self.conn = apsw.Connection(str(path), vfs=vfs) if vfs else apsw.Connection(str(path))
         self.conn.setbusytimeout(5000)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
@@ -97,13 +100,16 @@ class Storage:
                                 Callable[[], None] | None] | None = None
         self.checkpointer: Checkpointer | None = None
 
-    def start_checkpointer(self, interval_ms: int, wal_limit_bytes: int) -> None:
+    def start_checkpointer(self, interval_ms: int, wal_limit_bytes: int, mode: str = "thread") -> None:
         """Move WAL checkpoints off the committing (event-loop) thread; see checkpointer.py.
-        Without this (offline tools, ``interval_ms`` 0) SQLite checkpoints inside commits."""
-        if interval_ms <= 0 or self.checkpointer is not None:
+        Without this (offline tools, ``interval_ms`` 0, ``mode`` "off") SQLite checkpoints
+        inside commits; ``mode`` "task" runs the same passes as a task of the running loop
+        (the simulation, which has no threads)."""
+        if interval_ms <= 0 or mode == "off" or self.checkpointer is not None:
             return
-        self.checkpointer = Checkpointer(self.path, interval_s=interval_ms / 1000, wal_limit_bytes=wal_limit_bytes)
-        self.checkpointer.start()
+        self.checkpointer = Checkpointer(self.path, interval_s=interval_ms / 1000, wal_limit_bytes=wal_limit_bytes,
+                                         vfs=self.vfs)
+        self.checkpointer.start(as_task=mode == "task")
         self.conn.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")
         # The safety net if the thread cannot keep the WAL bounded: SQLite's own, at 2x the limit.
         self.conn.wal_autocheckpoint(2 * self.checkpointer.limit_frames)
@@ -125,7 +131,7 @@ class Storage:
         row = self.get_meta("actor")
         if row is not None:
             return row.decode()
-        actor = f"{node_name}.{secrets.token_hex(4)}"
+        actor = f"{node_name}.{self._token_hex(4)}"
         self.set_meta("actor", actor.encode())
         return actor
 
