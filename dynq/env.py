@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import zmq
 

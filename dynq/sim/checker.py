@@ -1,0 +1,160 @@
+"""Checkers: pure functions from a simulated run's history and final state to a verdict
+(the fault suite's ``tests/faults/checker.py``, carried into the package so that
+``dynq sim`` ships with them).
+
+* :func:`check_siblings` - every acknowledged write that no write of possible effect
+  covered (carried a context that had seen it) survives as a value; no value appears that
+  was never written or whose write failed (a phantom), in the final state or in any read;
+  nothing an acknowledged write or delete superseded comes back (a resurrection).
+* :func:`check_dots` - one dot never carries two values, across every copy on every node
+  (a reused dot would make ``versions._pick`` choose between two writes).
+* :func:`check_convergence` - after heal, every primary of a key holds the same canonical
+  object.
+* :func:`check_hints_drained` - no node holds a hint after heal.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynq_client.versions import VersionedObject
+
+from .history import FAIL, OK, History
+
+
+@dataclass
+class Verdict:
+    name: str
+    problems: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        head = f"{self.name}: {'ok' if self.ok else 'FAILED'} {self.counts}"
+        more = [f"... {len(self.problems) - 20} more"] if len(self.problems) > 20 else []
+        return "\n  ".join([head] + self.problems[:20] + more)
+
+
+def check_siblings(history: History, final: Mapping[str, set[str]]) -> Verdict:
+    """``final``: key -> the live sibling values after heal (merged over its primaries)."""
+    acked: dict[str, set[str]] = defaultdict(set)
+    maybe: dict[str, set[str]] = defaultdict(set)
+    covered_by_acked: dict[str, set[str]] = defaultdict(set)
+    covered_by_maybe: dict[str, set[str]] = defaultdict(set)
+    acked_deletes: dict[str, int] = defaultdict(int)
+    keys: set[str] = set(final)
+    reads: list[tuple[str, frozenset[str], int]] = []
+    for op in history.ops:
+        if op.f == "read" and op.outcome == OK and op.result is not None:
+            reads.append((op.key, op.result, op.index))
+        if op.f not in ("put", "delete"):
+            continue
+        keys.add(op.key)
+        if op.outcome == FAIL:
+            continue
+        if op.f == "put" and op.value is not None:
+            maybe[op.key].add(op.value)
+            if op.outcome == OK:
+                acked[op.key].add(op.value)
+        covered_by_maybe[op.key] |= op.covers
+        if op.outcome == OK:
+            covered_by_acked[op.key] |= op.covers
+            if op.f == "delete":
+                acked_deletes[op.key] += 1
+    v = Verdict("siblings")
+    lost = phantom = resurrected = undeleted = 0
+    for key in sorted(keys):
+        got = final.get(key, set())
+        missing = acked[key] - covered_by_maybe[key] - got
+        lost += len(missing)
+        if missing:
+            v.problems.append(f"{key}: acknowledged writes lost (no later write covered them): {sorted(missing)[:10]}")
+        extra = got - maybe[key]
+        phantom += len(extra)
+        if extra:
+            v.problems.append(f"{key}: values present that were never written (or whose write failed): "
+                              f"{sorted(extra)[:10]}")
+        back = got & covered_by_acked[key]
+        resurrected += len(back)
+        if back:
+            v.problems.append(f"{key}: values an acknowledged write or delete superseded came back: {sorted(back)[:10]}")
+        if acked_deletes[key] and maybe[key] <= covered_by_acked[key] and got:
+            undeleted += 1
+            v.problems.append(f"{key}: deleted (every write covered by an acknowledged delete) but holds {sorted(got)[:5]}")
+    for key, seen, index in reads:
+        extra = set(seen) - maybe[key]
+        phantom += len(extra)
+        if extra:
+            v.problems.append(f"{key}: read {index} returned values never written (or whose write failed): "
+                              f"{sorted(extra)[:10]}")
+    c = history.counts()
+    v.counts = {"ops": c["ops"], "acknowledged": c[OK], "failed": c[FAIL], "unknown": c["unknown"], "reads": c["reads"],
+                "lost": lost, "phantom": phantom, "resurrected": resurrected, "undeleted": undeleted,
+                "keys_with_siblings": sum(1 for values in final.values() if len(values) > 1)}
+    return v
+
+
+def check_dots(copies: Iterable[tuple[str, str, VersionedObject]]) -> Verdict:
+    """``copies``: (node, key, object) for every stored copy. A dot names one write: it
+    must carry one value everywhere, and appear at most once in an object."""
+    v = Verdict("dots")
+    seen: dict[tuple[str, str, int], tuple[bytes | None, str]] = {}
+    n = 0
+    for node, key, obj in copies:
+        dots = [s.dot for s in obj.siblings]
+        if len(set(dots)) != len(dots):
+            v.problems.append(f"{key} on {node}: one dot on two siblings: {sorted(dots)}")
+        for s in obj.siblings:
+            n += 1
+            k = (key, s.actor, s.counter)
+            prior = seen.setdefault(k, (s.value, node))
+            if prior[0] != s.value:
+                v.problems.append(f"{key}: dot {s.actor}:{s.counter} carries {_short(prior[0])} on {prior[1]} "
+                                  f"and {_short(s.value)} on {node}")
+    v.counts = {"siblings": n}
+    return v
+
+
+def check_convergence(views: Mapping[str, Mapping[str, bytes | None]]) -> Verdict:
+    """``views``: key -> primary -> its canonical encoded object (None: it holds nothing)."""
+    v = Verdict("convergence")
+    divergent = 0
+    for item, per_replica in sorted(views.items()):
+        if len(set(per_replica.values())) > 1:
+            divergent += 1
+            groups: dict[bytes | None, list[str]] = defaultdict(list)
+            for replica, digest in sorted(per_replica.items()):
+                groups[digest].append(replica)
+            v.problems.append(f"{item}: replicas disagree ("
+                              + "; ".join(f"{'+'.join(ns)}: {_short(d)}" for d, ns in groups.items()) + ")")
+    v.counts = {"keys": len(views), "divergent": divergent}
+    return v
+
+
+def check_hints_drained(pending: Mapping[str, int]) -> Verdict:
+    v = Verdict("hints")
+    for node, count in sorted(pending.items()):
+        if count:
+            v.problems.append(f"{node} still holds {count} hints")
+    v.counts = {"pending": sum(pending.values())}
+    return v
+
+
+def check_invariants(problems: Iterable[str], counts: Mapping[str, Any] | None = None) -> Verdict:
+    """In-process invariants the harness gathered (unhandled exceptions, errors logged, ...)."""
+    return Verdict("invariants", list(problems), dict(counts or {}))
+
+
+def _short(data: bytes | None) -> str:
+    if data is None:
+        return "nothing"
+    return f"{len(data)}B:{data[:8].hex()}"
+
+
+__all__ = ["Verdict", "check_convergence", "check_dots", "check_hints_drained", "check_invariants", "check_siblings"]

@@ -1,0 +1,614 @@
+"""The simulation harness: real :class:`~dynq.node.Node`\\ s and real
+:class:`~dynq_client.AsyncClient`\\ s on one :class:`SimLoop`, :class:`SimNetwork` and one
+:class:`SimDisk` per node, under a seeded fault schedule (VOPR's swarm testing, FDB's
+simulation workloads).
+
+One seed expands into :class:`Options` (cluster size, N/R/W, knobs, which faults and how
+often), printed with every outcome, so a seed is its own reproduction. A run has three
+phases (after TigerBeetle's VOPR):
+
+1. **safety**: clients write and read a small key set with contexts while the nemesis
+   crashes (kill -9), cuts the power (unsynced writes lost), pauses, partitions, cuts one
+   direction, clogs, slows links, fills disks and fails fsyncs;
+2. **heal**: every fault ends, every node comes back, clients finish;
+3. **liveness**: within ``settle_s`` virtual seconds, hints drain and every primary of
+   every key holds the same object (anti-entropy, hints and read repair have converged).
+
+Then the checkers of :mod:`dynq.sim.checker` judge the history and the final state, and
+the in-process invariants (no unhandled exception in any task or callback, no error
+logged with a traceback, every node's serve task alive) are added.
+
+The harness owns the host lives: a kill freezes the node's disk, closes its SQLite
+connections (which then write nothing, as a dead process would not) and drops its
+pending tasks without running them; power loss does the same and then rolls the disk back
+to what was synced. See ``docs/design.md`` ("Simulation") for what is modelled and what not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import gc
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import traceback
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+from dynq_client import AsyncClient
+from dynq_client.errors import DynqError, ProtocolError
+from dynq_client.ring import Member
+from dynq_client.versions import (
+    VersionedObject,
+    decode_object,
+    encode_object,
+    merge_all,
+)
+
+from ..config import NodeConfig
+from ..env import Env
+from ..node import Node
+from .checker import (
+    Verdict,
+    check_convergence,
+    check_dots,
+    check_hints_drained,
+    check_invariants,
+    check_siblings,
+)
+from .disk import SimDisk
+from .history import OK, History
+from .loop import _CURRENT, SimError, SimHost, SimLoop
+from .net import SimNetwork
+
+log = logging.getLogger(__name__)
+
+EPOCH = 1_700_000_000.0  # the virtual wall clock starts here (plus the loop's time and a node's skew)
+FAULTS = ("kill", "power", "pause", "partition", "cut", "clog", "latency", "disk_full", "fsync_eio", "blackout")
+"""Every fault kind; a seed enables a subset (swarm testing: fewer kinds, more of each)."""
+
+DEFAULT_FAULTS = tuple(f for f in FAULTS if f != "blackout")
+"""Blackout (every node loses power at once) is survivable under synchronous=full too, but it
+makes most seeds spend their time restarting; the ``sync-normal`` mutation and the soak
+profile enable it."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What one seed expands to (printed with every outcome)."""
+
+    seed: int
+    profile: str
+    nodes: int
+    n: int
+    r: int
+    w: int
+    q: int
+    clients: int
+    keys: int
+    duration_s: float  # the safety phase
+    settle_s: float  # the liveness phase's bound
+    fault_gap_s: float  # mean virtual time between faults
+    faults: tuple[str, ...]
+    skew_s: float  # wall clocks of nodes differ by up to this much
+    client_timeout_s: float
+    think_s: float  # a client's mean pause between operations
+    knobs: tuple[tuple[str, Any], ...]  # NodeConfig fields changed from their defaults
+    mutation: str | None = None
+
+    @classmethod
+    def expand(cls, seed: int, profile: str = "ci", mutation: str | None = None) -> Options:
+        import random
+
+        rng = random.Random(hashlib.blake2b(f"options:{seed}".encode(), digest_size=8).digest())
+        nodes = rng.choice((3, 3, 4, 5))
+        n = 3
+        w = rng.choice((1, 2, 2, 3)) if nodes > 3 else rng.choice((2, 2, 3))
+        r = rng.choice((1, 2, 2, 3))
+        soak = profile == "soak"
+        kinds = [f for f in DEFAULT_FAULTS if rng.random() < 0.6] or ["kill"]
+        if soak and rng.random() < 0.3:
+            kinds.append("blackout")
+        knobs: dict[str, Any] = {
+            "gossip_interval_ms": rng.choice((100, 250, 500, 1000)),
+            "request_timeout_ms": rng.choice((300, 1000, 2000, 5000)),
+            "ae_interval_ms": rng.choice((100, 250, 1000)),
+            "ae_tombstone_grace_s": rng.choice((1, 5, 30, 86400)),
+            "replay_interval_ms": rng.choice((100, 500)),
+            "probe_interval_ms": rng.choice((200, 1000)),
+            "checkpoint_interval_ms": rng.choice((0, 50, 100)),
+        }
+        if rng.random() < 0.2:
+            knobs["max_hints"] = rng.choice((5, 50))
+        if rng.random() < 0.2:
+            knobs["max_in_flight_per_connection"] = rng.choice((2, 8))
+        if rng.random() < 0.2:
+            knobs["socket_hwm"] = rng.choice((4, 16))
+        opts = cls(
+            seed=seed, profile=profile, nodes=nodes, n=n, r=r, w=w, q=rng.choice((8, 16)),
+            clients=rng.choice((2, 3, 4)), keys=rng.choice((3, 6, 12)),
+            duration_s=rng.uniform(60, 240) if soak else rng.uniform(15, 30),
+            settle_s=240.0 if soak else 120.0,
+            fault_gap_s=rng.uniform(1.0, 6.0), faults=tuple(sorted(kinds)),
+            skew_s=rng.choice((0.0, 0.0, 2.0, 60.0)), client_timeout_s=rng.choice((1.0, 2.0, 3.0)),
+            think_s=rng.choice((0.02, 0.1, 0.3)), knobs=tuple(sorted(knobs.items())), mutation=mutation,
+        )
+        if mutation is not None:
+            from .mutations import MUTATIONS
+            opts = MUTATIONS[mutation].adjust(opts)
+        return opts
+
+    def describe(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["knobs"] = dict(self.knobs)
+        out["faults"] = list(self.faults)
+        return out
+
+
+@dataclass
+class Result:
+    """One seed's outcome."""
+
+    seed: int
+    options: Options
+    verdicts: list[Verdict]
+    trace_hash: str
+    virtual_s: float
+    wall_s: float
+    events: int  # trace events (deliveries, connections, faults, clock jumps)
+    faults: dict[str, int]  # fault kind -> times injected
+    error: str | None = None  # the run itself broke (SimError, a crash of the harness)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(v.ok for v in self.verdicts)
+
+    def replay_command(self) -> str:
+        cmd = f"dynq sim --seed {self.seed} --profile {self.options.profile}"
+        if self.options.mutation:
+            cmd += f" --mutation {self.options.mutation}"
+        return cmd
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed, "ok": self.ok, "error": self.error, "trace_hash": self.trace_hash,
+            "virtual_s": round(self.virtual_s, 3), "wall_s": round(self.wall_s, 3), "events": self.events,
+            "faults": self.faults, "verdicts": {v.name: {"ok": v.ok, "counts": v.counts, "problems": v.problems[:20]}
+                                                for v in self.verdicts},
+            "options": self.options.describe(), "replay": self.replay_command(),
+        }
+
+
+class _ErrorLog(logging.Handler):
+    """Keeps what the node logs at WARNING and above, for the invariants."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+class SimNode:
+    """One node's machine: its host (lives), disk, data directory and current Node."""
+
+    def __init__(self, sim: Simulation, name: str, config: NodeConfig, skew: float) -> None:
+        self.sim = sim
+        self.name = name
+        self.config = config
+        self.host: SimHost = sim.loop.add_host(name)
+        loop = sim.loop
+        self.disk = SimDisk(f"simdisk-{id(sim)}-{name}", loop.rng(f"disk.{name}").getrandbits(64),
+                            clock=lambda: EPOCH + loop.time() + skew)
+        self.skew = skew
+        self.node: Node | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.lives = 0
+
+    def env(self) -> Env:
+        loop, net, host, skew = self.sim.loop, self.sim.net, self.host, self.skew
+        return Env(wall=lambda: EPOCH + loop.time() + skew, monotonic=loop.time,
+                   rng=loop.rng(f"env.{self.name}.{self.lives}"), zmq_context=lambda: net.context(host),  # type: ignore[arg-type,return-value]
+                   sqlite_vfs=self.disk.name, checkpointer="task")
+
+    @property
+    def up(self) -> bool:
+        return self.node is not None and self.host.alive
+
+    def start(self) -> None:
+        if not self.host.alive:
+            self.host.restart()
+        self.lives += 1
+        try:
+            self.node = self.host.run(Node, self.config, self.env())
+        except Exception as exc:  # noqa: BLE001 - the node cannot even open its files: an invariant breach
+            self.sim.problems.append(f"{self.name} failed to start (life {self.lives}): {type(exc).__name__}: {exc}")
+            self.node = None
+            return
+        self.task = self.host.spawn(self.node.serve(), name=f"serve {self.name}")
+        self.sim.loop.trace("start", self.name, self.lives)
+
+    def crash(self, power: bool) -> None:
+        """kill -9 (``power``: and the disk loses what was not synced)."""
+        if not self.host.alive:
+            return
+        self.sim.bury(self.host)
+        self.host.kill()
+        self.disk.frozen = True  # a dead process writes nothing, not even when its handles close
+        node = self.node
+        if node is not None:
+            cp = node.storage.checkpointer
+            if cp is not None and getattr(cp, "conn", None) is not None:
+                cp.conn.close()
+            node.storage.conn.close()
+        self.disk.frozen = False
+        if power:
+            self.disk.power_loss()
+        self.disk.capacity = None
+        self.disk.fail_syncs = 0
+        self.node = None
+        self.task = None
+
+
+class Simulation:
+    """One seed's run; :meth:`run` returns its :class:`Result`."""
+
+    def __init__(self, options: Options, workdir: Path | None = None) -> None:
+        self.options = options
+        self.loop = SimLoop(options.seed)
+        self.net = SimNetwork(self.loop)
+        self.rng = self.loop.rng("harness")
+        self.workdir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="dynq-sim-", dir=_tmp_root()))
+        self.history = History(self.loop.time)
+        self.problems: list[str] = []
+        self.undecodable: set[str] = set()  # stored blobs that do not decode (an invariant breach)
+        self.fault_counts: dict[str, int] = {}
+        self._graveyard: list[asyncio.Task[Any]] = []  # tasks of dead lives: never run, never destroyed mid-run
+        self._tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], Any] = weakref.WeakKeyDictionary()
+        self.loop.set_task_factory(self._task_factory)
+        names = [f"n{i + 1}" for i in range(options.nodes)]
+        members = tuple(Member(n, f"tcp://{n}:7000") for n in names)
+        self.addresses = [m.address for m in members]
+        knobs = dict(options.knobs)
+        self.nodes: dict[str, SimNode] = {}
+        for name in names:
+            config = NodeConfig(name=name, listen=f"tcp://{name}:7000", data_dir=self.workdir / name, n=options.n,
+                                q=options.q, r=options.r, w=options.w, members=members, static_members=True,
+                                source=f"sim seed {options.seed}")
+            config = dataclasses.replace(config, **knobs)
+            skew = self.rng.uniform(-options.skew_s, options.skew_s)
+            self.nodes[name] = SimNode(self, name, config, skew)
+
+    # --- tasks of dead lives ------------------------------------------------------------
+
+    def _task_factory(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        ctx = kwargs.get("context") or contextvars.copy_context()
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
+        self._tasks[task] = ctx.get(_CURRENT)  # the host life it belongs to
+        return task
+
+    def bury(self, host: SimHost) -> None:
+        """The pending tasks of ``host``'s life die with it: they will never run again (their
+        callbacks are no-ops), so keep them from being destroyed (and logged) mid-run."""
+        for task, inc in list(self._tasks.items()):
+            if inc is not None and inc.host is host and not task.done():
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+                self._graveyard.append(task)
+
+    # --- the run ------------------------------------------------------------------------
+
+    def run(self) -> Result:
+        started = time.perf_counter()
+        error: str | None = None
+        verdicts: list[Verdict] = []
+        handler = _ErrorLog()
+        dynq_log = logging.getLogger("dynq")
+        dynq_log.addHandler(handler)
+        old_level, old_propagate = dynq_log.level, dynq_log.propagate
+        dynq_log.setLevel(logging.WARNING)
+        dynq_log.propagate = False
+        from .mutations import MUTATIONS
+        mutation = MUTATIONS[self.options.mutation] if self.options.mutation else None
+        try:
+            if mutation is not None:
+                mutation.apply()
+            first = next(iter(self.nodes.values()))
+            first.disk.seed_sqlite_prng()
+            for sn in self.nodes.values():
+                sn.start()
+            self.loop.run(self._main())
+            verdicts = self._check(handler)
+        except SimError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the harness or the code under test broke the run itself
+            error = "".join(traceback.format_exception(exc)[-6:])
+        finally:
+            if mutation is not None:
+                mutation.revert()
+            dynq_log.removeHandler(handler)
+            dynq_log.setLevel(old_level)
+            dynq_log.propagate = old_propagate
+        trace_hash = self.loop.trace_hash()
+        result = Result(self.options.seed, self.options, verdicts, trace_hash, self.loop.time() - 1000.0,
+                        time.perf_counter() - started, self.loop.trace_events, dict(sorted(self.fault_counts.items())),
+                        error)
+        self._teardown()
+        return result
+
+    async def _main(self) -> None:
+        opts = self.options
+        await asyncio.sleep(0.5)  # connections come up
+        end = self.loop.time() + opts.duration_s
+        clients = [self.loop.add_host(f"c{i + 1}") for i in range(opts.clients)]
+        workers = [host.spawn(self._client(host, end), name=f"workload {host.name}") for host in clients]
+        nemesis = self.loop.create_task(self._nemesis(end), context=self.loop.sim_context.copy())
+        await nemesis
+        self._heal_all()
+        for w in workers:
+            try:
+                await w
+            except Exception as exc:  # noqa: BLE001 - a client's workload crashed: the client library leaked an exception
+                self.problems.append(f"workload crashed: {type(exc).__name__}: {exc}")
+        await self._settle()
+
+    # --- workload -------------------------------------------------------------------------
+
+    async def _client(self, host: SimHost, end: float) -> None:
+        opts = self.options
+        rng = self.loop.rng(f"client.{host.name}")
+        history = self.history
+        client = AsyncClient(self.addresses, timeout=opts.client_timeout_s, keys=None,
+                             context=self.net.context(host))  # type: ignore[arg-type]
+        keys = [f"k{i}" for i in range(opts.keys)]
+        counter = 0
+        try:
+            await client.connect()
+        except DynqError as exc:
+            history.fail_or_unknown(history.invoke(host.name, "read", "connect"), exc)
+            return
+        try:
+            for _ in range(100_000):
+                if self.loop.time() >= end:
+                    break
+                key = rng.choice(keys)
+                roll = rng.random()
+                if roll < 0.35:
+                    counter += 1
+                    await self._put(client, host.name, key, f"{host.name}-{counter}", None, frozenset())
+                else:
+                    op = history.invoke(host.name, "read", key)
+                    try:
+                        got = await client.get(key)
+                    except DynqError as exc:
+                        history.fail_or_unknown(op, exc)
+                        got = None
+                    if got is not None:
+                        seen = frozenset(v.decode() for v in got.values)
+                        history.complete(op, OK, result=seen)
+                        if roll < 0.85:
+                            counter += 1
+                            await self._put(client, host.name, key, f"{host.name}-{counter}", got.context, seen)
+                        elif roll < 0.95:
+                            await self._delete(client, host.name, key, got.context, seen)
+                await asyncio.sleep(rng.expovariate(1 / opts.think_s))
+        finally:
+            await client.close()
+
+    async def _put(self, client: AsyncClient, process: str, key: str, value: str, context: bytes | None,
+                   covers: frozenset[str]) -> None:
+        op = self.history.invoke(process, "put", key, value, covers)
+        try:
+            await client.put(key, value.encode(), context=context)
+        except DynqError as exc:
+            self.history.fail_or_unknown(op, exc)
+        else:
+            self.history.complete(op, OK)
+
+    async def _delete(self, client: AsyncClient, process: str, key: str, context: bytes, covers: frozenset[str]) -> None:
+        op = self.history.invoke(process, "delete", key, None, covers)
+        try:
+            await client.delete(key, context=context)
+        except DynqError as exc:
+            self.history.fail_or_unknown(op, exc)
+        else:
+            self.history.complete(op, OK)
+
+    # --- faults ---------------------------------------------------------------------------
+
+    async def _nemesis(self, end: float) -> None:
+        opts = self.options
+        rng = self.loop.rng("nemesis")
+        names = sorted(self.nodes)
+        while True:
+            await asyncio.sleep(rng.expovariate(1 / opts.fault_gap_s))
+            if self.loop.time() >= end:
+                return
+            kind = rng.choice(opts.faults)
+            self.fault_counts[kind] = self.fault_counts.get(kind, 0) + 1
+            target = self.nodes[rng.choice(names)]
+            back_in = rng.uniform(0.5, 8.0)
+            self.loop.trace("fault", kind, target.name, round(back_in, 6))
+            if kind in ("kill", "power"):
+                if target.host.alive:
+                    target.crash(power=kind == "power")
+                    self.loop.sim_call_later(rng.uniform(0.1, 6.0), self._restart, target)
+            elif kind == "blackout":
+                for sn in self.nodes.values():
+                    sn.crash(power=True)
+                for sn in self.nodes.values():
+                    self.loop.sim_call_later(rng.uniform(0.5, 4.0), self._restart, sn)
+            elif kind == "pause":
+                target.host.pause(rng.uniform(0.05, 3.0))
+            elif kind == "partition":
+                shuffled = names[:]
+                rng.shuffle(shuffled)
+                cut = rng.randint(1, len(shuffled) - 1)
+                fault = self.net.partition([shuffled[:cut], shuffled[cut:]])
+                self.loop.sim_call_later(back_in, self.net.heal, fault)
+            elif kind == "cut":
+                other = rng.choice([n for n in names if n != target.name])
+                fault = self.net.cut(target.name, other, mode=None)
+                self.loop.sim_call_later(back_in, self.net.heal, fault)
+            elif kind == "clog":
+                other = rng.choice([n for n in names if n != target.name] + [f"c{i + 1}" for i in range(opts.clients)])
+                self.net.clog(target.name, other, rng.uniform(0.1, 3.0), both=rng.random() < 0.5)
+            elif kind == "latency":
+                other = rng.choice([n for n in names if n != target.name])
+                self.net.set_latency(target.name, other, rng.choice((0.001, 0.01, 0.1, 0.5)), rng.choice((0.0, 0.01, 0.1)))
+                self.loop.sim_call_later(back_in, self.net.set_latency, target.name, other, self.net.latency,
+                                         self.net.jitter)
+            elif kind == "disk_full":
+                disk = target.disk
+                disk.capacity = disk.used() + rng.choice((0, 4096, 65536))
+                self.loop.sim_call_later(back_in, setattr, disk, "capacity", None)
+            elif kind == "fsync_eio":
+                target.disk.fail_syncs = rng.randint(1, 3)
+
+    def _restart(self, sn: SimNode) -> None:
+        if not sn.host.alive:
+            sn.start()
+
+    def _heal_all(self) -> None:
+        self.loop.trace("heal all")
+        self.net.heal()
+        for a in self.nodes:
+            for b in self.nodes:
+                if a != b:
+                    self.net.set_latency(a, b, self.net.latency, self.net.jitter, both=False)
+        for sn in self.nodes.values():
+            sn.disk.capacity = None
+            sn.disk.fail_syncs = 0
+            if sn.host.paused:
+                sn.host.resume()
+            if not sn.host.alive or sn.node is None:
+                if sn.host.alive:
+                    sn.crash(power=False)
+                sn.start()
+
+    # --- liveness and the final state -------------------------------------------------------
+
+    def _settled(self) -> bool:
+        if any(not sn.up for sn in self.nodes.values()):
+            return False
+        if any(sn.node is not None and (sn.node.storage.hint_count or sn.node.storage.staged_hint_count)
+               for sn in self.nodes.values()):
+            return False
+        return check_convergence(self._views()).ok
+
+    async def _settle(self) -> None:
+        deadline = self.loop.time() + self.options.settle_s
+        while self.loop.time() < deadline:
+            await asyncio.sleep(1.0)
+            if self._settled():
+                self.loop.trace("settled")
+                return
+
+    def _copies(self) -> dict[str, dict[str, VersionedObject]]:
+        """node -> key -> the object it stores (committed state)."""
+        out: dict[str, dict[str, VersionedObject]] = {}
+        for name, sn in sorted(self.nodes.items()):
+            if sn.node is None:
+                continue
+            objs = out[name] = {}
+            for k, o in sn.node.storage.conn.execute("SELECT key, obj FROM objects ORDER BY key"):
+                key = bytes(k).decode()
+                try:
+                    objs[key] = decode_object(bytes(o))
+                except (ValueError, ProtocolError) as exc:
+                    self.undecodable.add(f"{key} on {name}: the stored object does not decode: {exc}")
+        return out
+
+    def _views(self) -> dict[str, dict[str, bytes | None]]:
+        copies = self._copies()
+        ring = next(sn.node.ring for sn in self.nodes.values() if sn.node is not None)
+        keys = sorted({op.key for op in self.history.ops if op.f != "read" or op.key != "connect"})
+        views: dict[str, dict[str, bytes | None]] = {}
+        for key in keys:
+            primaries = ring.preference_list_for(key.encode()).primaries
+            views[key] = {}
+            for p in primaries:
+                obj = copies.get(p, {}).get(key)
+                views[key][p] = encode_object(obj) if obj is not None else None
+        return views
+
+    def _check(self, handler: _ErrorLog) -> list[Verdict]:
+        copies = self._copies()
+        ring = next((sn.node.ring for sn in self.nodes.values() if sn.node is not None), None)
+        final: dict[str, set[str]] = {}
+        if ring is not None:
+            for key in sorted({op.key for op in self.history.ops if op.key != "connect"}):
+                primaries = ring.preference_list_for(key.encode()).primaries
+                merged = merge_all(copies.get(p, {}).get(key) for p in primaries)
+                final[key] = {v.decode() for v in merged.values} if merged is not None else set()
+        problems = list(self.problems) + sorted(self.undecodable)
+        for ctx in self.loop.unhandled:
+            exc = ctx.get("exception")
+            problems.append(f"unhandled in the loop: {ctx.get('message')}: {type(exc).__name__ if exc else ''} {exc}")
+        disk_faults = {"disk_full", "fsync_eio"} & set(self.fault_counts)
+        tolerated = 0
+        for record in handler.records:
+            if record.exc_info and record.levelno >= logging.ERROR:
+                exc = record.exc_info[1]
+                if disk_faults and isinstance(exc, (apsw.FullError, apsw.IOError)):
+                    tolerated += 1  # a background service failed on the faulty disk and was restarted
+                    continue
+                problems.append(f"logged with a traceback: {record.name}: {record.getMessage()[:200]}: "
+                                f"{type(exc).__name__}: {exc}")
+        for name, sn in sorted(self.nodes.items()):
+            if sn.task is not None and sn.task.done():
+                exc = sn.task.exception() if not sn.task.cancelled() else None
+                problems.append(f"{name}'s serve task ended: {exc!r}")
+        self.loop.trace("history", tuple((op.index, op.outcome) for op in self.history.ops))
+        return [
+            check_siblings(self.history, final),
+            check_dots((node, key, obj) for node, objs in copies.items() for key, obj in objs.items()),
+            check_convergence(self._views()) if ring is not None else Verdict("convergence", ["no node up"]),
+            check_hints_drained({name: sn.node.storage.hint_count for name, sn in self.nodes.items()
+                                 if sn.node is not None}),
+            check_invariants(problems, {"warnings_logged": sum(1 for r in handler.records if r.levelno == logging.WARNING),
+                                        "errors_logged": sum(1 for r in handler.records if r.levelno >= logging.ERROR),
+                                        "disk_errors_tolerated": tolerated}),
+        ]
+
+    def _teardown(self) -> None:
+        for sn in self.nodes.values():
+            if sn.host.alive:
+                self.bury(sn.host)
+                sn.crash(power=False)
+        for task in list(self._tasks):
+            if not task.done():
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+        graveyard, self._graveyard = self._graveyard, []
+        for task in graveyard:
+            coro = task.get_coro()
+            try:
+                coro.close()  # runs its finally blocks now, in the harness
+            except BaseException:  # noqa: BLE001, S110 - the dead life's cleanup has nothing left to clean
+                pass
+        del graveyard
+        self.loop.close()
+        gc.collect()
+        for sn in self.nodes.values():
+            sn.disk.unregister()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _tmp_root() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def run_seed(seed: int, profile: str = "ci", mutation: str | None = None) -> Result:
+    """Expand ``seed`` and run it."""
+    return Simulation(Options.expand(seed, profile, mutation)).run()
+
+
+__all__ = ["DEFAULT_FAULTS", "FAULTS", "Options", "Result", "SimNode", "Simulation", "run_seed"]

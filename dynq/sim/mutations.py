@@ -1,0 +1,126 @@
+"""Planted bugs, switchable by name: the simulator must catch every one (``dynq sim
+--mutation NAME``; ``tests/unit/test_sim_mutations.py`` runs them all). They prove that
+the checkers can fail; each patches the real code for one run and restores it after.
+
+=======================  ==============================================================
+name                     the bug
+=======================  ==============================================================
+merge-keeps-incoming     a replica's merge keeps the incoming object and drops its own
+                         siblings (a concurrent write the sender never saw is lost)
+dot-reused               the coordinator mints the dot its actor already used when the
+                         key holds one (two writes under one dot)
+read-repair-overwrites   a read repair replaces the replica's object instead of merging
+                         (a write that landed after the read is lost)
+sync-normal              acknowledge commits that are not fsynced (``synchronous=normal``
+                         as if it were safe), with whole-cluster power losses
+=======================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .harness import Options
+
+
+@dataclass
+class Mutation:
+    name: str
+    doc: str
+    patches: Callable[[], list[tuple[Any, str, Any]]]  # (object, attribute, replacement)
+    options: Callable[[Options], Options] = lambda o: o
+    _saved: list[tuple[Any, str, Any]] = dataclasses.field(default_factory=list)
+
+    def apply(self) -> None:
+        for obj, attr, new in self.patches():
+            self._saved.append((obj, attr, getattr(obj, attr)))
+            setattr(obj, attr, new)
+
+    def revert(self) -> None:
+        while self._saved:
+            obj, attr, old = self._saved.pop()
+            setattr(obj, attr, old)
+
+    def adjust(self, options: Options) -> Options:
+        return self.options(options)
+
+
+def _merge_keeps_incoming() -> list[tuple[Any, str, Any]]:
+    from dynq_client.versions import EMPTY
+
+    from dynq.kv import service
+
+    def merge(a: Any, b: Any) -> Any:
+        return b if b is not None else (a or EMPTY)
+
+    return [(service, "merge", merge)]
+
+
+def _dot_reused() -> list[tuple[Any, str, Any]]:
+    from dynq_client import versions as v
+
+    from dynq.kv import write_plan
+
+    def update(local: Any, context: Any, actor: str, value: bytes | None, now_ms: int) -> Any:
+        base = local or v.EMPTY
+        used = max(base.clock.get(actor, 0), context.get(actor, 0))
+        counter = used if used else 1  # BUG: reuses the last dot of this actor
+        kept = [s for s in base.siblings if not v.covers(context, s.actor, s.counter) or s.counter == counter]
+        kept.append(v.Sibling(actor, counter, now_ms, value))
+        clock = v.merge_clocks(base.clock, context)
+        clock[actor] = counter
+        return v.VersionedObject(clock, v._canonical(kept))
+
+    return [(write_plan, "update", update)]
+
+
+def _read_repair_overwrites() -> list[tuple[Any, str, Any]]:
+    from dynq_client import protocol as p
+    from dynq_client.versions import decode_object
+
+    from dynq.kv.service import KvService
+    from dynq.server import fields
+
+    original = KvService.handle_replica_put
+
+    def handle_replica_put(self: KvService, responder: Any, req: Any) -> None:
+        if req.op != p.OP_READ_REPAIR:
+            original(self, responder, req)
+            return
+        key = fields.key(req.body, self.limits)
+        blob = p.get_bytes(req.body, "ob")
+        assert blob is not None
+        incoming = decode_object(blob, self.limits)  # BUG: no merge with what the replica holds
+
+        def committed(error: Any) -> None:
+            if error is not None:
+                responder.fail(error)
+            else:
+                responder.ok({})
+
+        self.local.stage_local(key, incoming, blob, committed)
+
+    return [(KvService, "handle_replica_put", handle_replica_put)]
+
+
+def _sync_normal_options(o: Options) -> Options:
+    knobs = dict(o.knobs)
+    knobs["synchronous"] = "normal"
+    knobs["checkpoint_interval_ms"] = 0  # SQLite's own checkpoints, inside commits: rare syncs
+    return dataclasses.replace(o, knobs=tuple(sorted(knobs.items())), faults=("blackout",),
+                               fault_gap_s=3.0, w=min(o.w, 2))
+
+
+MUTATIONS: dict[str, Mutation] = {m.name: m for m in (
+    Mutation("merge-keeps-incoming", "a replica's merge keeps the incoming object", _merge_keeps_incoming),
+    Mutation("dot-reused", "the coordinator reuses its actor's last dot", _dot_reused),
+    Mutation("read-repair-overwrites", "read repair replaces instead of merging", _read_repair_overwrites),
+    Mutation("sync-normal", "acknowledge unsynced commits, then whole-cluster power loss", list,
+             _sync_normal_options),
+)}
+
+__all__ = ["MUTATIONS", "Mutation"]
