@@ -72,10 +72,13 @@ from .net import SimNetwork
 log = logging.getLogger(__name__)
 
 EPOCH = 1_700_000_000.0  # the virtual wall clock starts here (plus the loop's time and a node's skew)
-FAULTS = ("kill", "power", "pause", "partition", "cut", "clog", "latency", "disk_full", "fsync_eio", "blackout")
+FAULTS = ("kill", "power", "wipe", "pause", "partition", "cut", "clog", "latency", "disk_full", "fsync_eio", "blackout")
 """Every fault kind; a seed enables a subset (swarm testing: fewer kinds, more of each)."""
 
 DEFAULT_FAULTS = tuple(f for f in FAULTS if f != "blackout")
+WIPES_PER_SEED = 1
+"""A wipe (the disk replaced: the node comes back empty, under a new actor) is survivable
+when W >= 2 and no other copy is lost meanwhile: one per seed keeps it inside the fault atlas."""
 """Blackout (every node loses power at once) is survivable under synchronous=full too, but it
 makes most seeds spend their time restarting; the ``sync-normal`` mutation and the soak
 profile enable it."""
@@ -165,6 +168,7 @@ class Result:
     wall_s: float
     events: int  # trace events (deliveries, connections, faults, clock jumps)
     faults: dict[str, int]  # fault kind -> times injected
+    coverage: dict[str, int]  # node counters summed over lives: which repair and failure paths ran
     error: str | None = None  # the run itself broke (SimError, a crash of the harness)
 
     @property
@@ -181,7 +185,7 @@ class Result:
         return {
             "seed": self.seed, "ok": self.ok, "error": self.error, "trace_hash": self.trace_hash,
             "virtual_s": round(self.virtual_s, 3), "wall_s": round(self.wall_s, 3), "events": self.events,
-            "faults": self.faults, "verdicts": {v.name: {"ok": v.ok, "counts": v.counts, "problems": v.problems[:20]}
+            "faults": self.faults, "coverage": self.coverage, "verdicts": {v.name: {"ok": v.ok, "counts": v.counts, "problems": v.problems[:20]}
                                                 for v in self.verdicts},
             "options": self.options.describe(), "replay": self.replay_command(),
         }
@@ -237,6 +241,13 @@ class SimNode:
         self.task = self.host.spawn(self.node.serve(), name=f"serve {self.name}")
         self.sim.loop.trace("start", self.name, self.lives)
 
+    def wipe(self) -> None:
+        """The disk is replaced by an empty one (the node keeps its name, not its data)."""
+        self.crash(power=False)
+        shutil.rmtree(self.config.data_dir, ignore_errors=True)
+        for path in [p for p in self.disk.files if p.startswith(str(self.config.data_dir))]:
+            del self.disk.files[path]
+
     def crash(self, power: bool) -> None:
         """kill -9 (``power``: and the disk loses what was not synced)."""
         if not self.host.alive:
@@ -246,6 +257,7 @@ class SimNode:
         self.disk.frozen = True  # a dead process writes nothing, not even when its handles close
         node = self.node
         if node is not None:
+            self.sim.harvest(node)
             cp = node.storage.checkpointer
             if cp is not None and getattr(cp, "conn", None) is not None:
                 cp.conn.close()
@@ -272,6 +284,8 @@ class Simulation:
         self.problems: list[str] = []
         self.undecodable: set[str] = set()  # stored blobs that do not decode (an invariant breach)
         self.fault_counts: dict[str, int] = {}
+        self.coverage: dict[str, int] = {}  # what the nodes did, summed over their lives
+        self.wipes = 0  # disks replaced so far
         self._graveyard: list[asyncio.Task[Any]] = []  # tasks of dead lives: never run, never destroyed mid-run
         self._tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], Any] = weakref.WeakKeyDictionary()
         self.loop.set_task_factory(self._task_factory)
@@ -287,6 +301,25 @@ class Simulation:
             config = dataclasses.replace(config, **knobs)
             skew = self.rng.uniform(-options.skew_s, options.skew_s)
             self.nodes[name] = SimNode(self, name, config, skew)
+
+    # --- coverage ---------------------------------------------------------------------------
+
+    def harvest(self, node: Node) -> None:
+        """Add what one life of a node did to the run's coverage counters (the fault and
+        repair paths that fired: a batch whose counters stay 0 has gone soft)."""
+        stats, storage = node.stats, node.storage
+        counts = {"hinted_writes": stats.hinted_writes, "hints_stored": stats.hints_stored,
+                  "hints_refused": stats.hints_refused, "read_repairs": stats.read_repairs,
+                  "read_repairs_received": stats.read_repairs_received, "stray_writes": stats.stray_writes,
+                  "overloaded": stats.overloaded, "dropped_replies": stats.dropped_replies,
+                  "commit_failures": storage.commit_failures}
+        parts = node.parts
+        if parts is not None:
+            counts.update(hints_replayed=parts.handoff.replayed, ae_exchanges=parts.anti_entropy.exchanges,
+                          ae_keys_repaired=parts.anti_entropy.keys_repaired,
+                          tombstones_reaped=parts.anti_entropy.reaped + parts.tree_server.reaped)
+        for name, value in counts.items():
+            self.coverage[name] = self.coverage.get(name, 0) + int(value)
 
     # --- tasks of dead lives ------------------------------------------------------------
 
@@ -340,7 +373,7 @@ class Simulation:
         trace_hash = self.loop.trace_hash()
         result = Result(self.options.seed, self.options, verdicts, trace_hash, self.loop.time() - 1000.0,
                         time.perf_counter() - started, self.loop.trace_events, dict(sorted(self.fault_counts.items())),
-                        error)
+                        dict(sorted({**self.coverage, "wipes": self.wipes}.items())), error)
         self._teardown()
         return result
 
@@ -440,6 +473,11 @@ class Simulation:
             if kind in ("kill", "power"):
                 if target.host.alive:
                     target.crash(power=kind == "power")
+                    self.loop.sim_call_later(rng.uniform(0.1, 6.0), self._restart, target)
+            elif kind == "wipe":
+                if target.host.alive and opts.w >= 2 and self.wipes < WIPES_PER_SEED:
+                    self.wipes += 1
+                    target.wipe()
                     self.loop.sim_call_later(rng.uniform(0.1, 6.0), self._restart, target)
             elif kind == "blackout":
                 for sn in self.nodes.values():
@@ -567,6 +605,9 @@ class Simulation:
             if sn.task is not None and sn.task.done():
                 exc = sn.task.exception() if not sn.task.cancelled() else None
                 problems.append(f"{name}'s serve task ended: {exc!r}")
+        for sn in self.nodes.values():
+            if sn.node is not None:
+                self.harvest(sn.node)
         self.loop.trace("history", tuple((op.index, op.outcome) for op in self.history.ops))
         return [
             check_siblings(self.history, final),
