@@ -45,7 +45,7 @@ from typing import Any
 import apsw
 from dynq_client import AsyncClient
 from dynq_client.errors import DynqError, ProtocolError
-from dynq_client.ring import Member
+from dynq_client.ring import Member, Ring
 from dynq_client.versions import (
     VersionedObject,
     decode_object,
@@ -105,6 +105,7 @@ class Options:
     client_timeout_s: float
     think_s: float  # a client's mean pause between operations
     knobs: tuple[tuple[str, Any], ...]  # NodeConfig fields changed from their defaults
+    membership: str = "none"  # none | join | leave | join+leave: changes staged and committed mid-run
     mutation: str | None = None
 
     @classmethod
@@ -143,6 +144,8 @@ class Options:
             fault_gap_s=rng.uniform(1.0, 6.0), faults=tuple(sorted(kinds)),
             skew_s=rng.choice((0.0, 0.0, 2.0, 60.0)), client_timeout_s=rng.choice((1.0, 2.0, 3.0)),
             think_s=rng.choice((0.02, 0.1, 0.3)), knobs=tuple(sorted(knobs.items())), mutation=mutation,
+            membership=rng.choice(("none", "none", "join", "leave" if nodes > n else "join", "join+leave"))
+            if nodes < 5 else "none",  # a leave needs a member more than N
         )
         if mutation is not None:
             from .mutations import MUTATIONS
@@ -301,6 +304,16 @@ class Simulation:
             config = dataclasses.replace(config, **knobs)
             skew = self.rng.uniform(-options.skew_s, options.skew_s)
             self.nodes[name] = SimNode(self, name, config, skew)
+        self.left: set[str] = set()  # nodes that left the cluster (their serve task ends by design)
+        self.membership_done: list[str] = []  # the changes committed, in order
+        if "join" in options.membership:  # a new, empty node: a cluster of one until it joins
+            name = f"n{options.nodes + 1}"
+            me = Member(name, f"tcp://{name}:7000")
+            config = dataclasses.replace(
+                NodeConfig(name=name, listen=me.address, data_dir=self.workdir / name, n=options.n, q=options.q,
+                           r=options.r, w=options.w, members=(me,), static_members=True,
+                           source=f"sim seed {options.seed}"), **knobs)
+            self.nodes[name] = SimNode(self, name, config, self.rng.uniform(-options.skew_s, options.skew_s))
 
     # --- coverage ---------------------------------------------------------------------------
 
@@ -357,7 +370,8 @@ class Simulation:
             first = next(iter(self.nodes.values()))
             first.disk.seed_sqlite_prng()
             for sn in self.nodes.values():
-                sn.start()
+                if sn.config.members != (sn.config.self_member,) or len(self.nodes) == 1:
+                    sn.start()
             self.loop.run(self._main())
             verdicts = self._check(handler)
         except SimError as exc:
@@ -384,7 +398,13 @@ class Simulation:
         clients = [self.loop.add_host(f"c{i + 1}") for i in range(opts.clients)]
         workers = [host.spawn(self._client(host, end), name=f"workload {host.name}") for host in clients]
         nemesis = self.loop.create_task(self._nemesis(end), context=self.loop.sim_context.copy())
+        admin = None
+        if self.options.membership != "none":
+            admin_host = self.loop.add_host("admin")
+            admin = admin_host.spawn(self._membership(admin_host, end), name="membership")
         await nemesis
+        if admin is not None:
+            await admin
         self._heal_all()
         for w in workers:
             try:
@@ -455,6 +475,58 @@ class Simulation:
         else:
             self.history.complete(op, OK)
 
+    # --- membership -----------------------------------------------------------------------
+
+    async def _membership(self, host: SimHost, end: float) -> None:
+        """Join the spare node and/or make a member leave, through the real admin ops (as
+        `dynq cluster join/leave/plan/commit` do), while the nemesis keeps going."""
+        opts = self.options
+        rng = self.loop.rng("membership")
+        client = AsyncClient(self.addresses, timeout=5.0, keys=None, context=self.net.context(host))  # type: ignore[arg-type]
+        try:
+            await asyncio.sleep(rng.uniform(0.1, 0.4) * opts.duration_s)
+            if "join" in opts.membership:
+                spare = self.nodes[f"n{opts.nodes + 1}"]
+                spare.start()
+                await asyncio.sleep(0.5)
+                for _ in range(10):
+                    if not spare.up:
+                        await asyncio.sleep(1.0)
+                        continue
+                    try:
+                        await client.call_address(spare.config.listen, "cluster_join", {"cluster": self.addresses[0]})
+                        await self._commit(client)
+                        self.membership_done.append(f"join {spare.name}")
+                        break
+                    except DynqError as exc:
+                        self.loop.trace("membership", "join failed", type(exc).__name__)
+                        await asyncio.sleep(1.0)
+            if "leave" in opts.membership:
+                await asyncio.sleep(rng.uniform(0.1, 0.3) * opts.duration_s)
+                leaving = f"n{opts.nodes}"  # never n1, the claimant (the smallest name)
+                for _ in range(10):
+                    try:
+                        await client.call_address(self.addresses[0], "cluster_leave", {"node": leaving})
+                        await self._commit(client)
+                        self.membership_done.append(f"leave {leaving}")
+                        self.left.add(leaving)
+                        break
+                    except DynqError as exc:
+                        self.loop.trace("membership", "leave failed", type(exc).__name__)
+                        await asyncio.sleep(1.0)
+        finally:
+            await client.close()
+
+    async def _commit(self, client: AsyncClient) -> None:
+        for attempt in range(10):
+            try:
+                await client.call_address(self.addresses[0], "cluster_commit", {})
+                return
+            except DynqError:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(1.0)
+
     # --- faults ---------------------------------------------------------------------------
 
     async def _nemesis(self, end: float) -> None:
@@ -468,6 +540,8 @@ class Simulation:
             kind = rng.choice(opts.faults)
             self.fault_counts[kind] = self.fault_counts.get(kind, 0) + 1
             target = self.nodes[rng.choice(names)]
+            if target.lives == 0 or target.name in self.left:
+                continue  # not started yet (the spare before its join), or gone
             back_in = rng.uniform(0.5, 8.0)
             self.loop.trace("fault", kind, target.name, round(back_in, 6))
             if kind in ("kill", "power"):
@@ -475,14 +549,15 @@ class Simulation:
                     target.crash(power=kind == "power")
                     self.loop.sim_call_later(rng.uniform(0.1, 6.0), self._restart, target)
             elif kind == "wipe":
-                if target.host.alive and opts.w >= 2 and self.wipes < WIPES_PER_SEED:
+                if target.host.alive and opts.w >= 2 and self.wipes < WIPES_PER_SEED and opts.membership == "none":
                     self.wipes += 1
                     target.wipe()
                     self.loop.sim_call_later(rng.uniform(0.1, 6.0), self._restart, target)
             elif kind == "blackout":
-                for sn in self.nodes.values():
+                struck = [sn for sn in self.nodes.values() if sn.lives and sn.host.alive]
+                for sn in struck:
                     sn.crash(power=True)
-                for sn in self.nodes.values():
+                for sn in struck:
                     self.loop.sim_call_later(rng.uniform(0.5, 4.0), self._restart, sn)
             elif kind == "pause":
                 target.host.pause(rng.uniform(0.05, 3.0))
@@ -512,7 +587,7 @@ class Simulation:
                 target.disk.fail_syncs = rng.randint(1, 3)
 
     def _restart(self, sn: SimNode) -> None:
-        if not sn.host.alive:
+        if not sn.host.alive and not self._gone(sn):
             sn.start()
 
     def _heal_all(self) -> None:
@@ -527,6 +602,8 @@ class Simulation:
             sn.disk.fail_syncs = 0
             if sn.host.paused:
                 sn.host.resume()
+            if sn.lives == 0 or self._gone(sn):
+                continue
             if not sn.host.alive or sn.node is None:
                 if sn.host.alive:
                     sn.crash(power=False)
@@ -534,11 +611,26 @@ class Simulation:
 
     # --- liveness and the final state -------------------------------------------------------
 
+    def _gone(self, sn: SimNode) -> bool:
+        """A node that left and whose serve task ended (it exits once it handed off)."""
+        return sn.name in self.left and sn.task is not None and sn.task.done()
+
+    def _serving(self) -> list[SimNode]:
+        return [sn for sn in self.nodes.values() if sn.lives and not self._gone(sn)]
+
     def _settled(self) -> bool:
-        if any(not sn.up for sn in self.nodes.values()):
+        serving = self._serving()
+        if any(not sn.up for sn in serving):
             return False
+        if any(sn.name in self.left for sn in serving):
+            return False  # still handing off
         if any(sn.node is not None and (sn.node.storage.hint_count or sn.node.storage.staged_hint_count)
-               for sn in self.nodes.values()):
+               for sn in serving):
+            return False
+        states = {sn.node.cluster.state.version for sn in serving if sn.node is not None}
+        if len(states) != 1 or any(sn.node is not None and (sn.node.cluster.state.next_ring is not None
+                                                             or sn.node.cluster.state.transfers)
+                                   for sn in serving):
             return False
         return check_convergence(self._views()).ok
 
@@ -550,10 +642,18 @@ class Simulation:
                 self.loop.trace("settled")
                 return
 
+    def _ring(self) -> Ring | None:
+        """The ring of the newest cluster state any serving node holds."""
+        nodes = [sn.node for sn in self._serving() if sn.node is not None]
+        if not nodes:
+            return None
+        return max(nodes, key=lambda n: n.cluster.state.version).ring
+
     def _copies(self) -> dict[str, dict[str, VersionedObject]]:
         """node -> key -> the object it stores (committed state)."""
         out: dict[str, dict[str, VersionedObject]] = {}
-        for name, sn in sorted(self.nodes.items()):
+        for sn in sorted(self._serving(), key=lambda sn: sn.name):
+            name = sn.name
             if sn.node is None:
                 continue
             objs = out[name] = {}
@@ -567,7 +667,8 @@ class Simulation:
 
     def _views(self) -> dict[str, dict[str, bytes | None]]:
         copies = self._copies()
-        ring = next(sn.node.ring for sn in self.nodes.values() if sn.node is not None)
+        ring = self._ring()
+        assert ring is not None
         keys = sorted({op.key for op in self.history.ops if op.f != "read" or op.key != "connect"})
         views: dict[str, dict[str, bytes | None]] = {}
         for key in keys:
@@ -580,7 +681,7 @@ class Simulation:
 
     def _check(self, handler: _ErrorLog) -> list[Verdict]:
         copies = self._copies()
-        ring = next((sn.node.ring for sn in self.nodes.values() if sn.node is not None), None)
+        ring = self._ring()
         final: dict[str, set[str]] = {}
         if ring is not None:
             for key in sorted({op.key for op in self.history.ops if op.key != "connect"}):
@@ -602,18 +703,21 @@ class Simulation:
                 problems.append(f"logged with a traceback: {record.name}: {record.getMessage()[:200]}: "
                                 f"{type(exc).__name__}: {exc}")
         for name, sn in sorted(self.nodes.items()):
-            if sn.task is not None and sn.task.done():
+            if sn.task is not None and sn.task.done() and not (name in self.left and sn.task.exception() is None):
                 exc = sn.task.exception() if not sn.task.cancelled() else None
                 problems.append(f"{name}'s serve task ended: {exc!r}")
         for sn in self.nodes.values():
             if sn.node is not None:
                 self.harvest(sn.node)
+        self.coverage["membership_changes"] = len(self.membership_done)
+        if self.options.membership != "none" and not self.membership_done:
+            self.coverage["membership_not_committed"] = 1
         self.loop.trace("history", tuple((op.index, op.outcome) for op in self.history.ops))
         return [
             check_siblings(self.history, final),
             check_dots((node, key, obj) for node, objs in copies.items() for key, obj in objs.items()),
             check_convergence(self._views()) if ring is not None else Verdict("convergence", ["no node up"]),
-            check_hints_drained({name: sn.node.storage.hint_count for name, sn in self.nodes.items()
+            check_hints_drained({sn.name: sn.node.storage.hint_count for sn in self._serving()
                                  if sn.node is not None}),
             check_invariants(problems, {"warnings_logged": sum(1 for r in handler.records if r.levelno == logging.WARNING),
                                         "errors_logged": sum(1 for r in handler.records if r.levelno >= logging.ERROR),

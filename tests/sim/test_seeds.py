@@ -63,12 +63,14 @@ def _failure(s: dict[str, Any]) -> str:
     return f"seed {s['seed']}: {s['error'] or '; '.join(bad)}\n    reproduce: {s['replay']}"
 
 
+@pytest.mark.timeout(1800)
 def test_corpus_seeds_pass() -> None:
     """Every seed that ever failed passes now (each was a bug, fixed)."""
     failures = [_failure(s) for s in (_run(seed, profile) for seed, profile in corpus()) if not s["ok"]]
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.timeout(BUDGET_S + 600)  # the budget, plus the seeds still running when it ran out
 def test_rotating_seeds_pass_and_cover_the_fault_paths() -> None:
     """Up to SEEDS new seeds within BUDGET_S: all pass; the batch exercised every fault kind
     and the hint, read-repair, anti-entropy and failed-commit paths."""
@@ -105,6 +107,7 @@ def test_rotating_seeds_pass_and_cover_the_fault_paths() -> None:
     assert not [c for c in COVERED if not coverage.get(c)], coverage
 
 
+@pytest.mark.timeout(900)
 def test_seeds_replay_to_the_same_trace_hash() -> None:
     """Determinism self-check: a few seeds run twice give equal trace hashes."""
     base = rotating_base()
