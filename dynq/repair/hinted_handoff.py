@@ -46,7 +46,10 @@ class HintedHandoff:
                 if target == self.name:  # a hint for ourselves: we are the primary again
                     self._drop_self_hints()
                     continue
-                while self.peers.is_up(target) and store.hints_pending.get(target):
+                # A target that left the cluster never comes back up: its hints go to the
+                # keys' replicas now (recipients), whose own liveness the replay finds out.
+                departed = target not in self.cluster.member_names
+                while (departed or self.peers.is_up(target)) and store.hints_pending.get(target):
                     try:
                         delivered = await self.replay_batch(target)
                     except Exception:  # one target's failure must not hold up the others

@@ -237,6 +237,16 @@ class SimNode:
         self.lives += 1
         try:
             self.node = self.host.run(Node, self.config, self.env())
+        except apsw.Error as exc:
+            self.node = None
+            if self.disk.fail_syncs or self.disk.capacity is not None:  # the disk fault outlived the crash
+                self.sim.loop.trace("start failed", self.name, type(exc).__name__)
+                self.disk.fail_syncs = 0
+                self.host.kill()  # the process exits; its supervisor starts it again
+                self.sim.loop.sim_call_later(1.0, self.sim._restart, self)
+                return
+            self.sim.problems.append(f"{self.name} failed to start (life {self.lives}): {type(exc).__name__}: {exc}")
+            return
         except Exception as exc:  # noqa: BLE001 - the node cannot even open its files: an invariant breach
             self.sim.problems.append(f"{self.name} failed to start (life {self.lives}): {type(exc).__name__}: {exc}")
             self.node = None
@@ -579,12 +589,13 @@ class Simulation:
                 self.net.set_latency(target.name, other, rng.choice((0.001, 0.01, 0.1, 0.5)), rng.choice((0.0, 0.01, 0.1)))
                 self.loop.sim_call_later(back_in, self.net.set_latency, target.name, other, self.net.latency,
                                          self.net.jitter)
-            elif kind == "disk_full":
+            elif kind == "disk_full" and target.up:
                 disk = target.disk
                 disk.capacity = disk.used() + rng.choice((0, 4096, 65536))
                 self.loop.sim_call_later(back_in, setattr, disk, "capacity", None)
             elif kind == "fsync_eio":
-                target.disk.fail_syncs = rng.randint(1, 3)
+                if target.up:
+                    target.disk.fail_syncs = rng.randint(1, 3)
 
     def _restart(self, sn: SimNode) -> None:
         if not sn.host.alive and not self._gone(sn):
@@ -695,6 +706,8 @@ class Simulation:
         disk_faults = {"disk_full", "fsync_eio"} & set(self.fault_counts)
         tolerated = 0
         for record in handler.records:
+            if str(record.msg).startswith("second reply to request"):  # one reply per request
+                problems.append(f"{record.name}: {record.getMessage()}")
             if record.exc_info and record.levelno >= logging.ERROR:
                 exc = record.exc_info[1]
                 if disk_faults and isinstance(exc, (apsw.FullError, apsw.IOError)):

@@ -166,3 +166,36 @@ def test_a_hint_for_a_node_that_left_goes_to_the_keys_replicas_now(tmp_path: Pat
         asyncio.run(scenario())
     finally:
         storage.close()
+
+
+def test_hints_for_a_departed_node_are_replayed_although_it_is_down(tmp_path: Path) -> None:
+    """Regression (found by `dynq sim --seed 253`): a node left and exited, so this node
+    sees it down forever; its hints must still go to the keys' replicas now, not wait for
+    it to come up. Driven through the real loop of ``run`` on the simulator's virtual clock."""
+    from dynq.sim.loop import SimLoop
+
+    storage, peers, cluster, handoff = setup(tmp_path)
+    key, target = a_key_not_replicated_by(cluster, "n4")
+
+    async def scenario() -> None:
+        await store_hint(storage, cluster, key, target)
+        cluster.state = initial_state([m for m in MEMBERS if m.name != target], 8, 3)  # it left...
+        peers.down.add(target)  # ...and is gone
+        task = asyncio.get_running_loop().create_task(handoff.run())
+        try:
+            await asyncio.sleep(handoff.config.replay_interval_ms / 1000 + 0.01)
+            replicas = [x for x in cluster.ring.preference_list_for(key).primaries if x != "n4"]
+            assert sorted(peer for peer, _, _ in peers.sent) == sorted(replicas)
+            for peer in replicas:
+                peers.answer(peer)
+            await asyncio.sleep(0.01)
+            assert storage.hints_pending == {}
+        finally:
+            task.cancel()
+
+    sim = SimLoop(1, timer_jitter=0)
+    try:
+        sim.run(scenario())
+    finally:
+        sim.close()
+        storage.close()
