@@ -24,8 +24,8 @@ PURE = ("dynq.store.", "dynq.cluster.membership", "dynq.cluster.failure_detector
 
 SERVICES = ("dynq.kv.", "dynq.cluster.", "dynq.repair.")
 
-NODE_IMPORTERS = {"dynq.cli.nodes", "dynq.localcluster"}
-"""Besides the services' rule: who may build a node (the CLI and the local cluster)."""
+NODE_IMPORTERS = {"dynq.cli.nodes", "dynq.localcluster", "dynq.sim.harness"}
+"""Besides the services' rule: who may build a node (the CLI, the local cluster, the simulator)."""
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
