@@ -6,7 +6,12 @@
   :class:`SimSocket`, the ZeroMQ surface dynq uses, with latency, partitions and clogs.
 - :mod:`dynq.sim.disk`: :class:`SimDisk`, an apsw VFS over the real files that can lose
   unsynced writes on power loss, tear sectors, fill up and fail fsync.
-- :mod:`dynq.sim.env`: the injected environment (clocks, randomness, zmq context, VFS).
+- :mod:`dynq.sim.harness`: real nodes and clients on those, a seeded nemesis, the phases
+  (safety, heal, liveness) and the run's :class:`~dynq.sim.harness.Result`; ``dynq sim``.
+- :mod:`dynq.sim.history`, :mod:`dynq.sim.checker`: what the clients did, and the verdicts.
+- :mod:`dynq.sim.mutations`: planted bugs the checkers must catch.
+
+The node takes its clocks, randomness, zmq context and VFS from :mod:`dynq.env`.
 """
 
 from __future__ import annotations

@@ -593,9 +593,8 @@ class Simulation:
                 disk = target.disk
                 disk.capacity = disk.used() + rng.choice((0, 4096, 65536))
                 self.loop.sim_call_later(back_in, setattr, disk, "capacity", None)
-            elif kind == "fsync_eio":
-                if target.up:
-                    target.disk.fail_syncs = rng.randint(1, 3)
+            elif kind == "fsync_eio" and target.up:
+                target.disk.fail_syncs = rng.randint(1, 3)
 
     def _restart(self, sn: SimNode) -> None:
         if not sn.host.alive and not self._gone(sn):

@@ -21,10 +21,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from .harness import Options
+Options = TypeVar("Options")  # dynq.sim.harness.Options (not imported: the harness imports this module)
 
 
 @dataclass
@@ -32,7 +31,7 @@ class Mutation:
     name: str
     doc: str
     patches: Callable[[], list[tuple[Any, str, Any]]]  # (object, attribute, replacement)
-    options: Callable[[Options], Options] = lambda o: o
+    options: Callable[[Any], Any] = lambda o: o  # the run's Options -> adjusted Options
     _saved: list[tuple[Any, str, Any]] = dataclasses.field(default_factory=list)
 
     def apply(self) -> None:
@@ -46,7 +45,8 @@ class Mutation:
             setattr(obj, attr, old)
 
     def adjust(self, options: Options) -> Options:
-        return self.options(options)
+        adjusted: Options = self.options(options)
+        return adjusted
 
 
 def _merge_keeps_incoming() -> list[tuple[Any, str, Any]]:
@@ -107,7 +107,7 @@ def _read_repair_overwrites() -> list[tuple[Any, str, Any]]:
     return [(KvService, "handle_replica_put", handle_replica_put)]
 
 
-def _sync_normal_options(o: Options) -> Options:
+def _sync_normal_options(o: Any) -> Any:
     knobs = dict(o.knobs)
     knobs["synchronous"] = "normal"
     knobs["checkpoint_interval_ms"] = 0  # SQLite's own checkpoints, inside commits: rare syncs
