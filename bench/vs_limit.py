@@ -43,7 +43,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.limit import LimitCluster, Phase, exit_on_sigterm, measure as measure_limit, pct_ms  # noqa: E402
+from bench.limit import LimitClient, LimitCluster, Phase, closed_loop, exit_on_sigterm, measure as measure_limit, \
+    pct_ms, wait_ready  # noqa: E402
 from bench.procstat import cpu_snapshot, us_per_op  # noqa: E402
 from dynq.bench import Arrivals, Histogram, Pacer, open_loop  # noqa: E402
 from dynq.localcluster import LocalCluster, free_ports  # noqa: E402
@@ -83,12 +84,13 @@ async def _closed(db: AsyncClient, op: str, keys: list[bytes], value: bytes, con
 
 
 async def measure_dynq(seeds: list[str], curve: CurveKeys | None, pids: dict[str, int], keys: int,
-                       value_size: int, concurrency: int, tag: str, lone: int) -> dict[str, Phase]:
+                       value_size: int, concurrency: int, tag: str, lone: int,
+                       client_kw: dict[str, Any] | None = None) -> dict[str, Phase]:
     """The same phases as bench/limit.py's measure(), through AsyncClient."""
     value = os.urandom(value_size)
     batch = [f"{tag}-{i}".encode() for i in range(keys)]
     out: dict[str, Phase] = {}
-    async with AsyncClient(seeds, timeout=10.0, curve=curve) as db:
+    async with AsyncClient(seeds, timeout=10.0, curve=curve, **(client_kw or {})) as db:
         for op in ("put", "get"):
             before = cpu_snapshot(pids)
             phase = await _closed(db, op, batch, value, concurrency)
@@ -100,12 +102,13 @@ async def measure_dynq(seeds: list[str], curve: CurveKeys | None, pids: dict[str
 
 
 async def open_loop_point(seeds: list[str], curve: CurveKeys | None, op: str, rate: float, seconds: float,
-                          keys: list[bytes], value: bytes, tag: str) -> dict[str, Any]:
+                          keys: list[bytes], value: bytes, tag: str,
+                          client_kw: dict[str, Any] | None = None) -> dict[str, Any]:
     """dynq at ``rate`` ops/s on a Poisson schedule for ``seconds``: latency percentiles
     measured from each request's intended start."""
     hist = Histogram()
     failed = 0
-    async with AsyncClient(seeds, timeout=10.0, curve=curve) as db:
+    async with AsyncClient(seeds, timeout=10.0, curve=curve, **(client_kw or {})) as db:
         for key in keys[:50]:  # connections made and CURVE handshakes done before the clock starts
             await db.get(key)
 
@@ -130,6 +133,51 @@ async def open_loop_point(seeds: list[str], curve: CurveKeys | None, op: str, ra
             "max_lag_ms": round(stats.max_lag_s * 1000, 3)}
 
 
+async def limit_open_loop_point(lim: LimitCluster, op: str, rates: list[float], seconds: float,
+                                keys: list[bytes], value: bytes, tag: str, lone: int) -> dict[str, Any]:
+    """The hand-written limit on the same Poisson schedules: what tail its own stack allows
+    on this machine (the yardstick for dynq's open-loop bounds). Returns the limit's lone
+    p50 and one point per rate."""
+    client = LimitClient(asyncio.get_running_loop(), lim.addresses, lim.client_keys)
+    try:
+        await wait_ready(client)
+        lone_phase = await closed_loop(client, op, keys[:lone] if op == "get" else
+                                       [f"{tag}-lone-{i}".encode() for i in range(lone)], value, 1)
+        lone_p50 = pct_ms(lone_phase.latencies, 0.5)
+        points = []
+        for rate in rates:
+            hist = Histogram()
+            failed = 0
+
+            async def issue(i: int) -> str | None:
+                nonlocal failed
+                done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+                def settle(ok: bool) -> None:
+                    if not done.done():
+                        done.set_result(ok)
+
+                if op == "put":
+                    client.put(f"{tag}-{rate:.0f}-{i}".encode(), value, settle)
+                else:
+                    client.get(keys[i % len(keys)], settle)
+                if not await done:
+                    failed += 1
+                    return None
+                return op
+
+            pacer = Pacer(Arrivals(rate, "poisson"), OPEN_LOOP_CAP, seconds)
+            await open_loop(issue, pacer, lambda label, s: hist.record(s), bound_s=seconds + 40.0)
+            x = hist.summary()
+            points.append({"target_rate": round(rate, 1), "p50_ms": x["p50_ms"], "p99_ms": x["p99_ms"],
+                           "p999_ms": x["p999_ms"], "failed": failed,
+                           "p99_over_lone_p50": round(x["p99_ms"] / lone_p50, 2) if lone_p50 else 0.0,
+                           "p999_over_lone_p50": round(x["p999_ms"] / lone_p50, 2) if lone_p50 else 0.0})
+        return {"lone_p50_ms": round(lone_p50, 3), "points": points}
+    finally:
+        client.close()
+
+
 def _summary(phases: list[Phase]) -> dict[str, Any]:
     """Medians over rounds of one phase."""
     cpu_keys = phases[0].cpu_us.keys()
@@ -149,7 +197,12 @@ VARIANTS = {
     "uvloop-client": "the same cluster, the client on uvloop's event loop (the nodes keep asyncio)",
     "plaintext": "a second cluster with security none (CURVE off)",
     "sync-normal": "a second cluster with synchronous=normal (no fsync per commit; survives a crash, not power loss)",
+    "fanout-all": "the same cluster, client-coordinated reads asking all N replicas (read_fanout='all')",
+    "server-coordinated": "the same cluster, reads coordinated by a replica (coordination='server'); the open"
+                          " loop also measures these gets at the same offered loads (issue 15: client p99 <= 0.7x)",
 }
+CLIENT_VARIANTS: dict[str, dict[str, Any]] = {"fanout-all": {"read_fanout": "all"},
+                                              "server-coordinated": {"coordination": "server"}}
 
 
 def _run_loop(coro: Any, uvloop: bool) -> Any:
@@ -171,10 +224,13 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         clusters["dynq plaintext"] = dynq_cluster("dynq-plain", security="none")
     if "sync-normal" in args.variant:
         clusters["dynq sync-normal"] = dynq_cluster("dynq-normal", security="curve", synchronous="normal")
-    # system name -> (cluster, client on uvloop?)
-    systems: dict[str, tuple[LocalCluster, bool]] = {name: (c, False) for name, c in clusters.items()}
+    # system name -> (cluster, client on uvloop?, client options)
+    systems: dict[str, tuple[LocalCluster, bool, dict[str, Any]]] = {name: (c, False, {}) for name, c in clusters.items()}
     if "uvloop-client" in args.variant:
-        systems["dynq uvloop-client"] = (clusters["dynq"], True)
+        systems["dynq uvloop-client"] = (clusters["dynq"], True, {})
+    for variant, kw in CLIENT_VARIANTS.items():
+        if variant in args.variant:
+            systems[f"dynq {variant}"] = (clusters["dynq"], False, kw)
     cluster = clusters["dynq"]
     limits = {"curve": LimitCluster(tmp, curve=True), "plain": LimitCluster(tmp / "plain", curve=False)}
     (tmp / "plain").mkdir()
@@ -200,10 +256,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             for which in order:
                 tag = f"r{n}-{which.replace(' ', '-')}"
                 if which in systems:
-                    c, uv = systems[which]
+                    c, uv, kw = systems[which]
                     pids = {name: node.process.pid for name, node in c.nodes.items() if node.process}
                     result = _run_loop(measure_dynq(c.seeds, c.client_keys("app"), pids | {"client": os.getpid()},
-                                                    args.keys, args.value_size, args.concurrency, tag, args.lone), uv)
+                                                    args.keys, args.value_size, args.concurrency, tag, args.lone,
+                                                    kw), uv)
                 else:
                     lim = limits[which.split()[1]]
                     before = cpu_snapshot(node_pids)
@@ -253,6 +310,20 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if not args.no_open_loop:
             out["open_loop"] = asyncio.run(_open_loop_curve(args, cluster.seeds, cluster.client_keys("app"),
                                                             med["dynq"]))
+            value = os.urandom(args.value_size)
+            written = [f"r0-limit-curve-{i}".encode() for i in range(args.keys)]  # round 1's keys
+            for op in ("put", "get"):
+                peak = med["limit curve"][op]["ops_s"]
+                lim = asyncio.run(limit_open_loop_point(limits["curve"], op, [f * peak for f in FRACTIONS],
+                                                        args.open_seconds, written, value, f"open-limit-{op}",
+                                                        args.lone))
+                for point, frac in zip(lim["points"], FRACTIONS):
+                    point["fraction"] = frac
+                out["open_loop"][op]["limit"] = {"peak_ops_s": peak, **lim}
+                half = lim["points"][FRACTIONS.index(0.5)]
+                print(f"open loop limit {op} at 50% of {peak:.0f}/s: p99 x{half['p99_over_lone_p50']:.1f}, "
+                      f"p99.9 x{half['p999_over_lone_p50']:.1f} of its lone p50 {lim['lone_p50_ms']:.2f} ms",
+                      file=sys.stderr, flush=True)
     finally:
         for lim in limits.values():
             lim.stop()
@@ -281,6 +352,14 @@ async def _open_loop_curve(args: argparse.Namespace, seeds: list[str], curve: Cu
             points.append(point)
             print(f"open loop {op} at {frac:.0%} of {peak:.0f}/s: p50 {point['p50_ms']:.2f} p99 {point['p99_ms']:.2f} "
                   f"p99.9 {point['p999_ms']:.2f} ms", file=sys.stderr, flush=True)
+        if op == "get" and "server-coordinated" in args.variant:  # the paper's §6.4, same offered loads
+            for point, frac in zip(points, FRACTIONS):
+                srv = await open_loop_point(seeds, curve, op, frac * peak, args.open_seconds, keys, value,
+                                            f"open-srv-{frac}", {"coordination": "server"})
+                point["server_coordinated"] = srv
+                point["client_p99_over_server_p99"] = round(point["p99_ms"] / srv["p99_ms"], 2) if srv["p99_ms"] else 0.0
+                print(f"open loop get (server-coordinated) at {frac:.0%}: p50 {srv['p50_ms']:.2f} p99 "
+                      f"{srv['p99_ms']:.2f} p99.9 {srv['p999_ms']:.2f} ms", file=sys.stderr, flush=True)
         half = points[FRACTIONS.index(0.5)]
         out[op] = {"peak_ops_s": peak, "lone_p50_ms": round(lone, 3), "lone_p50_rounds_ms": med[f"{op} c=1"]["p50_ms"],
                    "points": points,
@@ -336,6 +415,19 @@ def text(out: dict[str, Any]) -> str:
                              f"p50 {p['p50_ms']:6.2f}  p99 {p['p99_ms']:7.2f} (x{p['p99_over_lone_p50']:.1f})  "
                              f"p99.9 {p['p999_ms']:7.2f} (x{p['p999_over_lone_p50']:.1f}) ms  late {p['late']}"
                              f"  failed {p['failed']}")
+                if "server_coordinated" in p:
+                    srv = p["server_coordinated"]
+                    lines.append(f"         server-coordinated: p50 {srv['p50_ms']:6.2f}  p99 {srv['p99_ms']:7.2f}  "
+                                 f"p99.9 {srv['p999_ms']:7.2f} ms; client p99 / server p99 "
+                                 f"x{p['client_p99_over_server_p99']:.2f} (bound 0.7)")
+            if "limit" in o:
+                lim = o["limit"]
+                lines.append(f"    the limit on the same schedules (peak {lim['peak_ops_s']:.0f}/s, lone p50 "
+                             f"{lim['lone_p50_ms']:.2f} ms):")
+                for p in lim["points"]:
+                    lines.append(f"      {p['fraction']:>4.0%} {p['target_rate']:>7.0f}/s: p50 {p['p50_ms']:6.2f}  "
+                                 f"p99 {p['p99_ms']:7.2f} (x{p['p99_over_lone_p50']:.1f})  p99.9 {p['p999_ms']:7.2f} "
+                                 f"(x{p['p999_over_lone_p50']:.1f}) ms  failed {p['failed']}")
             h = o["at_half"]
             lines.append(f"    at 50%: p99 x{h['p99_over_lone_p50']:.1f} (bound 4), p99.9 x{h['p999_over_lone_p50']:.1f}"
                          f" (bound 10): {'within' if h['within_bounds'] else 'NOT within'} the bounds")

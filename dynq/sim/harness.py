@@ -106,6 +106,8 @@ class Options:
     think_s: float  # a client's mean pause between operations
     knobs: tuple[tuple[str, Any], ...]  # NodeConfig fields changed from their defaults
     membership: str = "none"  # none | join | leave | join+leave: changes staged and committed mid-run
+    read_fanout: str = "quorum"  # the clients' reads: quorum (R of N, hedged) or all N
+    coordination: str = "client"  # who coordinates reads: the client or a replica
     mutation: str | None = None
 
     @classmethod
@@ -146,6 +148,8 @@ class Options:
             think_s=rng.choice((0.02, 0.1, 0.3)), knobs=tuple(sorted(knobs.items())), mutation=mutation,
             membership=rng.choice(("none", "none", "join", "leave" if nodes > n else "join", "join+leave"))
             if nodes < 5 else "none",  # a leave needs a member more than N
+            read_fanout=rng.choice(("quorum", "quorum", "all")),
+            coordination=rng.choice(("client", "client", "server")),
         )
         if mutation is not None:
             from .mutations import MUTATIONS
@@ -430,7 +434,9 @@ class Simulation:
         rng = self.loop.rng(f"client.{host.name}")
         history = self.history
         client = AsyncClient(self.addresses, timeout=opts.client_timeout_s, keys=None,
-                             context=self.net.context(host))  # type: ignore[arg-type]
+                             context=self.net.context(host),  # type: ignore[arg-type]
+                             rng=self.loop.rng(f"client.{host.name}.replicas"),
+                             read_fanout=opts.read_fanout, coordination=opts.coordination)  # type: ignore[arg-type]
         keys = [f"k{i}" for i in range(opts.keys)]
         counter = 0
         try:
@@ -492,7 +498,8 @@ class Simulation:
         `dynq cluster join/leave/plan/commit` do), while the nemesis keeps going."""
         opts = self.options
         rng = self.loop.rng("membership")
-        client = AsyncClient(self.addresses, timeout=5.0, keys=None, context=self.net.context(host))  # type: ignore[arg-type]
+        client = AsyncClient(self.addresses, timeout=5.0, keys=None, context=self.net.context(host),  # type: ignore[arg-type]
+                             rng=self.loop.rng("admin.replicas"))
         try:
             await asyncio.sleep(rng.uniform(0.1, 0.4) * opts.duration_s)
             if "join" in opts.membership:

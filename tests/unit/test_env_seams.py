@@ -40,7 +40,8 @@ ALLOWED = {
     # CURVE/ZAP runs a libzmq-side thread and rate-limits key reloads; not simulated (see SIMULATION.md)
     "dynq/security.py": {"time.monotonic", "threading.Thread"},
     "client/dynq_client/transport.py": {"zmq.Context.instance"},  # default when no context is injected
-    "client/dynq_client/client.py": {"threading.Thread"},  # the sync Client's private loop thread
+    # the sync Client's private loop thread; random.Random only when no rng is injected
+    "client/dynq_client/client.py": {"threading.Thread", "random.Random"},
 }
 
 
