@@ -426,6 +426,7 @@ class Simulation:
             except Exception as exc:  # noqa: BLE001 - a client's workload crashed: the client library leaked an exception
                 self.problems.append(f"workload crashed: {type(exc).__name__}: {exc}")
         await self._settle()
+        await self._liveness()
 
     # --- workload -------------------------------------------------------------------------
 
@@ -665,6 +666,35 @@ class Simulation:
         if not nodes:
             return None
         return max(nodes, key=lambda n: n.cluster.state.version).ring
+
+    async def _liveness(self) -> None:
+        """After heal, a write to all N replicas and a read of all N succeed (a few tries)."""
+        host = self.loop.add_host("liveness")
+        ring = self._ring()
+        addresses = [m.address for m in ring.members] if ring is not None else self.addresses
+        client = AsyncClient(addresses, timeout=5.0, keys=None, context=self.net.context(host),  # type: ignore[arg-type]
+                             rng=self.loop.rng("liveness.replicas"))
+        n = self.options.n
+        errors: list[str] = []
+
+        async def probe() -> None:
+            for attempt in range(3):
+                try:
+                    await client.put("liveness", b"ok", w=n)
+                    got = await client.get("liveness", r=n)
+                    if got.values != [b"ok"]:
+                        errors.append(f"liveness read returned {got.values!r}")
+                    return
+                except DynqError as exc:
+                    errors.append(f"try {attempt + 1}: {type(exc).__name__}: {exc}"[:200])
+                    await asyncio.sleep(2.0)
+
+        try:
+            await host.spawn(probe(), name="liveness")
+            if len(errors) == 3 or any(e.startswith("liveness read") for e in errors):
+                self.problems.append("liveness after heal: " + "; ".join(errors))
+        finally:
+            await client.close()
 
     def _copies(self) -> dict[str, dict[str, VersionedObject]]:
         """node -> key -> the object it stores (committed state)."""
