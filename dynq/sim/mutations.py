@@ -9,8 +9,10 @@ merge-keeps-incoming     a replica's merge keeps the incoming object and drops i
                          siblings (a concurrent write the sender never saw is lost)
 dot-reused               the coordinator mints the dot its actor already used when the
                          key holds one (two writes under one dot)
-read-repair-overwrites   a read repair replaces the replica's object instead of merging
-                         (a write that landed after the read is lost)
+read-repair-overwrites   a read repair replaces the replica's siblings with the reader's,
+                         under the union of both clocks (a write that landed after the
+                         read is lost, and anti-entropy spreads the loss); runs with
+                         client-coordinated reads of all N, the path that repairs
 sync-normal              acknowledge commits that are not fsynced (``synchronous=normal``
                          as if it were safe), with whole-cluster power losses
 =======================  ==============================================================
@@ -80,7 +82,7 @@ def _dot_reused() -> list[tuple[Any, str, Any]]:
 
 def _read_repair_overwrites() -> list[tuple[Any, str, Any]]:
     from dynq_client import protocol as p
-    from dynq_client.versions import decode_object
+    from dynq_client.versions import VersionedObject, decode_object, encode_object, merge_clocks
 
     from dynq.kv.service import KvService
     from dynq.server import fields
@@ -94,7 +96,11 @@ def _read_repair_overwrites() -> list[tuple[Any, str, Any]]:
         key = fields.key(req.body, self.limits)
         blob = p.get_bytes(req.body, "ob")
         assert blob is not None
-        incoming = decode_object(blob, self.limits)  # BUG: no merge with what the replica holds
+        incoming = decode_object(blob, self.limits)
+        local = self.storage.current(key)
+        if local is not None:  # BUG: the reader's siblings replace ours, under both clocks
+            incoming = VersionedObject(merge_clocks(local.clock, incoming.clock), incoming.siblings)
+            blob = encode_object(incoming)
 
         def committed(error: Any) -> None:
             if error is not None:
@@ -105,6 +111,11 @@ def _read_repair_overwrites() -> list[tuple[Any, str, Any]]:
         self.local.stage_local(key, incoming, blob, committed)
 
     return [(KvService, "handle_replica_put", handle_replica_put)]
+
+
+def _client_reads_all(o: Any) -> Any:
+    """Client-coordinated reads of all N: the path that sends read repairs."""
+    return dataclasses.replace(o, read_fanout="all", coordination="client")
 
 
 def _sync_normal_options(o: Any) -> Any:
@@ -118,7 +129,8 @@ def _sync_normal_options(o: Any) -> Any:
 MUTATIONS: dict[str, Mutation] = {m.name: m for m in (
     Mutation("merge-keeps-incoming", "a replica's merge keeps the incoming object", _merge_keeps_incoming),
     Mutation("dot-reused", "the coordinator reuses its actor's last dot", _dot_reused),
-    Mutation("read-repair-overwrites", "read repair replaces instead of merging", _read_repair_overwrites),
+    Mutation("read-repair-overwrites", "read repair replaces instead of merging", _read_repair_overwrites,
+             _client_reads_all),
     Mutation("sync-normal", "acknowledge unsynced commits, then whole-cluster power loss", list,
              _sync_normal_options),
 )}
