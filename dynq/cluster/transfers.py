@@ -58,12 +58,19 @@ class Progress:
     finished: float | None = None
     retries: int = 0
     state: str = "streaming"  # streaming | delta | reported | done
+    last_error: str | None = None  # why the last attempt failed (kept after a success: it says what happened)
+    last_error_at: float | None = None  # time.time() of it
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "t": self.transfer.to_wire(), "total": self.total, "sent": self.sent, "bytes": self.bytes,
             "started": self.started, "finished": self.finished, "retries": self.retries, "state": self.state,
+            "last_error": self.last_error, "last_error_at": self.last_error_at,
         }
+
+    def failed(self, error: Exception) -> None:
+        self.retries += 1
+        self.last_error, self.last_error_at = str(error), time.time()
 
 
 class TransferFailed(Exception):
@@ -239,14 +246,15 @@ class PartitionTransfers:
         items = [{"k": key, "ob": blob} for key, blob in rows]
         try:
             body = await self._request(transfer, p.OP_REPLICA_PUT_BATCH, {"items": items})
-        except TransferFailed:
-            progress.retries += 1
+        except TransferFailed as exc:
+            progress.failed(exc)
             raise
         results = body.get("r")
         if not isinstance(results, list) or len(results) != len(rows) or any(r is not None for r in results):
-            progress.retries += 1
-            raise TransferFailed(f"{transfer.describe()}: {transfer.target} did not take every object of the "
-                                 f"chunk: {p.short_repr(results)}")
+            error = TransferFailed(f"{transfer.describe()}: {transfer.target} did not take every object of the "
+                                   f"chunk: {p.short_repr(results)}")
+            progress.failed(error)
+            raise error
         n_bytes = sum(len(key) + len(blob) for key, blob in rows)
         progress.sent += len(rows)
         progress.bytes += n_bytes
@@ -260,7 +268,9 @@ class PartitionTransfers:
         try:
             await self.claimant.transfer_done(transfer)
         except DynqError as exc:
-            raise TransferFailed(f"{transfer.describe()}: the claimant did not take the report: {exc}") from exc
+            error = TransferFailed(f"{transfer.describe()}: the claimant did not take the report: {exc}")
+            self.progress[transfer].failed(error)
+            raise error from exc
         first = self.progress[transfer].state != "reported"
         log.log(logging.INFO if first else logging.DEBUG, "transfer %s: reported done (%d objects, %d bytes)",
                 transfer.describe(), self.progress[transfer].sent, self.progress[transfer].bytes)
