@@ -113,7 +113,8 @@ async function refresh() {
 function render(d) {
   document.body.dataset.reachable = "true";
   document.body.dataset.version = d.version;
-  d.ring.members.forEach((m, i) => { state.colors[m.name] = PALETTE[i % PALETTE.length]; });
+  const names = [...new Set([...d.ring.members.map((m) => m.name), ...Object.keys((d.plan && d.plan.balance) || {})])].sort();
+  names.forEach((name, i) => { state.colors[name] = PALETTE[i % PALETTE.length]; });
   $("headline").textContent = `${d.members.length} members · Q=${d.q} N=${d.n} · cluster state ${d.version} · ` +
     `claimant ${d.claimant} · served by ${d.node}`;
   $("refreshed").textContent = `updated ${new Date(d.time * 1000).toLocaleTimeString()}`;
@@ -161,11 +162,11 @@ function renderRing(ring) {
     }
     if (part.transfers.length) {
       const mid = (a0 + a1) / 2;
-      svg.appendChild(s("circle", { cx: (48 * Math.sin(mid)).toFixed(2), cy: (-48 * Math.cos(mid)).toFixed(2), r: 2.5,
+      svg.appendChild(s("circle", { cx: (51 * Math.sin(mid)).toFixed(2), cy: (-51 * Math.cos(mid)).toFixed(2), r: 2,
         fill: "#c62828", class: "moving", "data-moving": part.p }, s("title", {}, `partition ${part.p}: transfer running`)));
     }
   }
-  svg.appendChild(s("text", { x: 0, y: -4, "text-anchor": "middle", "font-size": 14, "font-weight": 600 }, `${q} partitions`));
+  svg.appendChild(s("text", { x: 0, y: -4, "text-anchor": "middle", "font-size": 12, "font-weight": 600 }, `${q} partitions`));
   svg.appendChild(s("text", { x: 0, y: 14, "text-anchor": "middle", "font-size": 10, fill: "#6b7280" },
     ring.transition ? `${ring.transfers_pending} of ${ring.transfers_planned} moves left` : `epoch ${ring.epoch}`));
   $("ring-info").textContent = ring.transition ? "transition running" : "";
@@ -197,17 +198,28 @@ function renderMembers(members) {
   }
 }
 
+const WAITING_SHOWN = 10;  // transfers not started yet listed one by one; the rest are counted
+
 function renderTransfers(t) {
-  const info = t.pending ? `${t.pending} of ${t.planned} pending (cluster state ${t.version})` : "no membership change running";
-  $("transfers-info").textContent = info;
+  const info = clear($("transfers-info"));
+  if (t.pending) {
+    const done = Math.max(0, t.planned - t.pending);
+    info.appendChild(h("progress", { id: "transition-progress", max: Math.max(1, t.planned), value: done }));
+    info.appendChild(document.createTextNode(` ${done} of ${t.planned} partitions moved, ${t.pending} to go (cluster state ${t.version})`));
+  } else info.textContent = "no membership change running";
   const tbody = clear($("transfers").tBodies[0]);
   if (!t.transfers.length) tbody.appendChild(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "no transfers")));
-  for (const x of t.transfers) {
+  const waiting = t.transfers.filter((x) => x.state === "waiting");
+  const shown = t.transfers.filter((x) => x.state !== "waiting").concat(waiting.slice(0, WAITING_SHOWN));
+  for (const x of shown) {
     tbody.appendChild(h("tr", { "data-partition": x.partition, "data-state": x.state },
       h("td", { class: "num" }, x.partition), h("td", {}, swatch(x.source), x.source), h("td", {}, swatch(x.target), x.target),
       h("td", {}, x.state), h("td", {}, h("progress", { max: 100, value: x.percent }), ` ${x.percent}%`),
       h("td", { class: "num" }, `${x.sent}/${x.total} (${fmtBytes(x.bytes)})`), h("td", { class: "num" }, x.retries),
       h("td", { class: x.last_error ? "error" : "muted" }, x.last_error || "–")));
+  }
+  if (waiting.length > WAITING_SHOWN) {
+    tbody.appendChild(h("tr", {}, h("td", { colspan: 8, class: "muted" }, `… and ${waiting.length - WAITING_SHOWN} more waiting their turn`)));
   }
   for (const [node, err] of Object.entries(t.unreachable || {})) {
     tbody.appendChild(h("tr", {}, h("td", { colspan: 8, class: "error" }, `${node}: its progress is unknown (${err})`)));
