@@ -178,6 +178,42 @@ def test_bad_requests_unknown_paths_and_methods_get_json_errors(api: Api) -> Non
         assert body["status"] == expected
 
 
+def raw_http(api: Api, data: bytes) -> bytes:
+    """Send raw bytes to the HTTP port; what came back before the server closed."""
+    import socket
+
+    port = int(api.base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("data, status", [
+    (b"\x00\xff garbage\r\n\r\n", b"400"),
+    (b"GET /api/v1 HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 20000 + b"\r\n\r\n", b"431"),
+    (b"POST /api/v1/plan/clear HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n", b"413"),
+    (b"POST /api/v1/plan/clear HTTP/1.1\r\nContent-Length: -5\r\n\r\n", b"400"),
+    (b"POST /api/v1/plan/clear HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"400"),
+    (b"GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\n\r\n", b"400"),
+    (b"GET /console/../../pyproject.toml HTTP/1.1\r\n\r\n", b"400"),
+    (b"POST /api/v1/plan/clear HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc", b""),  # closed early: no reply
+])
+def test_malformed_http_gets_a_json_error_or_a_close_and_the_node_lives(api: Api, data: bytes, status: bytes) -> None:
+    """Whatever arrives on the HTTP port costs that connection only: a JSON error or a close."""
+    reply = raw_http(api, data)
+    if status:
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == status, reply[:200]
+        assert json.loads(body)["status"] == int(status)
+    else:
+        assert reply == b""
+    assert api.get("/api/v1")["node"] == "n1"
+
+
 def test_the_api_answers_what_the_ops_answer(api: Api, cluster: LocalCluster) -> None:
     """The views are the ops' replies: ring owners as the routing table has them, stats as
     the stats op gives them, the key as `inspect` finds it on every replica."""
