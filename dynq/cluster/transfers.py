@@ -57,7 +57,7 @@ class Progress:
     started: float = field(default_factory=time.time)
     finished: float | None = None
     retries: int = 0
-    state: str = "streaming"  # streaming | delta | reported | done
+    state: str = "streaming"  # connecting | streaming | delta | reported | done
     last_error: str | None = None  # why the last attempt failed (kept after a success: it says what happened)
     last_error_at: float | None = None  # time.time() of it
 
@@ -187,9 +187,19 @@ class PartitionTransfers:
         if progress is None or transfer not in self._tracked:
             # The target must know it is becoming a replica, or it would treat what we send
             # as stray writes (the commit's push may not have reached it yet).
-            await self._request(transfer, p.OP_CLUSTER_STATE, {"state": self.cluster.state.to_wire()})
+            try:
+                await self._request(transfer, p.OP_CLUSTER_STATE, {"state": self.cluster.state.to_wire()})
+            except TransferFailed as exc:  # recorded: a transfer that cannot even start must say why
+                if progress is None:
+                    progress = self.progress[transfer] = Progress(transfer, 0, state="connecting")
+                progress.failed(exc)
+                raise
             self._track(transfer)  # before the scan: nothing committed from now on is missed
+            earlier = progress
             progress = self.progress[transfer] = Progress(transfer, storage.partition_count(transfer.partition))
+            if earlier is not None:  # keep what the failed attempts said
+                progress.retries, progress.last_error = earlier.retries, earlier.last_error
+                progress.last_error_at = earlier.last_error_at
             log.info("transfer %s: starting, %d objects", transfer.describe(), progress.total)
         if progress.state == "streaming":
             cursor = self._cursor.get(transfer, b"")

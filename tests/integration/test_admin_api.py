@@ -389,3 +389,44 @@ def test_a_wheel_ships_the_console(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in ("index.html", "console.js", "console.css"):
         assert f"dynq/ops/console/{asset}" in names
+
+
+SLOW_TRANSFERS = FAST + """transfer_rate = 20
+transfer_batch = 20
+"""
+
+
+def test_a_stuck_transfer_shows_its_progress_retries_and_last_error(tmp_path: Path) -> None:
+    """While partitions move to a new node, the API shows each transfer's progress; kill the
+    receiver and the transfers say how often they retried and why (the last error), and an
+    alarm names them; bring it back and the change completes."""
+    with running_cluster(tmp_path, 3, security="curve", http=True, extra_config=SLOW_TRANSFERS) as cluster:
+        api = Api(cluster)
+        with cluster.client() as db:
+            for i in range(800):
+                db.put(f"k{i}".encode(), b"v" * 100)
+        address = start_new_node(cluster, "n4")
+        status, body = api.post("/api/v1/plan/join", {"address": address})
+        assert status == 200, body
+        status, body = api.post("/api/v1/plan/commit", {"plan": api.get("/api/v1/plan")["id"]})
+        assert status == 200 and body["transfers"] > 0, body
+
+        def streaming() -> list[dict[str, Any]]:
+            return [t for t in api.get("/api/v1/transfers")["transfers"] if t["sent"] > 0 and t["pending"]]
+
+        moving = wait_for("a transfer under way", streaming)
+        assert all(0 <= t["percent"] <= 100 and t["total"] > 0 for t in moving)
+        ring = api.get("/api/v1/ring")
+        assert ring["transition"] and any(p["transfers"] for p in ring["partitions"])
+        cluster.kill("n4")
+
+        def failing() -> list[dict[str, Any]]:
+            return [t for t in api.get("/api/v1/transfers")["transfers"] if t["retries"] >= 3 and t["last_error"]]
+
+        stuck = wait_for("a transfer retrying with its last error", failing)
+        assert all(t["target"] == "n4" for t in stuck) and "n4" in stuck[0]["last_error"]
+        alarms = api.get("/api/v1/alarms")["alarms"]
+        assert any(a["kind"] == "transfer_stuck" for a in alarms) and any(a["kind"] == "node_down" for a in alarms)
+        cluster.start("n4")
+        wait_for("the transition to finish", lambda: not api.get("/api/v1/ring")["transition"], timeout=240)
+        assert api.get("/api/v1/transfers")["pending"] == 0
