@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-
 from dynq_client.errors import DynqError
 
 from .cluster import seed_call

@@ -121,6 +121,7 @@ class AdminApi:
         self.history = History(config.http_history_interval_s, config.http_history_points)
         self.static = load_static()
         self.timeout_s = config.http_peer_timeout_ms / 1000
+        self._consoles: dict[str, str | None] = {}  # member -> its console's URL (None: it serves none)
         self.routes: dict[tuple[str, str], tuple[str, Route]] = {
             ("GET", "/api/v1"): ("read", self.get_index),
             ("GET", "/api/v1/overview"): ("read", self.get_overview),
@@ -284,9 +285,20 @@ class AdminApi:
                 "degraded": bool(down) or any(m.get("peers_down") for m in members),
                 "members": members, "transfers": transfers, "hints": hints, "anti_entropy": ae, "alarms": alarms}
 
+    async def consoles(self, names: list[str]) -> dict[str, str | None]:
+        """Every member's console URL (no tokens), asked once per member and remembered."""
+        unknown = [n for n in names if n not in self._consoles]
+        for name, answer in (await self.ask_all(unknown, OP_CONSOLE)).items():
+            if isinstance(answer, dict):
+                self._consoles[name] = str(answer.get("url"))
+            elif isinstance(answer, InvalidRequest):  # it serves none
+                self._consoles[name] = None
+        return {n: self._consoles[n] for n in names if n in self._consoles}
+
     async def get_overview(self, request: HttpRequest) -> Any:
         g = await self._gather(with_history=True)
         out = self._views(g)
+        out["consoles"] = await self.consoles([m.name for m in g["state"].members])
         out["ring"] = views.ring_view(g["state"])
         out["plan"] = await self._plan_or_error()
         out["history"] = {name: (a if isinstance(a, dict) else {"error": views.error_text(a)})

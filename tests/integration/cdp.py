@@ -50,7 +50,7 @@ class Browser:
              f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "--remote-debugging-pipe",
              "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=remap, pass_fds=(3, 4),
+            preexec_fn=remap, pass_fds=(3, 4),  # noqa: PLW1509 - no other thread forks here
         )
         os.close(to_browser_r)
         os.close(from_browser_w)

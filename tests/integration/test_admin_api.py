@@ -13,14 +13,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from dynq_client import DynqError, Forbidden
 
 from dynq.cluster.membership import ClusterState
 from dynq.localcluster import LocalCluster, http_port_of
-from dynq_client import Client, DynqError, Forbidden
 from tests.conftest import free_ports, running_cluster
 
 pytestmark = pytest.mark.integration
@@ -76,7 +77,7 @@ class Api:
 def dynq(cluster: LocalCluster, *args: str, seed: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, DYNQ_KEYS=str(cluster.keys_dir))
     return subprocess.run([sys.executable, "-m", "dynq", *args, "--seed", seed or cluster.seeds[0]],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
 def wait_for(what: str, check: Any, timeout: float = 60.0, interval: float = 0.2) -> Any:
@@ -243,6 +244,10 @@ def test_the_api_answers_what_the_ops_answer(api: Api, cluster: LocalCluster) ->
     assert set(ae["nodes"]) == {"n1", "n2", "n3"} and len(ae["partitions"]) == 64
     transfers = api.get("/api/v1/transfers")
     assert transfers["pending"] == 0 and transfers["transfers"] == []
+    overview = api.get("/api/v1/overview")
+    assert overview["consoles"] == {n: f"http://127.0.0.1:{http_port_of(node.address)}/"
+                                    for n, node in cluster.nodes.items()}
+    assert api.admin not in json.dumps(overview) and api.read not in json.dumps(overview), "no token in the data"
 
 
 def test_the_console_page_and_every_asset_it_references(api: Api) -> None:
@@ -268,7 +273,7 @@ def test_dynq_console_prints_a_url_curl_can_fetch(api: Api, cluster: LocalCluste
     assert url == f"{api.base}/#token={api.admin}"
     read_url = dynq(cluster, "console", "--read-only").stdout.strip()
     assert read_url == f"{api.base}/#token={api.read}"
-    curl = subprocess.run(["curl", "-sf", url], capture_output=True, timeout=30) if _has("curl") else None
+    curl = subprocess.run(["curl", "-sf", url], capture_output=True, timeout=30, check=False) if _has("curl") else None
     page = curl.stdout if curl is not None else urllib.request.urlopen(url, timeout=30).read()
     assert b"dynq console" in page
     other = dynq(cluster, "console", "--node", "n3", "--json")
@@ -383,7 +388,7 @@ def test_a_wheel_ships_the_console(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(repo / name, source / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "out"),
-                            str(source)], capture_output=True, text=True, timeout=300)
+                            str(source)], capture_output=True, text=True, timeout=300, check=False)
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "out").glob("dynq-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

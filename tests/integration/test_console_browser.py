@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from dynq.cluster.membership import ClusterState
-from dynq.localcluster import LocalCluster
 from tests.conftest import running_cluster
 from tests.integration.cdp import Browser, find_chromium
 from tests.integration.test_admin_api import FAST, dynq, start_new_node, wait_for
@@ -47,12 +46,14 @@ def member_rows(b: Browser) -> str:
 
 def test_console_shows_members_a_dead_node_and_commits_a_plan(browser: Browser, tmp_path: Path) -> None:
     """Members and their partition counts as the ring has them; a killed node shown DOWN
-    by name; a join staged in the CLI shown as a plan and committed from the page."""
+    by name; a join staged in the CLI shown as a plan and committed from the page; a key
+    inspected; the page's own node killed and said so."""
     shots = ARTIFACTS / "console"
     with running_cluster(tmp_path, 3, security="curve", http=True, extra_config=FAST) as cluster:
         with cluster.client() as db:
             assert db.table is not None
             owned = db.table.ring.owned_counts()
+            db.put(b"cart:42", b"apples")
         browser.open(cluster.console_url("n1"))
         expected = json.dumps(sorted([name, "up", owned[name]] for name in ("n1", "n2", "n3")), separators=(",", ":"))
         browser.wait_for("every member up with its partitions",
@@ -99,4 +100,16 @@ def test_console_shows_members_a_dead_node_and_commits_a_plan(browser: Browser, 
         wait_for("n4 in the ring", n4_in_the_ring)
         browser.wait_for("n4 as a member", "!!document.querySelector('#members tr[data-member=n4]')")
         browser.screenshot(shots / "4-committed.png")
+
+        browser.evaluate("document.getElementById('inspect-key').value = 'cart:42'; "
+                         "document.getElementById('inspect-form').requestSubmit()")
+        browser.wait_for("the key's replicas", "document.getElementById('inspect').textContent.includes('apples')")
+        assert browser.evaluate("document.querySelectorAll('#inspect tr[data-node]').length") >= 3
+
+        cluster.kill("n1")  # the node serving the page: the page says so and keeps what it saw
+        browser.wait_for("its own node unreachable", "document.body.dataset.reachable === 'false' && "
+                         "document.getElementById('banner').textContent.includes('Cannot reach n1')")
+        links = browser.evaluate("[...document.querySelectorAll('#banner a.other-console')].map(a => a.dataset.node).join(',')")
+        assert links == "n2,n3,n4", links
+        browser.screenshot(shots / "5-serving-node-down.png")
         assert not [m for m in browser.console if m.startswith("exception")], browser.console

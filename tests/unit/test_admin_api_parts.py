@@ -9,6 +9,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from dynq_client.errors import InvalidRequest, Timeout, UnknownOp
+from dynq_client.ring import Member
 
 from dynq.cluster.membership import ClusterState, Transfer, initial_state
 from dynq.config import ConfigError, parse_config, render_config
@@ -18,8 +20,6 @@ from dynq.ops.history import History, quantile_of
 from dynq.ops.http import HttpError, parse_head
 from dynq.ops.metrics import BUCKETS, Histogram
 from dynq.server.local_call import LocalCaller
-from dynq_client.errors import InvalidRequest, Timeout, UnknownOp
-from dynq_client.ring import Member
 
 MINIMAL = {"node": {"name": "n1", "listen": "tcp://127.0.0.1:7100", "data_dir": "/tmp/x"}}
 
@@ -186,8 +186,9 @@ def test_rendered_http_section_round_trips(tmp_path: Path) -> None:
 
 def test_local_caller_runs_the_handler_and_returns_its_reply_or_error() -> None:
     """The same handler table the ROUTER dispatches to; replies and errors as on the wire."""
-    from dynq.server.responder import Responder
     from dynq_client.protocol import Request
+
+    from dynq.server.responder import Responder
 
     def echo(responder: Responder, req: Request) -> None:
         responder.ok({"got": req.body})

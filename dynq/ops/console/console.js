@@ -105,13 +105,24 @@ async function refresh() {
     const node = state.data ? state.data.node : "the node serving this page";
     banner("bad", `Cannot reach ${node} (this console's node): ${e.message}. Showing what it last said` +
       (state.lastOk ? ` ${ago((Date.now() - state.lastOk) / 1000)} ago.` : "."));
+    const others = Object.entries((state.data && state.data.consoles) || {}).filter(([n, url]) => url && n !== node);
+    if (others.length) {  // every node serves the console: offer the others (same token, if shared)
+      const el = $("banner");
+      el.appendChild(document.createTextNode(" Another node's console: "));
+      for (const [n, url] of others) {
+        el.appendChild(h("a", { href: `${url}#token=${encodeURIComponent(state.token)}`, class: "other-console", "data-node": n }, n));
+        el.appendChild(document.createTextNode(" "));
+      }
+    }
     document.body.dataset.reachable = "false";
+    $("main").classList.add("stale");
   }
   state.timer = setTimeout(refresh, REFRESH_MS);
 }
 
 function render(d) {
   document.body.dataset.reachable = "true";
+  $("main").classList.remove("stale");
   document.body.dataset.version = d.version;
   const names = [...new Set([...d.ring.members.map((m) => m.name), ...Object.keys((d.plan && d.plan.balance) || {})])].sort();
   names.forEach((name, i) => { state.colors[name] = PALETTE[i % PALETTE.length]; });
