@@ -315,7 +315,8 @@ def test_a_plan_staged_by_the_cli_is_committed_through_the_api(tmp_path: Path) -
     with running_cluster(tmp_path, 3, security="curve", http=True, extra_config=FAST) as cluster:
         api = Api(cluster)
         address = start_new_node(cluster, "n4")
-        joined = dynq(cluster, "cluster", "join", cluster.seeds[0], seed=address)
+        joined = wait_for("the join staged", lambda: (r := dynq(cluster, "cluster", "join", cluster.seeds[0],
+                                                                  seed=address)).returncode == 0 and r, timeout=30)
         assert joined.returncode == 0, joined.stderr
         cli_plan = json.loads(dynq(cluster, "cluster", "plan", "--json").stdout)
         api_plan = api.get("/api/v1/plan")
@@ -349,7 +350,10 @@ def test_a_join_staged_through_the_api(tmp_path: Path) -> None:
     with running_cluster(tmp_path, 2, security="curve", http=True, extra_config=FAST) as cluster:
         api = Api(cluster)
         address = start_new_node(cluster, "n3")
-        status, body = api.post("/api/v1/plan/join", {"address": address})
+        # A new key is let in when it first knocks (key directories re-read at most once a second):
+        # a join right after the key file appeared may be refused once, as with the CLI.
+        status, body = wait_for("the join staged", lambda: (r := api.post("/api/v1/plan/join", {"address": address}))[0]
+                                != 503 and r, timeout=30)
         assert status == 200 and body["members"] == ["n1", "n2"], body
         plan = api.get("/api/v1/plan")
         assert [j[0] for j in plan["staged"]["joins"]] == ["n3"]
@@ -411,7 +415,8 @@ def test_a_stuck_transfer_shows_its_progress_retries_and_last_error(tmp_path: Pa
             for i in range(800):
                 db.put(f"k{i}".encode(), b"v" * 100)
         address = start_new_node(cluster, "n4")
-        status, body = api.post("/api/v1/plan/join", {"address": address})
+        status, body = wait_for("the join staged", lambda: (r := api.post("/api/v1/plan/join", {"address": address}))[0]
+                                != 503 and r, timeout=30)
         assert status == 200, body
         status, body = api.post("/api/v1/plan/commit", {"plan": api.get("/api/v1/plan")["id"]})
         assert status == 200 and body["transfers"] > 0, body

@@ -79,7 +79,8 @@ def test_console_shows_members_a_dead_node_and_commits_a_plan(browser: Browser, 
         cluster.wait_ready(["n1", "n2", "n3"])
         browser.wait_for("n3 back up", "document.querySelector('#members tr[data-member=n3]').dataset.status === 'up'")
         address = start_new_node(cluster, "n4")
-        assert dynq(cluster, "cluster", "join", cluster.seeds[0], seed=address).returncode == 0
+        wait_for("the join staged", lambda: dynq(cluster, "cluster", "join", cluster.seeds[0],
+                                                 seed=address).returncode == 0, timeout=30)
         plan = json.loads(dynq(cluster, "cluster", "plan", "--json").stdout)
         browser.wait_for("the staged plan", f"document.getElementById('plan').dataset.planId === {json.dumps(plan['id'])}")
         assert "join n4" in browser.evaluate("document.getElementById('plan').textContent")
