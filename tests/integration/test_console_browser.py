@@ -64,6 +64,7 @@ def test_console_shows_members_a_dead_node_and_commits_a_plan(browser: Browser, 
         assert dict(json.loads(legend)) == owned
         assert browser.evaluate("document.querySelectorAll('#ring path[data-partition]').length") == 64
         assert browser.evaluate("location.hash") == "", "the token is taken out of the address bar"
+        assert browser.evaluate("document.getElementById('sum-nodes').textContent") == "all 3 nodes answer"
         browser.screenshot(shots / "1-healthy.png")
 
         cluster.kill("n3")
@@ -71,6 +72,7 @@ def test_console_shows_members_a_dead_node_and_commits_a_plan(browser: Browser, 
                          "document.querySelector('#members tr[data-member=n3]').dataset.status === 'down' && "
                          "document.getElementById('banner').dataset.down === 'n3' && "
                          "document.getElementById('banner').textContent.includes('DOWN: n3')", timeout=60)
+        assert browser.evaluate("document.getElementById('sum-nodes').textContent").startswith("n3 is DOWN")
         assert "node_down" in browser.evaluate(
             "[...document.querySelectorAll('#alarms li')].map(li => li.dataset.kind).join(' ')")
         browser.screenshot(shots / "2-n3-down.png")
@@ -100,6 +102,7 @@ def test_console_shows_members_a_dead_node_and_commits_a_plan(browser: Browser, 
 
         wait_for("n4 in the ring", n4_in_the_ring)
         browser.wait_for("n4 as a member", "!!document.querySelector('#members tr[data-member=n4]')")
+        browser.wait_for("the move summarised", "/partitions moved|nothing/.test(document.getElementById('sum-moving').textContent)")
         browser.screenshot(shots / "4-committed.png")
 
         browser.evaluate("document.getElementById('inspect-key').value = 'cart:42'; "

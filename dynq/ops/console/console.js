@@ -133,6 +133,7 @@ function render(d) {
   else if (d.degraded) banner("warn", "Degraded: some node cannot reach a peer (see Members and Alarms).");
   else banner("ok", "Healthy: every member answers.");
   $("banner").dataset.down = d.down.join(",");
+  renderSummary(d);
   renderAlarms(d.alarms);
   renderRing(d.ring);
   renderMembers(d.members);
@@ -141,6 +142,36 @@ function render(d) {
   renderAntiEntropy(d.anti_entropy);
   renderCharts(d.history);
   renderPlan(d.plan, d.members);
+}
+
+// The four questions an operator on call asks first, answered in words.
+function renderSummary(d) {
+  const say = (id, level, text) => { const el = $(id); el.className = `alarm-${level}`; el.textContent = text; el.dataset.level = level; };
+  const up = d.members.filter((m) => m.status === "up").length;
+  say("sum-nodes", d.down.length ? "critical" : "ok", d.down.length
+    ? `${d.down.join(", ")} ${d.down.length === 1 ? "is" : "are"} DOWN (${up} of ${d.members.length} answer)`
+    : `all ${d.members.length} nodes answer`);
+  const t = d.transfers;
+  if (t.pending) {
+    const done = Math.max(0, t.planned - t.pending);
+    const running = t.transfers.filter((x) => x.pending && x.state !== "waiting").map((x) => `${x.partition} (${x.source}→${x.target}, ${x.percent}%)`);
+    say("sum-moving", t.transfers.some((x) => x.pending && x.last_error) ? "warning" : "info",
+      `${done} of ${t.planned} partitions moved (${Math.round((100 * done) / Math.max(1, t.planned))}%)` +
+      (running.length ? `; now: ${running.slice(0, 4).join(", ")}` : ""));
+  } else say("sum-moving", "ok", "nothing: no membership change running");
+  const h = d.hints;
+  if (h.total) {
+    const trends = Object.keys(h.nodes).map((n) => trend(d.history, n)).filter((x) => x.startsWith("growing") || x.startsWith("draining"));
+    say("sum-hints", "warning", `${h.total} writes waiting to be handed to ` +
+      `${Object.keys(h.by_target).join(", ")}` + (trends.length ? ` (${trends.join("; ")})` : ""));
+  } else say("sum-hints", "ok", "none waiting: every replica has its writes");
+  const silent = Object.entries(h.nodes).filter(([, v]) => v.error).map(([n]) => n);
+  if (silent.length) $("sum-hints").textContent += ` (what ${silent.join(", ")} holds is unknown: it does not answer)`;
+  const horizon = d.anti_entropy.consistency_horizon_s;
+  const disabled = Object.entries(d.anti_entropy.nodes).filter(([, v]) => v.enabled === false).map(([n]) => n);
+  if (disabled.length) say("sum-ae", "warning", `disabled on ${disabled.join(", ")}`);
+  else if (horizon === null) say("sum-ae", "info", "running; some partitions not compared yet since the nodes started");
+  else say("sum-ae", horizon > 3600 ? "warning" : "ok", `current: every partition compared within the last ${ago(horizon)}`);
 }
 
 function renderAlarms(alarms) {
@@ -265,6 +296,11 @@ function renderAntiEntropy(ae) {
     `every partition compared within the last ${ago(horizon)}`;
   const tbody = clear($("ae").tBodies[0]);
   const now = Date.now() / 1000;
+  const parts = Object.entries(ae.partitions || {});
+  const never = parts.filter(([, v]) => v.age_s === null).length;
+  const oldest = parts.filter(([, v]) => v.age_s !== null).sort((a, b) => b[1].age_s - a[1].age_s).slice(0, 5);
+  $("ae-oldest").textContent = parts.length ? `Partitions never compared by any node: ${never} of ${parts.length}. ` +
+    `Least recently compared: ${oldest.map(([p, v]) => `${p} (${ago(v.age_s)} ago)`).join(", ") || "–"}.` : "";
   for (const [name, info] of Object.entries(ae.nodes)) {
     if (info.error) { tbody.appendChild(h("tr", { class: "down" }, h("td", {}, name), h("td", { colspan: 6, class: "error" }, info.error))); continue; }
     tbody.appendChild(h("tr", { "data-node": name }, h("td", {}, swatch(name), name), h("td", {}, info.enabled ? "yes" : "NO"),
