@@ -440,6 +440,7 @@ class AsyncClient:
         decoded: dict[bytes, VersionedObject | None] = {}  # replicas usually agree: decode once
         body = {"k": key, "local": True}
         hedge: asyncio.TimerHandle | None = None
+        replaced: dict[str, str] = {}  # replicas that failed and were replaced: why (for the error)
 
         def settle() -> None:
             if future.done() or tally.state is QuorumState.PENDING:
@@ -450,7 +451,9 @@ class AsyncClient:
                 self._read_latency += 0.05 * (loop.time() - started - self._read_latency)
                 future.set_result(tally.merged)
             else:
-                future.set_exception(tally.error("get", timed_out=timed_out))
+                error = tally.error("get", timed_out=timed_out)
+                error.errors = {**replaced, **error.errors}
+                future.set_exception(error)
 
         def ask(replica: str) -> None:
             self._request(replica, OP_GET, body, self.timeout, functools.partial(on_reply, replica))
@@ -466,6 +469,7 @@ class AsyncClient:
 
         def failed(replica: str, why: str) -> None:
             if spare and not tally.decided and tally.substitute(replica, spare[0]):
+                replaced[replica] = why
                 self.hedged_reads += 1
                 ask(spare.pop(0))  # in its place, at once
             else:
