@@ -47,7 +47,9 @@ from .cluster.transfers import RETRY_MAX_S, PartitionTransfers
 from .config import ConfigError, NodeConfig
 from .kv import admin as kv_admin
 from .kv import service as kv_service
+from .kv import listing as kv_listing
 from .kv.admin import KvAdmin
+from .kv.listing import KeyLister
 from .kv.local import LocalReplica
 from .kv.service import KvService
 from .ops import sdnotify
@@ -168,6 +170,7 @@ class Node:
         server.register(parts.tree_server.handlers())
         server.register(parts.anti_entropy.handlers())
         server.register(KeyAdmin(self.security).handlers())
+        server.register(KeyLister(self.cluster, self.storage, self.config).handlers(), kv_listing.CLIENT_OPS)
         # The cluster state's dependents, in this order, after each change (persisted first).
         self.cluster.subscribe(lambda old, new: setattr(server, "epoch", new.ring.epoch))
         self.cluster.subscribe(parts.liveness.on_cluster_change)

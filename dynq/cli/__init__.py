@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from . import bench, cluster, data, keys, nodes, ops
+from . import bench, buckets, cluster, data, keys, nodes, ops
 from .common import CURVE_KEYS, load_curve
 
 
@@ -26,5 +26,6 @@ def main(key: str | None, server_key: str | None, keys: str | None) -> None:
 
 
 for command in (keys.keys_group, nodes.node, nodes.config_group, nodes.up, data.get, data.put, data.delete,
-                data.ring, data.stats, data.inspect, data.backup, cluster.cluster, ops.repair, bench.bench):
+                data.ring, data.stats, data.inspect, data.backup, cluster.cluster, ops.repair, bench.bench,
+                buckets.bucket, buckets.export, buckets.import_):
     main.add_command(command)

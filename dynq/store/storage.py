@@ -251,6 +251,23 @@ class Storage:
             rows.append((bytes(key), bytes(blob)))
         return rows
 
+    def range_rows(self, partition: int, lo: bytes, hi: bytes | None, after: bytes | None,
+                   limit: int) -> list[tuple[bytes, bytes]]:
+        """Committed (key, object) rows of ``partition`` with ``lo <= key < hi`` (no upper
+        bound for None) and ``key > after``, in key order, at most ``limit``: one bucket's
+        rows, read through the (partition, key) index, so the cost follows that bucket's
+        keys, not the partition's."""
+        start = lo if after is None or after < lo else after
+        op = ">" if after is not None and after >= lo else ">="
+        if hi is None:
+            sql = f"SELECT key, obj FROM objects WHERE partition = ? AND key {op} ? ORDER BY key LIMIT ?"
+            args: tuple[object, ...] = (partition, start, limit)
+        else:
+            sql = (f"SELECT key, obj FROM objects WHERE partition = ? AND key {op} ? AND key < ? "
+                   "ORDER BY key LIMIT ?")
+            args = (partition, start, hi, limit)
+        return [(bytes(k), bytes(v)) for k, v in self.conn.execute(sql, args)]
+
     def drop_partition_rows(self, partition: int, limit: int) -> int:
         """Delete up to ``limit`` objects of a partition this node handed off; keys with
         hints stay (they are a fallback's copies, governed by their hints)."""
