@@ -110,7 +110,8 @@ class Node:
         self.actor = self.storage.actor_id(config.name)  # the identity this node mints dots with
         self.cluster = ClusterManager.load(self.storage, config)  # the cluster state; change events
         # The trees observe every commit from the start (they are storage's, in memory).
-        self.trees = PartitionTrees(self.storage, self.name, lambda: self.cluster.ring)
+        self.trees = PartitionTrees(self.storage, self.name, lambda: self.cluster.ring,
+                                    buckets=lambda: self.cluster.state.buckets)
         self.stats = Stats()
         self.latencies = Latencies()  # per-op request latency histograms
         self.health = Health(timeouts_to_down=2)  # this node's view of its peers

@@ -212,6 +212,18 @@ def range_end(start: bytes) -> bytes:
     return trimmed[:-1] + bytes((trimmed[-1] + 1,)) if trimmed else b""
 
 
+def tree_id(q: int, ring_n: int, partition: int, n: int) -> int:
+    """The anti-entropy tree (and transfer unit) of the keys of ``partition`` whose bucket
+    has replication factor ``n``: the partition itself for the ring's n (so the trees of
+    a database from before buckets keep their ids), ``partition + q * n`` otherwise."""
+    return partition if n == ring_n else partition + q * n
+
+
+def tree_split(q: int, ring_n: int, tid: int) -> tuple[int, int]:
+    """(partition, n) of a tree id (see :func:`tree_id`)."""
+    return (tid, ring_n) if tid < q else (tid % q, tid // q)
+
+
 class Buckets:
     """The named buckets of a cluster state, by name (an immutable mapping with helpers)."""
 

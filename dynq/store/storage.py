@@ -280,6 +280,25 @@ class Storage:
                 self.forget(key)
         return len(keys)
 
+    def drop_rows_where(self, partition: int, after: bytes, limit: int,
+                        drop: Callable[[bytes], bool]) -> tuple[int, bytes | None]:
+        """Scan up to ``limit`` objects of ``partition`` after key ``after`` and delete
+        those ``drop`` selects (never keys with hints: a fallback's copies). Returns how
+        many were deleted and the last key scanned (None: the partition is done). Used
+        when only some of a partition's keys moved away (buckets of another n)."""
+        with self.conn:
+            rows = [bytes(k) for (k,) in self.conn.execute(
+                "SELECT o.key FROM objects o WHERE o.partition = ? AND o.key > ? "
+                "AND NOT EXISTS (SELECT 1 FROM hints h WHERE h.key = o.key) ORDER BY o.key LIMIT ?",
+                (partition, after, limit))]
+            dropped = 0
+            for key in rows:
+                if drop(key):
+                    self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
+                    self.forget(key)
+                    dropped += 1
+        return dropped, (rows[-1] if len(rows) == limit else None)
+
     # --- keys whose copy this node dropped -------------------------------------------------
 
     def forget(self, key: bytes) -> None:
