@@ -57,26 +57,24 @@ def _lib(f: str, *names: str) -> bool:
 
 
 _RULES: list[tuple[str, Callable[[str, str], bool]]] = [
-    ("metrics", lambda fn, f: "dynq/metrics.py" in f or fn in ("Responder._finish", "Stats.__init__")),
+    ("metrics", lambda fn, f: _lib(f, "dynq/ops/metrics.py", "dynq/ops/stats.py", "dynq/server/stats.py") or fn in ("Responder._finish", "Stats.__init__")),
     ("decode", lambda fn, f: fn in ("decode_request", "decode_reply", "unpackb", "_bounded", "_nested_deeper",
                                      "get_bytes", "get_str", "get_int", "decode_object", "object_from_wire",
                                      "_clock_from_pairs", "decode_reply_object", "decode_context",
-                                     "Node._key", "Node._timeout", "Node._quorum")),
+                                     "key", "quorum", "deadline_s")),
     ("encode", lambda fn, f: fn in ("encode_reply", "encode_request", "encode_error", "packb", "encode_object",
                                      "object_to_wire", "encode_context")),
-    ("version update/merge", lambda fn, f: "dynq_client/versions.py" in f or fn in ("Node.actor_for",
+    ("version update/merge", lambda fn, f: "dynq_client/versions.py" in f or fn in ("actor_for",
                                                                                     "Storage.next_dot")),
     ("routing", lambda fn, f: "dynq_client/ring.py" in f or "dynq_client/health.py" in f
-     or "dynq_client/routing.py" in f or "dynq/membership.py" in f
-     or fn in ("Node.targets", "Node.is_up", "Node._forward_if_not_primary", "sloppy_targets")),
-    ("storage statements", lambda fn, f: "dynq/storage.py" in f),
-    ("zmq send/recv", lambda fn, f: _lib(f, "zmq/", "libzmq") or fn in ("_user_id", "Node._send_reply", "Node._check_router",
+     or "dynq_client/routing.py" in f or "dynq/cluster/membership.py" in f
+     or fn in ("choose_targets", "KvService.is_up", "KvService._forward_if_not_primary", "sloppy_targets")),
+    ("storage statements", lambda fn, f: _lib(f, "dynq/store/", "dynq/kv/local.py")),
+    ("zmq send/recv", lambda fn, f: _lib(f, "zmq/", "libzmq") or fn in ("_user_id", "RequestServer.send_reply", "RequestServer._check_router",
                                                            "RequestMux._send") or "dynq/security.py" in f),
-    ("coordination/handlers", lambda fn, f: "dynq/coordinator.py" in f or "dynq_client/quorum.py" in f
-     or "dynq/node.py" in f or "dynq_client/client.py" in f or "dynq_client/transport.py" in f),
-    ("background (gossip, anti-entropy, handoff)", lambda fn, f: _lib(f, "dynq/gossip.py", "dynq/anti_entropy.py",
-                                                                      "dynq/hinted_handoff.py", "dynq/transfers.py",
-                                                                      "dynq/failure_detector.py")),
+    ("coordination/handlers", lambda fn, f: _lib(f, "dynq/kv/", "dynq/server/", "dynq/node.py", "dynq_client/quorum.py",
+                                                 "dynq_client/client.py", "dynq_client/transport.py")),
+    ("background (gossip, anti-entropy, handoff)", lambda fn, f: _lib(f, "dynq/cluster/", "dynq/repair/")),
     ("bench driver (load generator)", lambda fn, f: "dynq/bench.py" in f or f.startswith("random.py")),
     ("loop overhead (asyncio)", lambda fn, f: _lib(f, "asyncio/", "selectors.py", "heapq")),
     ("tenacity, logging", lambda fn, f: _lib(f, "tenacity/", "logging/")),
@@ -100,7 +98,7 @@ def classify(stack: list[Frame], commit_lines: set[int]) -> str:
     if stack and stack[-1][0] in _WAIT_LEAVES:
         return WAITING
     names = [fn for fn, _ in stack]
-    if any(fn in _MERKLE for fn in names) or any("dynq/merkle.py" in f for _, f in stack):
+    if any(fn in _MERKLE for fn in names) or any("dynq/repair/merkle.py" in f or "dynq/repair/trees.py" in f for _, f in stack):
         return "Merkle leaves"
     for fn, f in reversed(stack):
         if fn == "Storage.flush" and f.rsplit(":", 1)[-1].isdigit() and int(f.rsplit(":", 1)[-1]) in commit_lines:
@@ -113,7 +111,7 @@ def classify(stack: list[Frame], commit_lines: set[int]) -> str:
 
 def commit_lines() -> set[int]:
     """Lines of Storage.flush where the transaction commits (the ``with self.conn:``)."""
-    text = (Path(__file__).resolve().parent.parent / "dynq" / "storage.py").read_text().splitlines()
+    text = (Path(__file__).resolve().parent.parent / "dynq" / "store" / "storage.py").read_text().splitlines()
     start = next(i for i, line in enumerate(text) if "def flush(self)" in line)
     return {i + 1 for i in range(start, min(start + 60, len(text))) if text[i].strip() == "with self.conn:"}
 

@@ -83,12 +83,13 @@ async def _closed(db: AsyncClient, op: str, keys: list[bytes], value: bytes, con
 
 
 async def measure_dynq(seeds: list[str], curve: CurveKeys | None, pids: dict[str, int], keys: int,
-                       value_size: int, concurrency: int, tag: str, lone: int) -> dict[str, Phase]:
+                       value_size: int, concurrency: int, tag: str, lone: int,
+                       client_kw: dict[str, Any] | None = None) -> dict[str, Phase]:
     """The same phases as bench/limit.py's measure(), through AsyncClient."""
     value = os.urandom(value_size)
     batch = [f"{tag}-{i}".encode() for i in range(keys)]
     out: dict[str, Phase] = {}
-    async with AsyncClient(seeds, timeout=10.0, curve=curve) as db:
+    async with AsyncClient(seeds, timeout=10.0, curve=curve, **(client_kw or {})) as db:
         for op in ("put", "get"):
             before = cpu_snapshot(pids)
             phase = await _closed(db, op, batch, value, concurrency)
@@ -100,12 +101,13 @@ async def measure_dynq(seeds: list[str], curve: CurveKeys | None, pids: dict[str
 
 
 async def open_loop_point(seeds: list[str], curve: CurveKeys | None, op: str, rate: float, seconds: float,
-                          keys: list[bytes], value: bytes, tag: str) -> dict[str, Any]:
+                          keys: list[bytes], value: bytes, tag: str,
+                          client_kw: dict[str, Any] | None = None) -> dict[str, Any]:
     """dynq at ``rate`` ops/s on a Poisson schedule for ``seconds``: latency percentiles
     measured from each request's intended start."""
     hist = Histogram()
     failed = 0
-    async with AsyncClient(seeds, timeout=10.0, curve=curve) as db:
+    async with AsyncClient(seeds, timeout=10.0, curve=curve, **(client_kw or {})) as db:
         for key in keys[:50]:  # connections made and CURVE handshakes done before the clock starts
             await db.get(key)
 
@@ -149,7 +151,12 @@ VARIANTS = {
     "uvloop-client": "the same cluster, the client on uvloop's event loop (the nodes keep asyncio)",
     "plaintext": "a second cluster with security none (CURVE off)",
     "sync-normal": "a second cluster with synchronous=normal (no fsync per commit; survives a crash, not power loss)",
+    "fanout-all": "the same cluster, client-coordinated reads asking all N replicas (read_fanout='all')",
+    "server-coordinated": "the same cluster, reads coordinated by a replica (coordination='server'); the open"
+                          " loop also measures these gets at the same offered loads (issue 15: client p99 <= 0.7x)",
 }
+CLIENT_VARIANTS: dict[str, dict[str, Any]] = {"fanout-all": {"read_fanout": "all"},
+                                              "server-coordinated": {"coordination": "server"}}
 
 
 def _run_loop(coro: Any, uvloop: bool) -> Any:
@@ -171,10 +178,13 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         clusters["dynq plaintext"] = dynq_cluster("dynq-plain", security="none")
     if "sync-normal" in args.variant:
         clusters["dynq sync-normal"] = dynq_cluster("dynq-normal", security="curve", synchronous="normal")
-    # system name -> (cluster, client on uvloop?)
-    systems: dict[str, tuple[LocalCluster, bool]] = {name: (c, False) for name, c in clusters.items()}
+    # system name -> (cluster, client on uvloop?, client options)
+    systems: dict[str, tuple[LocalCluster, bool, dict[str, Any]]] = {name: (c, False, {}) for name, c in clusters.items()}
     if "uvloop-client" in args.variant:
-        systems["dynq uvloop-client"] = (clusters["dynq"], True)
+        systems["dynq uvloop-client"] = (clusters["dynq"], True, {})
+    for variant, kw in CLIENT_VARIANTS.items():
+        if variant in args.variant:
+            systems[f"dynq {variant}"] = (clusters["dynq"], False, kw)
     cluster = clusters["dynq"]
     limits = {"curve": LimitCluster(tmp, curve=True), "plain": LimitCluster(tmp / "plain", curve=False)}
     (tmp / "plain").mkdir()
@@ -200,10 +210,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             for which in order:
                 tag = f"r{n}-{which.replace(' ', '-')}"
                 if which in systems:
-                    c, uv = systems[which]
+                    c, uv, kw = systems[which]
                     pids = {name: node.process.pid for name, node in c.nodes.items() if node.process}
                     result = _run_loop(measure_dynq(c.seeds, c.client_keys("app"), pids | {"client": os.getpid()},
-                                                    args.keys, args.value_size, args.concurrency, tag, args.lone), uv)
+                                                    args.keys, args.value_size, args.concurrency, tag, args.lone,
+                                                    kw), uv)
                 else:
                     lim = limits[which.split()[1]]
                     before = cpu_snapshot(node_pids)
@@ -281,6 +292,14 @@ async def _open_loop_curve(args: argparse.Namespace, seeds: list[str], curve: Cu
             points.append(point)
             print(f"open loop {op} at {frac:.0%} of {peak:.0f}/s: p50 {point['p50_ms']:.2f} p99 {point['p99_ms']:.2f} "
                   f"p99.9 {point['p999_ms']:.2f} ms", file=sys.stderr, flush=True)
+        if op == "get" and "server-coordinated" in args.variant:  # the paper's §6.4, same offered loads
+            for point, frac in zip(points, FRACTIONS):
+                srv = await open_loop_point(seeds, curve, op, frac * peak, args.open_seconds, keys, value,
+                                            f"open-srv-{frac}", {"coordination": "server"})
+                point["server_coordinated"] = srv
+                point["client_p99_over_server_p99"] = round(point["p99_ms"] / srv["p99_ms"], 2) if srv["p99_ms"] else 0.0
+                print(f"open loop get (server-coordinated) at {frac:.0%}: p50 {srv['p50_ms']:.2f} p99 "
+                      f"{srv['p99_ms']:.2f} p99.9 {srv['p999_ms']:.2f} ms", file=sys.stderr, flush=True)
         half = points[FRACTIONS.index(0.5)]
         out[op] = {"peak_ops_s": peak, "lone_p50_ms": round(lone, 3), "lone_p50_rounds_ms": med[f"{op} c=1"]["p50_ms"],
                    "points": points,
@@ -336,6 +355,11 @@ def text(out: dict[str, Any]) -> str:
                              f"p50 {p['p50_ms']:6.2f}  p99 {p['p99_ms']:7.2f} (x{p['p99_over_lone_p50']:.1f})  "
                              f"p99.9 {p['p999_ms']:7.2f} (x{p['p999_over_lone_p50']:.1f}) ms  late {p['late']}"
                              f"  failed {p['failed']}")
+                if "server_coordinated" in p:
+                    srv = p["server_coordinated"]
+                    lines.append(f"         server-coordinated: p50 {srv['p50_ms']:6.2f}  p99 {srv['p99_ms']:7.2f}  "
+                                 f"p99.9 {srv['p999_ms']:7.2f} ms; client p99 / server p99 "
+                                 f"x{p['client_p99_over_server_p99']:.2f} (bound 0.7)")
             h = o["at_half"]
             lines.append(f"    at 50%: p99 x{h['p99_over_lone_p50']:.1f} (bound 4), p99.9 x{h['p999_over_lone_p50']:.1f}"
                          f" (bound 10): {'within' if h['within_bounds'] else 'NOT within'} the bounds")

@@ -384,6 +384,8 @@ class BenchConfig:
     seed: int | None = None  # for the key choice and op mix
     target_rate: float | None = None  # requests/s issued on a schedule (open loop); None: closed loop
     arrival: str = "poisson"  # open loop: "poisson" gaps or a "fixed" interval
+    coordination: str = "client"  # reads coordinated by the client, or by a "server" (a replica)
+    read_fanout: str = "quorum"  # client-coordinated reads ask R replicas (and hedge), or "all" N
 
 
 @dataclass
@@ -410,7 +412,8 @@ class BenchResult:
         return {
             "workload": c.workload, "records": c.records, "duration_s": round(self.elapsed, 3),
             "concurrency": c.concurrency, "value_size": c.value_size, "r": c.r, "w": c.w,
-            "distribution": c.distribution, "load": self.load,
+            "distribution": c.distribution, "coordination": c.coordination, "read_fanout": c.read_fanout,
+            "load": self.load,
             "total": {"ops": self.total_ops, "ops_s": round(self.total_ops / self.elapsed, 1) if self.elapsed else 0.0,
                       "errors": self.total_errors},
             "ops": {name: {**s.latency.summary(),
@@ -462,7 +465,10 @@ async def run_bench(seeds: list[str], config: BenchConfig, progress: Progress | 
         raise ValueError(f"unknown arrival process {config.arrival!r} (choose from {', '.join(ARRIVALS)})")
     rng = random.Random(config.seed)
     result = BenchResult(config)
-    async with AsyncClient(seeds, timeout=config.timeout, curve=curve) as db:
+    if config.coordination not in ("client", "server") or config.read_fanout not in ("quorum", "all"):
+        raise ValueError("coordination is 'client' or 'server'; read_fanout is 'quorum' or 'all'")
+    async with AsyncClient(seeds, timeout=config.timeout, curve=curve, coordination=config.coordination,  # type: ignore[arg-type]
+                           read_fanout=config.read_fanout) as db:  # type: ignore[arg-type]
         if config.load:
             result.load = await _load(db, config, progress)
         result.ops = {name: OpStats() for name in WORKLOADS[config.workload]}

@@ -1,7 +1,13 @@
 """The dynq client: routes and coordinates requests itself from a cached routing table.
 
-* Reads go straight to the key's N primary replicas and complete at R replies; the
-  replies are merged (siblings kept) and returned with an opaque context.
+* Reads go straight to R of the key's N replicas (rotating, so that every replica serves
+  and is repaired by reads) and complete at R replies; the replies are merged (siblings
+  kept) and returned with an opaque context. A replica that fails is replaced by the next
+  one at once, and one that is slow is hedged: after a delay that follows the client's own
+  read latency, the remaining replicas are asked too. ``read_fanout="all"`` asks all N
+  every time (Dynamo's reads: more read repair, one more request per read);
+  ``coordination="server"`` sends the read to one replica, which coordinates it (the
+  paper's server-driven coordination, one more hop).
 * Writes go to the first reachable primary of the key, which coordinates the write
   (it mints the new version's dot); if a primary cannot be reached at all (the send
   fails before anything is delivered) the next one is tried.
@@ -20,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Coroutine, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, AsyncIterator, Coroutine, Iterable, Iterator, Literal, TypeVar
 
 import tenacity
 
@@ -68,6 +75,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KeyLike = bytes | str
+ReadFanout = Literal["quorum", "all"]
+Coordination = Literal["client", "server"]
+
+HEDGE_FACTOR = 3.0
+"""A read is hedged once it has taken this many times the client's typical read latency."""
+HEDGE_MIN_S = 0.002
+"""...but never sooner than this: below it a hedge costs more than the wait it saves."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +158,16 @@ class AsyncClient:
         limits: Limits = DEFAULT_LIMITS,
         curve: CurveKeys | None = None,
         keys: KeysOption = "auto",
+        read_fanout: ReadFanout = "quorum",
+        coordination: Coordination = "client",
+        hedge_after: float | None = None,
     ) -> None:
-        """Security, for a cluster running with ``security = "curve"``: ``curve`` gives this
+        """Reads: ``read_fanout="quorum"`` (default) asks R replicas and hedges a slow one
+        after ``hedge_after`` seconds (default: a few times this client's typical read
+        latency); ``"all"`` asks all N. ``coordination="server"`` has a replica coordinate
+        each read instead of this client.
+
+        Security, for a cluster running with ``security = "curve"``: ``curve`` gives this
         client's keypair and the cluster's public key explicitly (:class:`CurveKeys`);
         otherwise ``keys`` names a keys directory as ``dynq up`` writes it (``app.key_secret``
         and ``cluster.key`` are used), and by default ("auto") the client looks in
@@ -166,6 +188,19 @@ class AsyncClient:
         self._connect_lock: asyncio.Lock | None = None
         self.health = Health(timeouts_to_down=1, retry_after=2.0)  # this client's view of the nodes
         self.read_repairs = 0  # stale replicas this client repaired after reads
+        if read_fanout not in ("quorum", "all"):
+            raise ValueError(f"read_fanout must be 'quorum' or 'all', got {read_fanout!r}")
+        if coordination not in ("client", "server"):
+            raise ValueError(f"coordination must be 'client' or 'server', got {coordination!r}")
+        if hedge_after is not None and hedge_after <= 0:
+            raise ValueError("hedge_after must be positive")
+        self.read_fanout: ReadFanout = read_fanout
+        self.coordination: Coordination = coordination
+        self.hedge_after = hedge_after  # None: adaptive
+        self.hedged_reads = 0  # reads that asked more replicas because one was slow or failed
+        self._read_latency = 0.005  # moving average of read latency (s): the adaptive hedge delay
+        self._rng = random.Random()  # which of the N replicas a quorum read starts at (random:
+        # a counter would alias with an application's own access pattern)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -429,6 +464,11 @@ class AsyncClient:
         raw = self._check_key(key)
         return await self._coordinate_get(raw, r, await self._props(bucket))
 
+    def _hedge_delay(self) -> float:
+        if self.hedge_after is not None:
+            return self.hedge_after
+        return min(max(HEDGE_FACTOR * self._read_latency, HEDGE_MIN_S), self.timeout / 4)
+
     async def _coordinate_get(self, key: bytes, r: int | None,
                               props: BucketProps | None = None) -> VersionedObject | None:
         table = self.table
@@ -441,22 +481,36 @@ class AsyncClient:
         else:
             n, default_r, skey = props.n, props.r, _b.storage_key(props.name, key)
             body = {"k": key, "local": True, "bk": props.name}
+        if self.coordination == "server":
+            return await self._server_get(key, r, props)
         plist = table.ring.preference_list_for(skey, n)
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         replicas = [name for name, _ in sloppy_targets(
-            plist.primaries, plist.fallbacks, n, lambda name: self.health.usable(name, now))]
+            plist.primaries, plist.fallbacks, n, lambda name: self.health.usable(name, started))]
         required = self._quorum(r, default_r, len(plist.primaries), "r")
         if len(replicas) < required:  # too few look healthy: ask the primaries anyway, and say why they failed
             replicas += [name for name in plist.primaries if name not in replicas]
-        tally = ReadQuorum(replicas, min(required, len(replicas)))
-        future: asyncio.Future[VersionedObject | None] = asyncio.get_running_loop().create_future()
+        required = min(required, len(replicas))
+        spare: list[str] = []  # replicas not asked yet: for a failure or a hedge
+        if self.read_fanout == "quorum" and required < len(replicas):
+            start = self._rng.randrange(len(replicas))
+            replicas = replicas[start:] + replicas[:start]
+            spare = replicas[required:]
+            del replicas[required:]
+        tally = ReadQuorum(replicas, required)
+        future: asyncio.Future[VersionedObject | None] = loop.create_future()
         timed_out = False
         decoded: dict[bytes, VersionedObject | None] = {}  # replicas usually agree: decode once
+        hedge: asyncio.TimerHandle | None = None
 
         def settle() -> None:
             if future.done() or tally.state is QuorumState.PENDING:
                 return
+            if hedge is not None:
+                hedge.cancel()
             if tally.state is QuorumState.SUCCEEDED:
+                self._read_latency += 0.05 * (loop.time() - started - self._read_latency)
                 merged = tally.merged
                 if merged is not None and props is not None and props.lww:
                     merged = last_write_wins(merged)
@@ -464,14 +518,33 @@ class AsyncClient:
             else:
                 future.set_exception(tally.error("get", timed_out=timed_out))
 
+        def ask(replica: str) -> None:
+            self._request(replica, OP_GET, body, self.timeout, functools.partial(on_reply, replica))
+
+        def ask_spares() -> None:  # the hedge: the replicas asked so far are slow
+            if tally.decided or not spare:
+                return
+            self.hedged_reads += 1
+            while spare:
+                name = spare.pop(0)
+                if tally.add(name):
+                    ask(name)
+
+        def failed(replica: str, why: str) -> None:
+            if spare and not tally.decided and tally.substitute(replica, spare[0]):
+                self.hedged_reads += 1
+                ask(spare.pop(0))  # in its place, at once
+            else:
+                tally.failure(replica, why)
+
         def on_reply(replica: str, reply: Reply | None, error: DynqError | None) -> None:
             nonlocal timed_out
             if error is not None:
                 timed_out = timed_out or isinstance(error, Timeout)
-                tally.failure(replica, f"{error.code}: {error.message}")
+                failed(replica, f"{error.code}: {error.message}")
             elif reply is not None and not reply.ok:
                 remote = error_from_wire(reply.error)
-                tally.failure(replica, f"{remote.code}: {remote.message}")
+                failed(replica, f"{remote.code}: {remote.message}")
             else:
                 assert reply is not None
                 blob = reply.body.get("ob")
@@ -483,15 +556,17 @@ class AsyncClient:
                         if isinstance(blob, bytes):
                             decoded[blob] = obj
                 except ProtocolError as exc:
-                    tally.failure(replica, f"protocol: {exc.message}")
+                    failed(replica, f"protocol: {exc.message}")
                 else:
                     tally.reply(replica, obj)
             settle()
             if not tally.pending:
                 self._read_repair(key, tally, plist.primaries, props)
 
-        for replica in replicas:
-            self._request(replica, OP_GET, body, self.timeout, functools.partial(on_reply, replica))
+        for replica in list(replicas):
+            ask(replica)
+        if spare and not tally.decided:
+            hedge = loop.call_later(self._hedge_delay(), ask_spares)
         try:
             return await future
         except QuorumError as exc:
@@ -606,6 +681,26 @@ class AsyncClient:
                                           for name in plist.primaries), return_exceptions=True)
         return [name for name, out in zip(plist.primaries, outcomes) if isinstance(out, BaseException)]
 
+    async def _server_get(self, key: bytes, r: int | None, props: BucketProps | None = None) -> VersionedObject | None:
+        """Server-driven coordination: one replica of the key reads R replicas for us."""
+        table = self.table
+        assert table is not None
+        body: dict[str, Any] = {"k": key, "t": int(self.timeout * 1000)}
+        if props is None:
+            plist = table.ring.preference_list_for(key)
+            default_r = table.r
+        else:
+            plist = table.ring.preference_list_for(_b.storage_key(props.name, key), props.n)
+            default_r = props.r
+            body["bk"] = props.name
+        if r is not None:
+            body["r"] = self._quorum(r, default_r, len(plist.primaries), "r")
+        reply = await self._first_taker(OP_GET, body, plist.primaries + plist.fallbacks)
+        obj = decode_reply_object(reply.body, self.limits)
+        if obj is not None and props is not None and props.lww:
+            obj = last_write_wins(obj)
+        return obj
+
     def _read_repair(self, key: bytes, tally: ReadQuorum, primaries: tuple[str, ...],
                      props: BucketProps | None = None) -> None:
         """Every replica answered (late ones too): push the merge to the stale primaries."""
@@ -706,7 +801,10 @@ class AsyncClient:
                     await self._send_write(op, body, candidates)
 
     async def _send_write(self, op: str, body: dict[str, Any], candidates: tuple[str, ...]) -> None:
-        """Hand the write to the first node that takes it; Unavailable only if none did
+        await self._first_taker(op, body, candidates)
+
+    async def _first_taker(self, op: str, body: dict[str, Any], candidates: tuple[str, ...]) -> Reply:
+        """Hand the request to the first node that takes it; Unavailable only if none did
         (then nothing was executed anywhere, and the caller may safely try again)."""
         errors: dict[str, str] = {}
         refused: NotEnoughReplicas | StorageError | None = None
@@ -714,8 +812,7 @@ class AsyncClient:
         usable = [node for node in candidates if self.health.usable(node, now)]
         for node in usable + [node for node in candidates if node not in usable]:
             try:
-                await self._call(node, op, body, self.timeout)
-                return
+                return await self._call(node, op, body, self.timeout)
             except Overloaded as exc:  # answered, not executed: the next node; it is not down
                 errors[node] = exc.message
             except Unavailable as exc:  # not executed there: safe to try the next node
@@ -848,10 +945,13 @@ class Client:
 
     def __init__(
         self, seeds: Iterable[str], timeout: float = 5.0, *, limits: Limits = DEFAULT_LIMITS,
-        curve: CurveKeys | None = None, keys: KeysOption = "auto",
+        curve: CurveKeys | None = None, keys: KeysOption = "auto", read_fanout: ReadFanout = "quorum",
+        coordination: Coordination = "client", hedge_after: float | None = None,
     ) -> None:
         """Arguments as :class:`AsyncClient`'s (``keys``: where to find CURVE keys)."""
-        self._async = AsyncClient(seeds, timeout, limits=limits, curve=curve, keys=keys)
+        self._async = AsyncClient(seeds, timeout, limits=limits, curve=curve, keys=keys,
+                                  read_fanout=read_fanout, coordination=coordination,
+                                  hedge_after=hedge_after)
         self._loop = asyncio.new_event_loop()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -867,6 +967,11 @@ class Client:
     @property
     def table(self) -> RoutingTable | None:
         return self._async.table
+
+    @property
+    def hedged_reads(self) -> int:
+        """Reads that asked more replicas than R because one was slow or failed."""
+        return self._async.hedged_reads
 
     def connect(self) -> None:
         self._run(self._async.connect())

@@ -32,12 +32,16 @@ from .common import CURVE_KEYS, fail, seed_option, seeds_of, timeout_option
               help="Open loop: issue this many requests/s on a schedule, latency from each one's intended start.")
 @click.option("--arrival", type=click.Choice(["poisson", "fixed"]), default="poisson", show_default=True,
               help="With --target-rate: Poisson arrivals or a fixed interval.")
+@click.option("--coordination", type=click.Choice(["client", "server"]), default="client", show_default=True,
+              help="Who coordinates reads: the client (straight to the replicas) or a replica of the key.")
+@click.option("--read-fanout", type=click.Choice(["quorum", "all"]), default="quorum", show_default=True,
+              help="Client-coordinated reads ask R replicas (hedging a slow one) or all N.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
 @seed_option
 @timeout_option
 def bench(workload: str, records: int, duration: float, concurrency: int, value_size: int, r: int | None,
           w: int | None, distribution: str, load: bool, operations: int | None, bench_seed: int | None,
-          target_rate: float | None, arrival: str, as_json: bool, seed: tuple[str, ...], timeout: float) -> None:
+          target_rate: float | None, arrival: str, coordination: str, read_fanout: str, as_json: bool, seed: tuple[str, ...], timeout: float) -> None:
     """Run a YCSB core workload against a running cluster: ops/s and latency p50/p99/p99.9
     per operation, with a live progress line on stderr."""
     import asyncio
@@ -48,7 +52,7 @@ def bench(workload: str, records: int, duration: float, concurrency: int, value_
     config = BenchConfig(workload=workload.lower(), records=records, duration=duration, concurrency=concurrency,
                          value_size=value_size, r=r, w=w, distribution=distribution, load=load,
                          max_ops=operations, timeout=timeout, seed=bench_seed, target_rate=target_rate,
-                         arrival=arrival)
+                         arrival=arrival, coordination=coordination, read_fanout=read_fanout)
     tty = sys.stderr.isatty()
     last = [0.0]
 

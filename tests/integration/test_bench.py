@@ -52,6 +52,21 @@ def test_bench_read_only_without_load_and_op_bound(cluster3: LocalCluster) -> No
     assert "run: 200 ops" in out.stdout
 
 
+@pytest.mark.parametrize("coordination, fanout", [("server", "quorum"), ("client", "all")])
+def test_bench_read_coordination_options(cluster3: LocalCluster, coordination: str, fanout: str) -> None:
+    """--coordination server / --read-fanout all: reads still find every loaded key."""
+    out = subprocess.run(
+        dynq_command() + ["bench", "--workload", "c", "--records", "60", "--duration", "30",
+                          "--operations", "150", "--concurrency", "4", "--coordination", coordination,
+                          "--read-fanout", fanout, "--json", "--seed", cluster3.seeds[0]],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    result = json.loads(out.stdout)
+    assert result["coordination"] == coordination and result["read_fanout"] == fanout
+    assert result["ops"]["read"]["count"] == 150 and result["not_found"] == 0
+    assert result["total"]["errors"] == 0
+
+
 @pytest.mark.parametrize("workload, load", [("w", False), ("c", True)])
 def test_bench_open_loop_completes_and_reports(cluster3: LocalCluster, workload: str, load: bool) -> None:
     """--target-rate with a small bound (200/s for 1.5 s, a cap of 16 in flight): the run

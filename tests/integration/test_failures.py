@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any, Callable
 
@@ -129,7 +130,9 @@ def test_read_repair_brings_a_stale_replica_up_to_date(cluster3: LocalCluster) -
         for key in keys:
             client.put(key, b"while-n3-was-down", w=2)
         restart(cluster3, "n3")
-    with Client(cluster3.seeds) as reader:  # a fresh client has no memory of n3 being down
+    # A fresh client has no memory of n3 being down; read_fanout="all" asks every replica, so
+    # one pass repairs them all (quorum reads ask R of N at random, and repair those).
+    with Client(cluster3.seeds, read_fanout="all") as reader:
         assert all(replica(reader, "n3", key) is None for key in keys)  # stale: it missed them
         for key in keys:
             assert reader.get(key, r=2).values == [b"while-n3-was-down"]
@@ -141,6 +144,49 @@ def test_read_repair_brings_a_stale_replica_up_to_date(cluster3: LocalCluster) -
             )
 
         wait_until(repaired, timeout=30, what="n3 repaired by reads")
+
+
+def test_quorum_reads_hedge_a_stalled_replica(cluster3: LocalCluster) -> None:
+    """A replica that is up but does not answer (SIGSTOP) costs a quorum read only the hedge
+    delay: the client asks the remaining replica and completes at R replies."""
+    with Client(cluster3.seeds, timeout=30.0, hedge_after=0.05) as client:
+        keys = [f"hedge{i}".encode() for i in range(12)]
+        for key in keys:
+            client.put(key, b"v")
+        cluster3.signal("n2", signal.SIGSTOP)
+        try:
+            for key in keys:  # about two thirds of them start at n2, so each of those hedges
+                assert client.get(key, r=2).values == [b"v"]
+            assert client.hedged_reads >= 1
+        finally:
+            cluster3.signal("n2", signal.SIGCONT)
+
+
+def test_quorum_reads_replace_an_unreachable_replica_at_once(cluster3: LocalCluster) -> None:
+    """A replica that cannot be reached is replaced by the next one without waiting for the
+    hedge (hedge_after longer than the whole test's patience would allow)."""
+    with Client(cluster3.seeds, timeout=10.0, hedge_after=9.0) as client:
+        keys = [f"subst{i}".encode() for i in range(12)]
+        for key in keys:
+            client.put(key, b"v", w=3)
+        cluster3.kill("n3")
+        wait_unreachable(client, "n3")
+        for key in keys:
+            assert client.get(key, r=2).values == [b"v"]
+
+
+def test_server_coordinated_reads(cluster3: LocalCluster) -> None:
+    """coordination="server": a replica coordinates the read; the result is the same, and
+    a dead first choice is skipped."""
+    with Client(cluster3.seeds) as writer:
+        writer.put(b"srv-a", b"one")
+        first = primaries(writer, b"srv-a")[0]
+    with Client(cluster3.seeds, coordination="server") as client:
+        assert client.get(b"srv-a").values == [b"one"]
+        assert client.get(b"srv-missing").found is False
+        cluster3.kill(first)
+        wait_unreachable(client, first)
+        assert client.get(b"srv-a", r=2).values == [b"one"]
 
 
 def test_server_side_read_repairs_too(cluster3: LocalCluster) -> None:
