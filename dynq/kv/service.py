@@ -271,7 +271,8 @@ class KvService:
         body = req.body
         if req.op == p.OP_READ_REPAIR:  # from a client: a key of a bucket, not a storage key
             self.stats.read_repairs_received += 1
-            if "bk" in body or body.get("k", b"")[:2] == MARK:
+            raw = body.get("k")
+            if "bk" in body or (isinstance(raw, bytes) and raw[:2] == MARK):
                 key, _ = fields.bucket_key(body, self.limits, self.cluster.state.buckets)
                 body = dict(body, k=key)
 
