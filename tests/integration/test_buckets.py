@@ -34,6 +34,7 @@ transfer_cleanup_delay_ms = 1000
 NO_AE = """
 [anti_entropy]
 enabled = false
+tombstone_grace_s = 1
 """
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,8 +74,8 @@ def holders(client: Client, cluster: LocalCluster, bucket: str, key: bytes) -> l
 @pytest.fixture(scope="module")
 def five(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Five nodes (ring n=3) with buckets one (n=1), three (n=3), five (n=5) and last
-    (n=3, lww), made through n4, which is not the claimant. Anti-entropy is off so that
-    placement is what the write path did."""
+    (n=3, lww), made through n4, which is not the claimant. Background anti-entropy is
+    off so that placement is what the write path did (repairs run when a test asks)."""
     cluster = make_cluster(tmp_path_factory.mktemp("buckets5"), 5, extra_config=FAST + NO_AE)
     cluster.start_all()
     try:
@@ -169,6 +170,53 @@ def test_buckets_survive_a_node_loss_as_their_n_allows(five: LocalCluster) -> No
             five.wait_ready(["n3"])
         for key in keys:
             assert wait_for("n3's N=1 keys", lambda key=key: db.bucket("one").get(key).values == [b"before"])
+
+
+def test_anti_entropy_repairs_and_reaps_per_bucket_n(five: LocalCluster) -> None:
+    """Trees per (partition, n): a node that missed writes to an N=5 bucket (no fallback
+    exists, so no hint) gets them from `dynq repair`; N=1 keys stay on their one replica
+    through repair; every tree's primaries agree after; tombstones of N=1 and N=5 buckets
+    past the grace period are reaped on every node."""
+    seed = five.seeds[0]
+    with five.client() as db:
+        assert db.table is not None
+        ring = db.table.ring
+        five.kill("n5")
+        try:
+            wait_unreachable(db, "n5")
+            wait_known_down(db, ["n1", "n2", "n3", "n4"], "n5")
+            missed = [f"ae-{i}".encode() for i in range(30)]
+            for key in missed:
+                db.bucket("five").put(key, b"while n5 was down")
+                db.bucket("one").put(key, b"solo")
+        finally:
+            five.start("n5")
+            five.wait_ready(["n5"])
+        wait_for("hints drained", lambda: sum(db.call(n, "stats")["hints_pending_total"] for n in five.nodes) == 0)
+        assert not any(db.call("n5", "inspect", {"k": k, "bk": "five"})["ob"] for k in missed)
+        repaired = dynq("repair", seed=seed, timeout=600)
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        assert all(db.call("n5", "inspect", {"k": k, "bk": "five"})["ob"] for k in missed)
+        for key in missed[:10]:
+            assert holders(db, five, "one", key) == list(
+                ring.preference_list_for(b.storage_key("one", key), 1).primaries)
+        roots = {name: {int(row[0]): bytes(row[1]) for row in db.call(name, "ae_tree")["partitions"]}
+                 for name in five.nodes}
+        for n in (1, 3, 5):
+            for partition in range(ring.q):
+                tid = b.tree_id(ring.q, ring.n, partition, n)
+                primaries = ring.preference_list(partition, n).primaries
+                assert len({roots[x].get(tid) for x in primaries}) == 1, (partition, n)
+                assert all(tid not in roots[x] for x in five.nodes if x not in primaries)
+        for key in missed:
+            db.bucket("five").delete(key)
+            db.bucket("one").delete(key)
+        time.sleep(1.5)  # past the grace period (tombstone_grace_s = 1)
+        reaped = dynq("repair", seed=seed, timeout=600)
+        assert reaped.returncode == 0, reaped.stdout + reaped.stderr
+        for key in missed[:10]:
+            for bucket in ("five", "one"):
+                assert holders(db, five, bucket, key) == [], (bucket, key)
 
 
 def test_lww_bucket_keeps_one_value_under_concurrent_writes(five: LocalCluster) -> None:
