@@ -24,14 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.putget import free_ports  # noqa: E402
-from dynq.config import parse_config  # noqa: E402
-from dynq.localcluster import LocalCluster  # noqa: E402
-from dynq.node import Node  # noqa: E402
 from dynq_client import Client  # noqa: E402
 from dynq_client import buckets as b  # noqa: E402
 from dynq_client.buckets import new_bucket  # noqa: E402
 from dynq_client.versions import encode_object, update  # noqa: E402
+
+from bench.putget import free_ports  # noqa: E402
+from dynq.config import parse_config  # noqa: E402
+from dynq.localcluster import LocalCluster  # noqa: E402
+from dynq.node import Node  # noqa: E402
 
 Q = 64
 NO_AE = "[anti_entropy]\nenabled = false\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from .buckets import BucketProps
 from .client import AsyncBucket, AsyncClient, Bucket, Client, GetResult
-from .listing import KeyPage
 from .errors import (
     DynqError,
     Forbidden,
@@ -33,6 +32,7 @@ from .errors import (
     UnknownOp,
     ValueTooLarge,
 )
+from .listing import KeyPage
 from .security import CurveKeys
 
 __version__ = "0.1.0"

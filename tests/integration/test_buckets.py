@@ -5,7 +5,6 @@ the version before buckets."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -16,11 +15,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from dynq_client import (
+    Client,
+    DynqError,
+    GetResult,
+    InvalidRequest,
+    UnknownBucket,
+)
+from dynq_client import buckets as b
 
 from dynq.cluster.membership import ClusterState
 from dynq.localcluster import LocalCluster
-from dynq_client import AsyncClient, Client, DynqError, GetResult, InvalidRequest, UnknownBucket
-from dynq_client import buckets as b
 from tests.conftest import free_ports, make_cluster, wait_known_down, wait_unreachable
 
 pytestmark = pytest.mark.integration

@@ -5,10 +5,6 @@ the listing's coverage plan."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from dynq.cluster.membership import ClusterState, MembershipError, Staged, plan, plan_transfers, transfer_from_wire
 from dynq_client import buckets as b
 from dynq_client.buckets import BucketError, BucketProps, Buckets, new_bucket
 from dynq_client.errors import InvalidRequest, ProtocolError
@@ -16,6 +12,17 @@ from dynq_client.listing import plan_coverage
 from dynq_client.ring import Member, new_ring
 from dynq_client.routing import RoutingTable
 from dynq_client.versions import Sibling, VersionedObject, last_write_wins, merge
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynq.cluster.membership import (
+    ClusterState,
+    MembershipError,
+    Staged,
+    plan,
+    plan_transfers,
+    transfer_from_wire,
+)
 
 MEMBERS = [Member(f"n{i}", f"tcp://127.0.0.1:{7000 + i}") for i in range(1, 6)]
 
