@@ -43,7 +43,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.limit import LimitCluster, Phase, exit_on_sigterm, measure as measure_limit, pct_ms  # noqa: E402
+from bench.limit import LimitClient, LimitCluster, Phase, closed_loop, exit_on_sigterm, measure as measure_limit, \
+    pct_ms, wait_ready  # noqa: E402
 from bench.procstat import cpu_snapshot, us_per_op  # noqa: E402
 from dynq.bench import Arrivals, Histogram, Pacer, open_loop  # noqa: E402
 from dynq.localcluster import LocalCluster, free_ports  # noqa: E402
@@ -130,6 +131,51 @@ async def open_loop_point(seeds: list[str], curve: CurveKeys | None, op: str, ra
             "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "p999_ms": s["p999_ms"], "max_ms": s["max_ms"],
             "count": hist.count, "failed": failed, "late": stats.late, "unfinished": stats.unfinished,
             "max_lag_ms": round(stats.max_lag_s * 1000, 3)}
+
+
+async def limit_open_loop_point(lim: LimitCluster, op: str, rates: list[float], seconds: float,
+                                keys: list[bytes], value: bytes, tag: str, lone: int) -> dict[str, Any]:
+    """The hand-written limit on the same Poisson schedules: what tail its own stack allows
+    on this machine (the yardstick for dynq's open-loop bounds). Returns the limit's lone
+    p50 and one point per rate."""
+    client = LimitClient(asyncio.get_running_loop(), lim.addresses, lim.client_keys)
+    try:
+        await wait_ready(client)
+        lone_phase = await closed_loop(client, op, keys[:lone] if op == "get" else
+                                       [f"{tag}-lone-{i}".encode() for i in range(lone)], value, 1)
+        lone_p50 = pct_ms(lone_phase.latencies, 0.5)
+        points = []
+        for rate in rates:
+            hist = Histogram()
+            failed = 0
+
+            async def issue(i: int) -> str | None:
+                nonlocal failed
+                done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+                def settle(ok: bool) -> None:
+                    if not done.done():
+                        done.set_result(ok)
+
+                if op == "put":
+                    client.put(f"{tag}-{rate:.0f}-{i}".encode(), value, settle)
+                else:
+                    client.get(keys[i % len(keys)], settle)
+                if not await done:
+                    failed += 1
+                    return None
+                return op
+
+            pacer = Pacer(Arrivals(rate, "poisson"), OPEN_LOOP_CAP, seconds)
+            await open_loop(issue, pacer, lambda label, s: hist.record(s), bound_s=seconds + 40.0)
+            x = hist.summary()
+            points.append({"target_rate": round(rate, 1), "p50_ms": x["p50_ms"], "p99_ms": x["p99_ms"],
+                           "p999_ms": x["p999_ms"], "failed": failed,
+                           "p99_over_lone_p50": round(x["p99_ms"] / lone_p50, 2) if lone_p50 else 0.0,
+                           "p999_over_lone_p50": round(x["p999_ms"] / lone_p50, 2) if lone_p50 else 0.0})
+        return {"lone_p50_ms": round(lone_p50, 3), "points": points}
+    finally:
+        client.close()
 
 
 def _summary(phases: list[Phase]) -> dict[str, Any]:
@@ -264,6 +310,20 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if not args.no_open_loop:
             out["open_loop"] = asyncio.run(_open_loop_curve(args, cluster.seeds, cluster.client_keys("app"),
                                                             med["dynq"]))
+            value = os.urandom(args.value_size)
+            written = [f"r0-limit-curve-{i}".encode() for i in range(args.keys)]  # round 1's keys
+            for op in ("put", "get"):
+                peak = med["limit curve"][op]["ops_s"]
+                lim = asyncio.run(limit_open_loop_point(limits["curve"], op, [f * peak for f in FRACTIONS],
+                                                        args.open_seconds, written, value, f"open-limit-{op}",
+                                                        args.lone))
+                for point, frac in zip(lim["points"], FRACTIONS):
+                    point["fraction"] = frac
+                out["open_loop"][op]["limit"] = {"peak_ops_s": peak, **lim}
+                half = lim["points"][FRACTIONS.index(0.5)]
+                print(f"open loop limit {op} at 50% of {peak:.0f}/s: p99 x{half['p99_over_lone_p50']:.1f}, "
+                      f"p99.9 x{half['p999_over_lone_p50']:.1f} of its lone p50 {lim['lone_p50_ms']:.2f} ms",
+                      file=sys.stderr, flush=True)
     finally:
         for lim in limits.values():
             lim.stop()
@@ -360,6 +420,14 @@ def text(out: dict[str, Any]) -> str:
                     lines.append(f"         server-coordinated: p50 {srv['p50_ms']:6.2f}  p99 {srv['p99_ms']:7.2f}  "
                                  f"p99.9 {srv['p999_ms']:7.2f} ms; client p99 / server p99 "
                                  f"x{p['client_p99_over_server_p99']:.2f} (bound 0.7)")
+            if "limit" in o:
+                lim = o["limit"]
+                lines.append(f"    the limit on the same schedules (peak {lim['peak_ops_s']:.0f}/s, lone p50 "
+                             f"{lim['lone_p50_ms']:.2f} ms):")
+                for p in lim["points"]:
+                    lines.append(f"      {p['fraction']:>4.0%} {p['target_rate']:>7.0f}/s: p50 {p['p50_ms']:6.2f}  "
+                                 f"p99 {p['p99_ms']:7.2f} (x{p['p99_over_lone_p50']:.1f})  p99.9 {p['p999_ms']:7.2f} "
+                                 f"(x{p['p999_over_lone_p50']:.1f}) ms  failed {p['failed']}")
             h = o["at_half"]
             lines.append(f"    at 50%: p99 x{h['p99_over_lone_p50']:.1f} (bound 4), p99.9 x{h['p999_over_lone_p50']:.1f}"
                          f" (bound 10): {'within' if h['within_bounds'] else 'NOT within'} the bounds")

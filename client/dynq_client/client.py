@@ -503,6 +503,7 @@ class AsyncClient:
         timed_out = False
         decoded: dict[bytes, VersionedObject | None] = {}  # replicas usually agree: decode once
         hedge: asyncio.TimerHandle | None = None
+        replaced: dict[str, str] = {}  # replicas that failed and were replaced: why (for the error)
 
         def settle() -> None:
             if future.done() or tally.state is QuorumState.PENDING:
@@ -516,7 +517,9 @@ class AsyncClient:
                     merged = last_write_wins(merged)
                 future.set_result(merged)
             else:
-                future.set_exception(tally.error("get", timed_out=timed_out))
+                error = tally.error("get", timed_out=timed_out)
+                error.errors = {**replaced, **error.errors}
+                future.set_exception(error)
 
         def ask(replica: str) -> None:
             self._request(replica, OP_GET, body, self.timeout, functools.partial(on_reply, replica))
@@ -532,6 +535,7 @@ class AsyncClient:
 
         def failed(replica: str, why: str) -> None:
             if spare and not tally.decided and tally.substitute(replica, spare[0]):
+                replaced[replica] = why
                 self.hedged_reads += 1
                 ask(spare.pop(0))  # in its place, at once
             else:

@@ -46,10 +46,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import apsw
+import msgpack
 
 from dynq_client.buckets import EMPTY_BUCKETS, Buckets, tree_id, tree_split
 from dynq_client.ring import key_hash
-from dynq_client.versions import VersionedObject, decode_object
+from dynq_client.versions import VersionedObject
 
 from .merkle import FANOUT, SEGMENTS, Tree, hash_bytes, hash_int, leaf_hash, segment_of
 
@@ -90,6 +91,18 @@ def tombstone_ms(obj: VersionedObject) -> int:
     if not obj.is_tombstone:
         return 0
     return max(1, max(s.timestamp_ms for s in obj.siblings))
+
+
+def tombstone_ms_of_blob(blob: bytes) -> int:
+    """:func:`tombstone_ms` of a stored object, from its plain form without building it
+    (0 for a live object, and for a row that does not decode: repair will merge over it)."""
+    try:
+        siblings = msgpack.unpackb(blob)[2]
+        if not siblings or any(s[3] is not None for s in siblings):
+            return 0
+        return max(1, *(int(s[2]) for s in siblings))
+    except Exception:
+        return 0
 
 
 @dataclass
@@ -374,11 +387,10 @@ class PartitionTrees:
                 if not leaves:
                     break
                 seg_cursor, key_cursor = leaves[-1][0], leaves[-1][1]
-                orphans: list[tuple[int, int, bytes, int]] = []
-                for seg, key, h in leaves:
-                    if not any(True for _ in self.conn.execute(
-                            "SELECT 1 FROM objects WHERE key = ? AND partition = ?", (key, home))):
-                        orphans.append((partition, seg, key, hash_int(h)))
+                have = {bytes(k) for (k,) in self.conn.executemany(
+                    "SELECT key FROM objects WHERE key = ? AND partition = ?",
+                    [(key, home) for _, key, _ in leaves])}
+                orphans = [(partition, seg, key, hash_int(h)) for seg, key, h in leaves if key not in have]
                 if orphans:
                     self._drop(orphans)
                     fixed += len(orphans)
@@ -393,26 +405,25 @@ class PartitionTrees:
         return fixed
 
     def _verify_objects(self, partition: int, rows: list[tuple[bytes, bytes]]) -> int:
+        """Correct the leaves of one slice of objects. The old leaves are read in one
+        statement for the slice and tombstones are recognised from the undecoded plain form
+        (the stored objects were validated when written): a rebuild is mostly hashing."""
         bits, segments = self._partition_bits, self.segments
+        mine = [(segment_of(key_hash(key), bits, segments), key, blob) for key, blob in rows]
+        old = {bytes(k): bytes(h) for k, h in self.conn.executemany(
+            "SELECT key, h FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?",
+            [(partition, seg, key) for seg, key, _ in mine])}
         upserts: list[tuple[int, int, bytes, bytes, int]] = []
         deltas: list[tuple[int, int, bytes, int]] = []
-        for key, blob in rows:
-            seg = segment_of(key_hash(key), bits, segments)
+        for seg, key, blob in mine:
             new = leaf_hash(key, blob)
-            old_b = None
-            for (h,) in self.conn.execute(
-                "SELECT h FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?", (partition, seg, key)
-            ):
-                old_b = bytes(h)
-            old = 0 if old_b is None else hash_int(old_b)
-            if old != new:
-                try:
-                    tomb = tombstone_ms(decode_object(blob, self.storage.limits))
-                except Exception:  # an undecodable row still gets a leaf: repair will merge over it
-                    tomb = 0
-                upserts.append((partition, seg, key, hash_bytes(new), tomb))
-                deltas.append((partition, seg, key, old ^ new))
+            old_b = old.get(key)
+            before = 0 if old_b is None else hash_int(old_b)
+            if before != new:
+                upserts.append((partition, seg, key, hash_bytes(new), tombstone_ms_of_blob(blob)))
+                deltas.append((partition, seg, key, before ^ new))
         if upserts:
+            upserts.sort()  # in primary-key order: appends to the leaf b-tree, not random inserts
             with self.conn:
                 self.conn.executemany(_UPSERT_LEAF, upserts)
             self._apply(deltas)

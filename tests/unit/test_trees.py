@@ -96,3 +96,19 @@ def test_sliced_load_sees_writes_committed_while_it_runs(tmp_path: Path) -> None
 
     asyncio.run(scenario())
     node.storage.close()
+
+
+def test_tombstone_time_from_the_plain_form_matches_the_decoded_object() -> None:
+    """verify() reads tombstone times without building objects: same answer as tombstone_ms."""
+    from dynq.repair.trees import tombstone_ms, tombstone_ms_of_blob
+    from dynq_client.versions import decode_object
+
+    live = update(None, {}, "a", b"v", 5)
+    dead = update(live, live.clock, "a", None, 9)
+    concurrent_dead = update(dead, {}, "b", None, 12)  # two delete siblings
+    mixed = update(dead, {}, "b", b"back", 11)  # a delete and a concurrent live write
+    for obj in (live, dead, concurrent_dead, mixed):
+        blob = encode_object(obj)
+        assert tombstone_ms_of_blob(blob) == tombstone_ms(decode_object(blob))
+    assert tombstone_ms_of_blob(encode_object(concurrent_dead)) == 12
+    assert tombstone_ms_of_blob(b"\xc1 not msgpack") == 0
