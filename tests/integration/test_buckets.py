@@ -378,6 +378,8 @@ def test_bucket_cli(five: LocalCluster) -> None:
     inspected = json.loads(dynq("inspect", "--bucket", "cli", "ck", "--json", seed=seed).stdout)
     assert inspected["n"] == 2 and sum(1 for r in inspected["replicas"] if r.get("object")) == 2
     assert dynq("bucket", "keys", "cli", seed=seed).stdout.split() == ["ck"]
+    assert dynq("keys", "cli", "--prefix", "c", seed=seed).stdout.split() == ["ck"]  # the spelling
+    assert dynq("keys", "cli", "--prefix", "x", seed=seed).stdout.split() == []
     assert dynq("delete", "--bucket", "cli", "ck", seed=seed).returncode == 0
     assert dynq("bucket", "keys", "cli", seed=seed).stdout.split() == []
     unknown = dynq("get", "--bucket", "nope", "k", seed=seed)
