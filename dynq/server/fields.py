@@ -50,13 +50,18 @@ def storage_key(body: dict[str, Any], limits: Limits) -> bytes:
     return value
 
 
+_DEFAULT, _MARK = b.DEFAULT, b.MARK
+
+
 def bucket_key(body: dict[str, Any], limits: Limits, buckets: Buckets) -> tuple[bytes, BucketProps | None]:
     """Fields ``k`` and ``bk`` of a client op: the storage key and the named bucket's
     properties (None: the default bucket, which costs one prefix test)."""
-    key_ = key(body, limits)
+    key_ = body.get("k")
+    if type(key_) is not bytes or not key_ or len(key_) > limits.max_key_bytes:
+        key_ = key(body, limits)  # the error (or a bytes subclass)
     name = body.get("bk")
-    if name is None or name == b.DEFAULT:
-        if key_.startswith(b.MARK):
+    if name is None or name == _DEFAULT:
+        if key_[:2] == _MARK:
             b.check_default_key(key_)
         return key_, None
     if type(name) is not str:
