@@ -57,21 +57,30 @@ def key_name(i: int) -> bytes:
 
 def bulk_load(dbs: list[Path], ring: Ring, keys: int, blob: bytes) -> float:
     """Fill the nodes' databases (every node replicates every key: N = 3 on 3 nodes) with
-    ``keys`` objects and their leaves; returns seconds."""
+    ``keys`` objects and their leaves; returns seconds. Both tables are written in their
+    primary-key order (objects by key, leaves partition by partition), so the load appends
+    to the b-trees instead of inserting at random places."""
     start = time.perf_counter()
     bits = ring.q.bit_length() - 1
     conns = [apsw.Connection(str(db)) for db in dbs]
     for conn in conns:
         conn.execute("PRAGMA synchronous=OFF")
+    by_partition: list[list[int]] = [[] for _ in range(ring.q)]
     for lo in range(0, keys, CHUNK):
         names = [key_name(i) for i in range(lo, min(keys, lo + CHUNK))]
-        hashes = [key_hash(k) for k in names]
-        objects = [(k, h >> (RING_BITS - bits), blob) for k, h in zip(names, hashes)]
-        leaves = sorted((p, segment_of(h, bits, SEGMENTS), k, hash_bytes(leaf_hash(k, blob)), 0)
-                        for (k, p, _), h in zip(objects, hashes))
+        parts = [key_hash(k) >> (RING_BITS - bits) for k in names]
+        for i, p in enumerate(parts, lo):
+            by_partition[p].append(i)
+        objects = [(k, p, blob) for k, p in zip(names, parts)]
         for conn in conns:
             with conn:
                 conn.executemany("INSERT INTO objects(key, partition, obj) VALUES(?, ?, ?)", objects)
+    for p, members in enumerate(by_partition):
+        names = [key_name(i) for i in members]
+        leaves = sorted((p, segment_of(key_hash(k), bits, SEGMENTS), k, hash_bytes(leaf_hash(k, blob)), 0)
+                        for k in names)
+        for conn in conns:
+            with conn:
                 conn.executemany("INSERT INTO ae_leaves(partition, segment, key, h, tomb_ms) "
                                  "VALUES(?, ?, ?, ?, ?)", leaves)
     now = int(time.time() * 1000)
@@ -92,21 +101,22 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def serving_after_start(cluster: LocalCluster, probe: bytes, bound_s: float = 120.0) -> float:
-    """Start the nodes; seconds until a read at R=N of ``probe`` succeeds."""
+def serving_after_start(cluster: LocalCluster, probe: bytes, bound_s: float = 300.0) -> float:
+    """Start the nodes; seconds until a read at R=N of ``probe`` succeeds (a fresh client
+    each attempt: bootstrap itself fails while no node answers yet)."""
     start = time.perf_counter()
     cluster.start_all()
     deadline = start + bound_s
-    with Client(cluster.seeds, timeout=2.0, curve=cluster.client_keys("app"), keys=None) as db:
-        while True:
-            try:
+    while True:
+        try:
+            with Client(cluster.seeds, timeout=2.0, curve=cluster.client_keys("app"), keys=None) as db:
                 if db.get(probe, r=3).found:
                     return time.perf_counter() - start
-            except DynqError:
-                pass
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"the cluster did not serve {probe!r} within {bound_s} s")
-            time.sleep(0.05)
+        except DynqError:
+            pass
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"the cluster did not serve {probe!r} within {bound_s} s")
+        time.sleep(0.05)
 
 
 async def closed(cluster: LocalCluster, op: str, keys: int, seconds: float, concurrency: int,

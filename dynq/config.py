@@ -52,6 +52,15 @@ class NodeConfig:
     log_format: str = "text"
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"
+    # HTTP admin API and web console ([http]); see dynq.ops.admin_api
+    http_port: int = 0  # 0: no admin API / console
+    http_host: str = "127.0.0.1"  # a non-loopback host needs http_allow_remote (tokens are still required)
+    http_allow_remote: bool = False
+    http_read_token_file: Path | None = None  # None: DATA_DIR/http-read.token (generated)
+    http_admin_token_file: Path | None = None  # None: DATA_DIR/http-admin.token (generated)
+    http_history_interval_s: int = 5  # one sample of the console's charts per interval
+    http_history_points: int = 120  # samples kept (120 x 5 s: the last 10 minutes)
+    http_peer_timeout_ms: int = 2000  # the API's requests to other nodes; a slower node shows as down
     # hinted handoff and failure detection
     max_hints: int = 1_000_000
     replay_batch: int = 100
@@ -101,6 +110,8 @@ _STORAGE_KEYS = {"synchronous", "checkpoint_interval_ms", "wal_limit_mb"}
 _TIMEOUT_KEYS = {"request_ms"}
 _LOG_KEYS = {"level", "format"}
 _METRICS_KEYS = {"port", "host"}
+_HTTP_KEYS = {"port", "host", "allow_remote", "read_token_file", "admin_token_file", "history_interval_s",
+              "history_points", "peer_timeout_ms"}
 _MEMBERSHIP_KEYS = {"gossip_interval_ms", "phi_threshold", "transfer_batch", "transfer_rate",
                     "transfer_cleanup_delay_ms"}
 _HANDOFF_KEYS = {"max_hints", "replay_batch", "replay_rate", "replay_interval_ms", "probe_interval_ms"}
@@ -113,6 +124,7 @@ _SECTIONS = {
     "membership": _MEMBERSHIP_KEYS,
     "handoff": _HANDOFF_KEYS,
     "metrics": _METRICS_KEYS,
+    "http": _HTTP_KEYS,
     "node": _NODE_KEYS,
     "cluster": _CLUSTER_KEYS,
     "limits": _LIMIT_KEYS,
@@ -182,6 +194,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     metrics = _Reader(source, "metrics", data.get("metrics", {}), _METRICS_KEYS)
     membership = _Reader(source, "membership", data.get("membership", {}), _MEMBERSHIP_KEYS)
     security = _Reader(source, "security", data.get("security", {}), _SECURITY_KEYS)
+    http = _parse_http(_Reader(source, "http", data.get("http", {}), _HTTP_KEYS), base_dir)
     mode = security.text("mode", "none").lower()
     if mode not in ("none", "curve"):
         raise security._err("mode", f"must be 'none' or 'curve', got {mode!r}")
@@ -294,6 +307,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         log_format=log_format,
         metrics_port=metrics.number("port", 0, 0, 65535),
         metrics_host=metrics.text("host", "127.0.0.1"),
+        **http,
         max_hints=handoff.number("max_hints", 1_000_000, 1, 2**40),
         replay_batch=handoff.number("replay_batch", 100, 1, 10_000),
         replay_rate=handoff.number("replay_rate", 2000, 1, 1_000_000),
@@ -319,6 +333,38 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         ae_tombstone_grace_s=ae.number("tombstone_grace_s", 86400, 0, 10 * 365 * 86400),
         source=source,
     )
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def _parse_http(http: _Reader, base_dir: Path | None) -> dict[str, Any]:
+    """The [http] section as NodeConfig fields."""
+    allow_remote = http.table.get("allow_remote", False)
+    if not isinstance(allow_remote, bool):
+        raise http._err("allow_remote", f"must be true or false, got {allow_remote!r}")
+    host = http.text("host", "127.0.0.1")
+    if host not in LOOPBACK_HOSTS and not host.startswith("127.") and not allow_remote:
+        raise http._err("host", f"is {host!r}, not a loopback address: the admin API then answers the network "
+                                "(with its tokens); set allow_remote = true to mean it")
+    paths: dict[str, Path | None] = {}
+    for key in ("read_token_file", "admin_token_file"):
+        paths[key] = None
+        if key in http.table:
+            path = Path(http.text(key))
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            paths[key] = path
+    return {
+        "http_port": http.number("port", 0, 0, 65535),
+        "http_host": host,
+        "http_allow_remote": allow_remote,
+        "http_read_token_file": paths["read_token_file"],
+        "http_admin_token_file": paths["admin_token_file"],
+        "http_history_interval_s": http.number("history_interval_s", 5, 1, 3600),
+        "http_history_points": http.number("history_points", 120, 2, 100_000),
+        "http_peer_timeout_ms": http.number("peer_timeout_ms", 2000, 10, 600_000),
+    }
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -350,6 +396,8 @@ def render_config(
     seeds: list[str] | tuple[str, ...] = (),
     storage_options: dict[str, int] | None = None,
     keys_dir: str | None = None,
+    http_port: int = 0,
+    http_tokens_dir: str | None = None,
 ) -> str:
     """A valid, commented TOML config (`dynq up`, `dynq config init`, the tests). Without
     ``members`` the node starts as a cluster of its own and joins one with
@@ -402,6 +450,19 @@ def render_config(
             f"client_keys = {_q(str(keys / 'clients'))}   # public keys of applications",
             "",
         ]
+    if http_port:
+        lines += [
+            "[http]",
+            f"port = {http_port}   # admin API and web console (dynq console prints the URL)",
+            'host = "127.0.0.1"   # loopback only',
+        ]
+        if http_tokens_dir is not None:
+            tokens = Path(http_tokens_dir)
+            lines += [
+                f"read_token_file = {_q(str(tokens / 'http-read.token'))}   # shared by every node",
+                f"admin_token_file = {_q(str(tokens / 'http-admin.token'))}",
+            ]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dynq_client.client import Client
 from dynq_client.errors import DynqError
@@ -54,6 +55,13 @@ def free_ports(count: int, span: int = 2) -> list[int]:
     finally:
         for s in held:
             s.close()
+
+
+HTTP_PORT_OFFSET = 2  # a local node's admin API and console: its request port + 2 (gossip has + 1)
+
+
+def http_port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1]) + HTTP_PORT_OFFSET
 
 
 def node_command(config_path: Path) -> list[str]:
@@ -109,6 +117,7 @@ class LocalCluster:
     extra_config: str = ""  # appended to every node's TOML (tests use it for limits)
     storage_options: dict[str, int] = field(default_factory=dict)  # more [storage] settings
     security: str = "none"  # "curve": keys generated under data_dir/keys, see client_keys()
+    http: bool = False  # admin API and console on each node's port + 2, one token pair in data_dir/http
     nodes: dict[str, LocalNode] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -184,8 +193,22 @@ class LocalCluster:
                 synchronous=self.synchronous,
                 storage_options=self.storage_options,
                 keys_dir=self._keys_dir_option(),
+                **self._http_options(node.address),
             )
             node.config_path.write_text(text + ("\n" + self.extra_config if self.extra_config else ""))
+
+    def _http_options(self, address: str) -> dict[str, Any]:
+        """render_config's [http] options for the node at ``address`` (none if http is off)."""
+        if not self.http:
+            return {}
+        return {"http_port": http_port_of(address), "http_tokens_dir": str(self.data_dir / "http")}
+
+    def console_url(self, name: str = "n1", scope: str = "admin") -> str:
+        """The console of node ``name``, with the shared ``scope`` token in its fragment."""
+        if not self.http:
+            raise ValueError("this cluster runs without [http]")
+        token = (self.data_dir / "http" / f"http-{scope}.token").read_text().strip()
+        return f"http://127.0.0.1:{http_port_of(self.nodes[name].address)}/#token={token}"
 
     def add_node(self, name: str, address: str) -> LocalNode:
         """Configure (not start) a node the way `dynq config init` does: no static members,
@@ -195,7 +218,8 @@ class LocalCluster:
         node_dir.mkdir(parents=True, exist_ok=True)
         text = render_config(name=name, listen=address, data_dir=".", members=[], n=self.n, q=self.q,
                              r=self.r, w=self.w, synchronous=self.synchronous, seeds=self.seeds,
-                             storage_options=self.storage_options, keys_dir=self._keys_dir_option())
+                             storage_options=self.storage_options, keys_dir=self._keys_dir_option(),
+                             **self._http_options(address))
         self.nodes[name] = node
         if self.security == "curve":  # in the shared peers/ directory: running nodes re-read it
             from .security import allow_key  # when the unknown key first knocks
@@ -297,10 +321,10 @@ class LocalCluster:
 
 
 def run_up(nodes: int, data_dir: Path, base_port: int, host: str = "127.0.0.1", echo: object = print,
-           security: str = "curve") -> int:
+           security: str = "curve", http: bool = True) -> int:
     """Start a local cluster and stay in the foreground until SIGINT/SIGTERM (`dynq up`)."""
     say = echo if callable(echo) else print
-    cluster = LocalCluster.on_ports(data_dir, nodes, base_port, host, security=security)
+    cluster = LocalCluster.on_ports(data_dir, nodes, base_port, host, security=security, http=http)
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -324,6 +348,8 @@ def run_up(nodes: int, data_dir: Path, base_port: int, host: str = "127.0.0.1", 
             keys = cluster.keys_dir
             say(f"CURVE on: keys in {keys}. The CLI and Client(...) find them from this directory; "
                 f"elsewhere: export DYNQ_KEYS={keys.resolve()} (or dynq --keys DIR, Client(..., keys=DIR))")
+        if http:
+            say(f"console: {cluster.console_url('n1')}   (also: dynq console; on loopback only)")
         say(f"try:  dynq put hello world --seed {cluster.seeds[0]}   (Ctrl-C stops the cluster)")
         reported: set[str] = set()
         while not stop_requested:

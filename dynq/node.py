@@ -53,6 +53,8 @@ from .kv.listing import KeyLister
 from .kv.local import LocalReplica
 from .kv.service import KvService
 from .ops import sdnotify
+from .ops.admin_api import AdminApi, start_admin_api
+from .ops.api_tokens import TokenError, tokens_for
 from .ops.metrics import Latencies, render_prometheus, serve_metrics
 from .ops.stats import Sources, stats_reply
 from .repair.anti_entropy import AntiEntropy
@@ -60,6 +62,7 @@ from .repair.hinted_handoff import HintedHandoff
 from .repair.tree_server import TreeServer
 from .repair.trees import PartitionTrees
 from .security import GOSSIP_DOMAIN, REGISTERED_PEERS_DIR, KeyAdmin, NodeSecurity
+from .server.local_call import LocalCaller
 from .server.peers import PeerLink
 from .server.router import RequestServer
 from .server.runtime import Runtime
@@ -87,6 +90,7 @@ class Parts:
     handoff: HintedHandoff
     tree_server: TreeServer
     anti_entropy: AntiEntropy
+    admin_api: AdminApi
 
 
 class Node:
@@ -159,8 +163,15 @@ class Node:
                                    started=self.started)
         admin = KvAdmin(loop, cluster, peers, storage, config, actor=self.actor, stats=self.stats_snapshot)
         kv = KvService(loop, cluster, local, peers, storage, stats, config, actor=self.actor)
+        try:
+            tokens = tokens_for(config.data_dir, config.http_read_token_file,
+                                config.http_admin_token_file) if config.http_port else None
+        except TokenError as exc:
+            raise ConfigError(f"{config.source}: [http] {exc}") from exc
+        admin_api = AdminApi(loop, config, LocalCaller(loop, server.handlers), peers, latencies=self.latencies,
+                             stats=stats, hint_count=lambda: storage.hint_count, tokens=tokens)
         return Parts(runtime, server, group, peers, liveness, local, kv, admin, cluster_admin, transfers, handoff,
-                     tree_server, anti_entropy)
+                     tree_server, anti_entropy, admin_api)
 
     def _wire(self, parts: Parts) -> None:
         server = parts.server
@@ -172,6 +183,7 @@ class Node:
         server.register(parts.anti_entropy.handlers())
         server.register(KeyAdmin(self.security).handlers())
         server.register(KeyLister(self.cluster, self.storage, self.config).handlers(), kv_listing.CLIENT_OPS)
+        server.register(parts.admin_api.handlers())
         # The cluster state's dependents, in this order, after each change (persisted first).
         self.cluster.subscribe(lambda old, new: setattr(server, "epoch", new.ring.epoch))
         self.cluster.subscribe(parts.liveness.on_cluster_change)
@@ -211,6 +223,11 @@ class Node:
         group.add("gossip", parts.liveness.run_gossip)
         group.add("transfers", parts.transfers.run, restart_delay_s=RETRY_MAX_S)
         group.add("anti-entropy", parts.anti_entropy.run)
+        group.add("console history", parts.admin_api.run_history)
+        try:
+            http_server = await start_admin_api(parts.admin_api)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve [http] on {config.http_host}:{config.http_port}: {exc}") from exc
         metrics_server: asyncio.AbstractServer | None = None
         if config.metrics_port:
             metrics_server = await serve_metrics(
@@ -226,9 +243,10 @@ class Node:
             ready()
         await self._stopping.wait()
         sdnotify.notify("STOPPING=1", f"STATUS=stopping: {parts.server.in_flight} requests in flight")
-        await self._shutdown(parts, metrics_server)
+        await self._shutdown(parts, metrics_server, http_server)
 
-    async def _shutdown(self, parts: Parts, metrics_server: asyncio.AbstractServer | None) -> None:
+    async def _shutdown(self, parts: Parts, metrics_server: asyncio.AbstractServer | None,
+                        http_server: asyncio.AbstractServer | None = None) -> None:
         """Stop taking requests, stop background work and let requests in flight finish
         (bounded), flush, close the sockets, close the storage last."""
         loop = asyncio.get_running_loop()
@@ -239,8 +257,9 @@ class Node:
         await parts.group.stop(timeout)
         await parts.server.drain(deadline - loop.time())
         parts.server.stop_reading()
-        if metrics_server is not None:
-            metrics_server.close()
+        for http in (metrics_server, http_server):
+            if http is not None:
+                http.close()
         self.storage.flush()
         parts.runtime.close()
         self.storage.close()

@@ -20,7 +20,8 @@ from dynq_client import Client
 
 
 def make_cluster(tmp_path: Path, nodes: int = 3, **kw: object) -> LocalCluster:
-    addresses = [f"tcp://127.0.0.1:{port}" for port in free_ports(nodes)]
+    span = 3 if kw.get("http") else 2  # [http] takes each node's port + 2
+    addresses = [f"tcp://127.0.0.1:{port}" for port in free_ports(nodes, span)]
     return LocalCluster(tmp_path / "cluster", addresses, **kw)  # type: ignore[arg-type]
 
 
@@ -117,9 +118,9 @@ def wait_known_down(client: Client, observers: list[str], name: str, timeout: fl
 
 
 def free_base_port(nodes: int = 4) -> int:
-    """A base port whose ``nodes`` nodes' ports (+0, +10, +20, ...) and gossip ports (the
-    next ones) are all free right now, as `dynq up --base-port` lays them out."""
-    offsets = [10 * i + g for i in range(nodes) for g in (0, 1)]
+    """A base port whose ``nodes`` nodes' ports (+0, +10, +20, ...), gossip and console
+    ports (the next two) are all free right now, as `dynq up --base-port` lays them out."""
+    offsets = [10 * i + g for i in range(nodes) for g in (0, 1, 2)]
     for port in free_ports(20):
         socks: list[socket.socket] = []
         try:

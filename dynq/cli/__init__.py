@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from . import bench, buckets, cluster, data, keys, nodes, ops
+from . import bench, buckets, cluster, console, data, keys, nodes, ops
 from .common import CURVE_KEYS, load_curve
 
 
@@ -27,5 +27,5 @@ def main(key: str | None, server_key: str | None, keys: str | None) -> None:
 
 for command in (keys.keys_group, nodes.node, nodes.config_group, nodes.up, data.get, data.put, data.delete,
                 data.ring, data.stats, data.inspect, data.backup, cluster.cluster, ops.repair, bench.bench,
-                buckets.bucket, buckets.export, buckets.import_):
+                buckets.bucket, buckets.export, buckets.import_, console.console):
     main.add_command(command)

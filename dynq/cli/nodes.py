@@ -136,8 +136,10 @@ def config_init(name: str, data_dir: str, base_port: int, host: str, seeds: tupl
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--security", type=click.Choice(["curve", "none"]), default="curve", show_default=True,
               help="curve: keys generated into DATA_DIR/keys; the CLI finds them there.")
-def up(nodes: int, data_dir: str, base_port: int, host: str, security: str) -> None:
+@click.option("--console/--no-console", default=True, show_default=True,
+              help="Serve the admin API and web console of node i on 127.0.0.1, port base-port + 10*i + 2.")
+def up(nodes: int, data_dir: str, base_port: int, host: str, security: str, console: bool) -> None:
     """Start a local cluster, one process per node, until Ctrl-C."""
     from ..localcluster import run_up
 
-    sys.exit(run_up(nodes, Path(data_dir), base_port, host, echo=click.echo, security=security))
+    sys.exit(run_up(nodes, Path(data_dir), base_port, host, echo=click.echo, security=security, http=console))

@@ -287,7 +287,8 @@ _OPS = sorted({"ping", "routing_table", "get", "put", "delete", "replica_get", "
                "stats", "inspect", "read_repair", "cluster_state", "cluster_join", "member_join", "cluster_leave",
                "cluster_plan", "cluster_clear", "cluster_commit", "transfer_done", "transfers", "ae_root",
                "ae_level", "ae_keys", "ae_objects", "ae_verify", "ae_reap_check", "ae_reap", "ae_repair",
-               "ae_tree", "key_register", "key_revoke", "list_keys", "bucket_create", "bucket_set"} - _NOT_FUZZED)
+               "ae_tree", "key_register", "key_revoke", "node_history", "console", "list_keys", "bucket_create",
+               "bucket_set"} - _NOT_FUZZED)
 _FIELDS = ["k", "v", "ctx", "ob", "items", "h", "r", "w", "pw", "t", "local", "fwd", "peers", "hops", "node", "plan",
            "state", "member", "cluster", "p", "d", "i", "s", "c", "rebuild", "name", "key", "bk", "parts", "after",
            "limit", "prefix", "props"]
