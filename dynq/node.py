@@ -47,7 +47,9 @@ from .config import ConfigError, NodeConfig
 from .env import SYSTEM, Env
 from .kv import admin as kv_admin
 from .kv import service as kv_service
+from .kv import listing as kv_listing
 from .kv.admin import KvAdmin
+from .kv.listing import KeyLister
 from .kv.local import LocalReplica
 from .kv.service import KvService
 from .ops import sdnotify
@@ -114,7 +116,8 @@ class Node:
         self.actor = self.storage.actor_id(config.name)  # the identity this node mints dots with
         self.cluster = ClusterManager.load(self.storage, config)  # the cluster state; change events
         # The trees observe every commit from the start (they are storage's, in memory).
-        self.trees = PartitionTrees(self.storage, self.name, lambda: self.cluster.ring, wall_ms=env.wall_ms)
+        self.trees = PartitionTrees(self.storage, self.name, lambda: self.cluster.ring, wall_ms=env.wall_ms,
+                                    buckets=lambda: self.cluster.state.buckets)
         self.stats = Stats()
         self.latencies = Latencies()  # per-op request latency histograms
         self.health = Health(timeouts_to_down=2)  # this node's view of its peers
@@ -181,6 +184,8 @@ class Node:
         server.register(parts.tree_server.handlers())
         server.register(parts.anti_entropy.handlers())
         server.register(KeyAdmin(self.security).handlers())
+        lister = KeyLister(self.cluster, self.storage, self.config, clock=self.env.monotonic)
+        server.register(lister.handlers(), kv_listing.CLIENT_OPS)
         server.register(parts.admin_api.handlers())
         # The cluster state's dependents, in this order, after each change (persisted first).
         self.cluster.subscribe(lambda old, new: setattr(server, "epoch", new.ring.epoch))

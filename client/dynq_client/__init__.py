@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from .client import AsyncClient, Client, GetResult
+from .buckets import BucketProps
+from .client import AsyncBucket, AsyncClient, Bucket, Client, GetResult
 from .errors import (
     DynqError,
     Forbidden,
@@ -27,15 +28,20 @@ from .errors import (
     Timeout,
     TooManySiblings,
     Unavailable,
+    UnknownBucket,
     UnknownOp,
     ValueTooLarge,
 )
+from .listing import KeyPage
 from .security import CurveKeys
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncBucket",
     "AsyncClient",
+    "Bucket",
+    "BucketProps",
     "Client",
     "CurveKeys",
     "DynqError",
@@ -45,6 +51,7 @@ __all__ = [
     "InternalError",
     "InvalidContext",
     "InvalidRequest",
+    "KeyPage",
     "KeyTooLarge",
     "NotEnoughReplicas",
     "Overloaded",
@@ -55,6 +62,7 @@ __all__ = [
     "Timeout",
     "TooManySiblings",
     "Unavailable",
+    "UnknownBucket",
     "UnknownOp",
     "ValueTooLarge",
 ]

@@ -28,7 +28,7 @@ import functools
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, Iterable, Literal, TypeVar
+from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Iterator, Literal, TypeVar
 
 import tenacity
 import zmq
@@ -46,13 +46,17 @@ from .errors import (
     Timeout,
     Overloaded,
     Unavailable,
+    UnknownBucket,
     ValueTooLarge,
     error_from_wire,
 )
+from . import buckets as _b
+from .buckets import BucketProps
 from .protocol import (
     DEFAULT_LIMITS,
     OP_DELETE,
     OP_GET,
+    OP_LIST_KEYS,
     OP_PUT,
     OP_READ_REPAIR,
     OP_ROUTING_TABLE,
@@ -60,11 +64,12 @@ from .protocol import (
     Reply,
 )
 from .health import Health, sloppy_targets
+from .listing import KeyPage, plan_coverage
 from .quorum import QuorumState, ReadQuorum
 from .routing import RoutingTable
 from .security import CurveKeys, KeysOption, find_keys
 from .transport import ReplyCallback, RequestMux
-from .versions import VersionedObject, decode_reply_object, encode_context, encode_object
+from .versions import VersionedObject, decode_reply_object, encode_context, encode_object, last_write_wins
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +397,30 @@ class AsyncClient:
             raise KeyTooLarge(f"key is {len(raw)} bytes; the limit is {limit}")
         return raw
 
+    async def _props(self, bucket: str | None) -> BucketProps | None:
+        """A named bucket's properties from the routing table (None: the default bucket);
+        a name the table does not know makes one refresh (the bucket may be new), then
+        :class:`UnknownBucket`."""
+        if bucket is None or bucket == _b.DEFAULT:
+            return None
+        table = self.table
+        assert table is not None
+        props = table.buckets.get(bucket)
+        if props is None:
+            _b.check_name(bucket, error=InvalidRequest)
+            await self.refresh()
+            assert self.table is not None
+            props = self.table.buckets.get(bucket)
+            if props is None:
+                raise UnknownBucket(f"no bucket called {bucket!r} (dynq bucket create {bucket})")
+        return props
+
+    def bucket(self, name: str) -> AsyncBucket:
+        """A handle on bucket ``name``: the same get/put/delete, plus keys() and get_many().
+        The bucket is looked up on first use (:class:`UnknownBucket` if there is none)."""
+        _b.check_name(name, error=InvalidRequest)
+        return AsyncBucket(self, name)
+
     def _quorum(self, value: int | None, default: int, n: int, name: str) -> int:
         if value is None:
             return min(default, n)
@@ -399,12 +428,13 @@ class AsyncClient:
             raise InvalidRequest(f"{name} must be an integer between 1 and {n}, got {value!r}")
         return value
 
-    async def get(self, key: KeyLike, r: int | None = None) -> GetResult:
+    async def get(self, key: KeyLike, r: int | None = None, *, bucket: str | None = None) -> GetResult:
         """Read ``key`` from R of its replicas; all siblings are returned."""
         await self.connect()
         raw = self._check_key(key)
+        props = await self._props(bucket) if bucket is not None else None
         try:
-            obj = await self._coordinate_get(raw, r)
+            obj = await self._coordinate_get(raw, r, props)
         except QuorumError as exc:
             if not _only_unreachable(exc):
                 raise
@@ -419,30 +449,64 @@ class AsyncClient:
                 reraise=True,
             ):
                 with attempt:
-                    obj = await self._coordinate_get(raw, r)
+                    obj = await self._coordinate_get(raw, r, props)
         return result_from_object(obj)
 
-    async def get_object(self, key: KeyLike, r: int | None = None) -> VersionedObject | None:
+    async def get_many(self, keys: Iterable[KeyLike], r: int | None = None, *, bucket: str | None = None,
+                       concurrency: int = 64) -> dict[bytes, GetResult | DynqError]:
+        """Read many keys at once, pipelined: up to ``concurrency`` reads in flight (each
+        to its replicas at once). Returns per key its result, or the error that key got
+        (one key's failure never fails the others)."""
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidRequest("concurrency must be a positive integer")
+        await self.connect()
+        await self._props(bucket)  # an unknown bucket fails the call, not every key
+        raws = [self._check_key(k) for k in keys]
+        results: dict[bytes, GetResult | DynqError] = {}
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(raw: bytes) -> None:
+            async with limit:
+                try:
+                    results[raw] = await self.get(raw, r, bucket=bucket)
+                except DynqError as exc:
+                    results[raw] = exc
+
+        await asyncio.gather(*(one(raw) for raw in dict.fromkeys(raws)))
+        return {raw: results[raw] for raw in raws}
+
+    async def get_object(self, key: KeyLike, r: int | None = None, *,
+                         bucket: str | None = None) -> VersionedObject | None:
         """The merged object itself (version vector, dots, tombstones): for tools and tests."""
         await self.connect()
-        return await self._coordinate_get(self._check_key(key), r)
+        raw = self._check_key(key)
+        return await self._coordinate_get(raw, r, await self._props(bucket))
 
     def _hedge_delay(self) -> float:
         if self.hedge_after is not None:
             return self.hedge_after
         return min(max(HEDGE_FACTOR * self._read_latency, HEDGE_MIN_S), self.timeout / 4)
 
-    async def _coordinate_get(self, key: bytes, r: int | None) -> VersionedObject | None:
+    async def _coordinate_get(self, key: bytes, r: int | None,
+                              props: BucketProps | None = None) -> VersionedObject | None:
         table = self.table
         assert table is not None and self._mux is not None
+        if props is None:
+            if key[:2] == _b.MARK:
+                _b.check_default_key(key)
+            n, default_r, skey = table.ring.n, table.r, key
+            body: dict[str, Any] = {"k": key, "local": True}
+        else:
+            n, default_r, skey = props.n, props.r, _b.storage_key(props.name, key)
+            body = {"k": key, "local": True, "bk": props.name}
         if self.coordination == "server":
-            return await self._server_get(key, r)
-        plist = table.ring.preference_list_for(key)
+            return await self._server_get(key, r, props)
+        plist = table.ring.preference_list_for(skey, n)
         loop = asyncio.get_running_loop()
         started = loop.time()
         replicas = [name for name, _ in sloppy_targets(
-            plist.primaries, plist.fallbacks, table.ring.n, lambda name: self.health.usable(name, started))]
-        required = self._quorum(r, table.r, len(plist.primaries), "r")
+            plist.primaries, plist.fallbacks, n, lambda name: self.health.usable(name, started))]
+        required = self._quorum(r, default_r, len(plist.primaries), "r")
         if len(replicas) < required:  # too few look healthy: ask the primaries anyway, and say why they failed
             replicas += [name for name in plist.primaries if name not in replicas]
         required = min(required, len(replicas))
@@ -456,7 +520,6 @@ class AsyncClient:
         future: asyncio.Future[VersionedObject | None] = loop.create_future()
         timed_out = False
         decoded: dict[bytes, VersionedObject | None] = {}  # replicas usually agree: decode once
-        body = {"k": key, "local": True}
         hedge: asyncio.TimerHandle | None = None
         replaced: dict[str, str] = {}  # replicas that failed and were replaced: why (for the error)
 
@@ -467,7 +530,10 @@ class AsyncClient:
                 hedge.cancel()
             if tally.state is QuorumState.SUCCEEDED:
                 self._read_latency += 0.05 * (loop.time() - started - self._read_latency)
-                future.set_result(tally.merged)
+                merged = tally.merged
+                if merged is not None and props is not None and props.lww:
+                    merged = last_write_wins(merged)
+                future.set_result(merged)
             else:
                 error = tally.error("get", timed_out=timed_out)
                 error.errors = {**replaced, **error.errors}
@@ -517,7 +583,7 @@ class AsyncClient:
                     tally.reply(replica, obj)
             settle()
             if not tally.pending:
-                self._read_repair(key, tally, plist.primaries)
+                self._read_repair(key, tally, plist.primaries, props)
 
         for replica in list(replicas):
             ask(replica)
@@ -530,25 +596,144 @@ class AsyncClient:
                 raise Forbidden(f"every replica refused this client's key: {exc.message}") from exc
             raise
 
-    async def _server_get(self, key: bytes, r: int | None) -> VersionedObject | None:
+    async def key_pages(self, *, bucket: str | None = None, prefix: KeyLike | None = None,
+                        start_after: KeyLike | None = None, page_size: int = 1000) -> AsyncIterator[KeyPage]:
+        """The live keys of a bucket (tombstones skipped), in pages of at most
+        ``page_size``, in (partition, key) order; a page's ``token`` (its last key) given
+        as ``start_after`` resumes after it. Memory: one page here, one on a node. See
+        :mod:`dynq_client.listing` for the coverage and what a listing guarantees."""
+        if not isinstance(page_size, int) or isinstance(page_size, bool) or not 1 <= page_size <= 10_000:
+            raise InvalidRequest("page_size must be an integer between 1 and 10000")
+        await self.connect()
+        props = await self._props(bucket)
+        name = _b.DEFAULT if props is None else props.name
+        wanted = b"" if prefix is None else _key_bytes(prefix)
+        assert self.table is not None
+        first, after = 0, None  # next partition to read; the key in it to resume after
+        if start_after is not None:
+            after = _key_bytes(start_after)
+            first = self.table.ring.partition_for(_b.storage_key(name, after))
+        buffer: list[bytes] = []
+        avoid: set[str] = set()  # nodes that failed this page (tried last)
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            table = self.table
+            assert table is not None
+            ring = table.ring
+            if props is not None:
+                props = table.buckets.get(name) or props
+            n = ring.n if props is None else props.n
+            if first >= ring.q:
+                break
+            now = loop.time()
+            runs = plan_coverage(ring, n, lambda x: self.health.usable(x, now) and x not in avoid, first,
+                                 frozenset(avoid))
+            node, parts = runs[0]
+            body: dict[str, Any] = {"parts": parts, "limit": page_size - len(buffer)}
+            if props is not None:
+                body["bk"] = name
+            if wanted:
+                body["prefix"] = wanted
+            if after is not None:
+                body["after"] = [first, after]
+            try:
+                reply = await self._call(node, OP_LIST_KEYS, body, self.timeout)
+            except (Unavailable, Timeout, ProtocolError, StorageError) as exc:
+                # That node cannot serve these partitions now (down, or no longer a primary
+                # of them): refresh the table, ask another primary.
+                failures += 1
+                if failures > 2 * len(ring.members) + 2:
+                    raise Unavailable(f"listing: no primary of partition {first} could serve it: {exc}") from exc
+                avoid.add(node)
+                try:
+                    await self.refresh()
+                except DynqError:
+                    pass
+                continue
+            failures = 0
+            avoid.clear()
+            raw_keys = reply.body.get("keys")
+            if not isinstance(raw_keys, list):
+                raise ProtocolError(f"{node}: list_keys reply without keys")
+            for item in raw_keys:
+                if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes)):
+                    raise ProtocolError(f"{node}: malformed key in a list_keys reply")
+                buffer.append(item[1])
+            nxt = reply.body.get("next")
+            if nxt is None:
+                first, after = parts[-1] + 1, None
+            elif (isinstance(nxt, list) and len(nxt) == 2 and type(nxt[0]) is int and isinstance(nxt[1], bytes)
+                    and nxt[0] >= first):
+                first, after = nxt[0], (nxt[1] or None)
+            else:
+                raise ProtocolError(f"{node}: malformed cursor in a list_keys reply")
+            if len(buffer) >= page_size:
+                yield KeyPage(buffer, buffer[-1])
+                buffer = []
+            wait = reply.body.get("wait")
+            if isinstance(wait, (int, float)) and wait > 0:
+                await asyncio.sleep(min(float(wait), 1.0))  # the node's pacing: back off as asked
+        yield KeyPage(buffer, None)
+
+    async def keys(self, *, bucket: str | None = None, prefix: KeyLike | None = None,
+                   start_after: KeyLike | None = None, page_size: int = 1000) -> AsyncIterator[bytes]:
+        """Every live key of a bucket, one at a time (paged underneath: :meth:`key_pages`)."""
+        async for page in self.key_pages(bucket=bucket, prefix=prefix, start_after=start_after,
+                                         page_size=page_size):
+            for key in page.keys:
+                yield key
+
+    async def store_object(self, key: KeyLike, obj: VersionedObject, *, bucket: str | None = None) -> list[str]:
+        """Merge ``obj`` (as :meth:`get_object` returned it, from any cluster) into every
+        primary replica of ``key``, as read repair does: what import uses. Returns the
+        primaries that did not take it (empty: all did)."""
+        await self.connect()
+        raw = self._check_key(key)
+        props = await self._props(bucket)
+        table = self.table
+        assert table is not None
+        if props is None:
+            plist = table.ring.preference_list_for(raw)
+            body: dict[str, Any] = {"k": raw, "ob": encode_object(obj)}
+        else:
+            plist = table.ring.preference_list_for(_b.storage_key(props.name, raw), props.n)
+            body = {"k": raw, "ob": encode_object(obj), "bk": props.name}
+        outcomes = await asyncio.gather(*(self._call(name, OP_READ_REPAIR, body, self.timeout)
+                                          for name in plist.primaries), return_exceptions=True)
+        return [name for name, out in zip(plist.primaries, outcomes) if isinstance(out, BaseException)]
+
+    async def _server_get(self, key: bytes, r: int | None, props: BucketProps | None = None) -> VersionedObject | None:
         """Server-driven coordination: one replica of the key reads R replicas for us."""
         table = self.table
         assert table is not None
-        plist = table.ring.preference_list_for(key)
         body: dict[str, Any] = {"k": key, "t": int(self.timeout * 1000)}
+        if props is None:
+            plist = table.ring.preference_list_for(key)
+            default_r = table.r
+        else:
+            plist = table.ring.preference_list_for(_b.storage_key(props.name, key), props.n)
+            default_r = props.r
+            body["bk"] = props.name
         if r is not None:
-            body["r"] = self._quorum(r, table.r, len(plist.primaries), "r")
+            body["r"] = self._quorum(r, default_r, len(plist.primaries), "r")
         reply = await self._first_taker(OP_GET, body, plist.primaries + plist.fallbacks)
-        return decode_reply_object(reply.body, self.limits)
+        obj = decode_reply_object(reply.body, self.limits)
+        if obj is not None and props is not None and props.lww:
+            obj = last_write_wins(obj)
+        return obj
 
-    def _read_repair(self, key: bytes, tally: ReadQuorum, primaries: tuple[str, ...]) -> None:
+    def _read_repair(self, key: bytes, tally: ReadQuorum, primaries: tuple[str, ...],
+                     props: BucketProps | None = None) -> None:
         """Every replica answered (late ones too): push the merge to the stale primaries."""
         if tally.state is not QuorumState.SUCCEEDED or tally.merged is None:
             return
         stale = [name for name in tally.stale_replicas() if name in primaries]
         if not stale:
             return
-        body = {"k": key, "ob": encode_object(tally.merged)}
+        body: dict[str, Any] = {"k": key, "ob": encode_object(tally.merged)}
+        if props is not None:
+            body["bk"] = props.name
         for name in stale:
             self.read_repairs += 1
             self._request(name, OP_READ_REPAIR, body, self.timeout, _ignore)
@@ -567,11 +752,14 @@ class AsyncClient:
         context: bytes | None = None,
         w: int | None = None,
         pw: int | None = None,
+        *,
+        bucket: str | None = None,
     ) -> None:
         """Write ``value``; with the ``context`` of a get it supersedes the siblings that get saw.
 
         ``w`` replicas must acknowledge (fallbacks standing in for down primaries count);
-        ``pw`` asks that at least that many of them be primaries (a strict quorum)."""
+        ``pw`` asks that at least that many of them be primaries (a strict quorum).
+        Defaults: the bucket's (the cluster's for the default bucket)."""
         raw_value = _value_bytes(value)
         await self.connect()
         assert self.table is not None
@@ -579,15 +767,18 @@ class AsyncClient:
             raise ValueTooLarge(
                 f"value is {len(raw_value)} bytes; the limit is {self.table.max_value_bytes}"
             )
-        await self._write(OP_PUT, key, {"v": raw_value}, context, w, pw)
+        props = await self._props(bucket) if bucket is not None else None
+        await self._write(OP_PUT, key, {"v": raw_value}, context, w, pw, props)
 
     async def delete(
-        self, key: KeyLike, context: bytes | None = None, w: int | None = None, pw: int | None = None
+        self, key: KeyLike, context: bytes | None = None, w: int | None = None, pw: int | None = None,
+        *, bucket: str | None = None,
     ) -> None:
         """Delete ``key`` (write a tombstone). Without a context the coordinator reads the
         key first and deletes what it found, as Riak does."""
         await self.connect()
-        await self._write(OP_DELETE, key, {}, context, w, pw)
+        props = await self._props(bucket) if bucket is not None else None
+        await self._write(OP_DELETE, key, {}, context, w, pw, props)
 
     async def _write(
         self,
@@ -597,15 +788,23 @@ class AsyncClient:
         context: bytes | None,
         w: int | None,
         pw: int | None = None,
+        props: BucketProps | None = None,
     ) -> None:
         raw = self._check_key(key)
         table = self.table
         assert table is not None
         if context is not None and not isinstance(context, bytes):
             raise InvalidRequest(f"context must be bytes from a get, got {type(context).__name__}")
-        plist = table.ring.preference_list_for(raw)
-        required = self._quorum(w, table.w, len(plist.primaries), "w")
-        body: dict[str, Any] = {"k": raw, "w": required, "t": int(self.timeout * 1000), **extra}
+        if props is None:
+            if raw[:2] == _b.MARK:
+                _b.check_default_key(raw)
+            plist = table.ring.preference_list_for(raw)
+            required = self._quorum(w, table.w, len(plist.primaries), "w")
+            body: dict[str, Any] = {"k": raw, "w": required, "t": int(self.timeout * 1000), **extra}
+        else:
+            plist = table.ring.preference_list_for(_b.storage_key(props.name, raw), props.n)
+            required = self._quorum(w, props.w, len(plist.primaries), "w")
+            body = {"k": raw, "bk": props.name, "w": required, "t": int(self.timeout * 1000), **extra}
         if pw is not None:
             body["pw"] = self._quorum(pw, 0, len(plist.primaries), "pw")
         if context:
@@ -652,6 +851,114 @@ class AsyncClient:
         raise Unavailable(f"{op}: no node of the key's preference list is reachable: {errors}")
 
 
+class AsyncBucket:
+    """One bucket of an :class:`AsyncClient` (``db.bucket("carts")``): the client's
+    get/put/delete with the bucket's quorum defaults, plus keys() and get_many()."""
+
+    def __init__(self, client: AsyncClient, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    async def props(self) -> BucketProps | None:
+        """This bucket's properties (None for the default bucket); UnknownBucket if none."""
+        await self.client.connect()
+        return await self.client._props(self.name)
+
+    async def get(self, key: KeyLike, r: int | None = None) -> GetResult:
+        return await self.client.get(key, r, bucket=self.name)
+
+    async def get_object(self, key: KeyLike, r: int | None = None) -> VersionedObject | None:
+        return await self.client.get_object(key, r, bucket=self.name)
+
+    async def put(self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None,
+                  pw: int | None = None) -> None:
+        await self.client.put(key, value, context, w, pw, bucket=self.name)
+
+    async def delete(self, key: KeyLike, context: bytes | None = None, w: int | None = None,
+                     pw: int | None = None) -> None:
+        await self.client.delete(key, context, w, pw, bucket=self.name)
+
+    async def get_many(self, keys: Iterable[KeyLike], r: int | None = None,
+                       concurrency: int = 64) -> dict[bytes, GetResult | DynqError]:
+        return await self.client.get_many(keys, r, bucket=self.name, concurrency=concurrency)
+
+    def keys(self, prefix: KeyLike | None = None, start_after: KeyLike | None = None,
+             page_size: int = 1000) -> AsyncIterator[bytes]:
+        return self.client.keys(bucket=self.name, prefix=prefix, start_after=start_after, page_size=page_size)
+
+    def key_pages(self, prefix: KeyLike | None = None, start_after: KeyLike | None = None,
+                  page_size: int = 1000) -> AsyncIterator[KeyPage]:
+        return self.client.key_pages(bucket=self.name, prefix=prefix, start_after=start_after, page_size=page_size)
+
+    async def store_object(self, key: KeyLike, obj: VersionedObject) -> list[str]:
+        return await self.client.store_object(key, obj, bucket=self.name)
+
+
+class Bucket:
+    """One bucket of a :class:`Client` (``db.bucket("carts")``); see :class:`AsyncBucket`."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self.client = client
+        self.name = name
+        self._async = AsyncBucket(client._async, name)
+
+    def props(self) -> BucketProps | None:
+        return self.client._run(self._async.props())
+
+    def get(self, key: KeyLike, r: int | None = None) -> GetResult:
+        return self.client._run(self._async.get(key, r))
+
+    def get_object(self, key: KeyLike, r: int | None = None) -> VersionedObject | None:
+        return self.client._run(self._async.get_object(key, r))
+
+    def put(self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None,
+            pw: int | None = None) -> None:
+        self.client._run(self._async.put(key, value, context, w, pw))
+
+    def delete(self, key: KeyLike, context: bytes | None = None, w: int | None = None,
+               pw: int | None = None) -> None:
+        self.client._run(self._async.delete(key, context, w, pw))
+
+    def get_many(self, keys: Iterable[KeyLike], r: int | None = None,
+                 concurrency: int = 64) -> dict[bytes, GetResult | DynqError]:
+        return self.client._run(self._async.get_many(keys, r, concurrency))
+
+    def key_pages(self, prefix: KeyLike | None = None, start_after: KeyLike | None = None,
+                  page_size: int = 1000) -> Iterator[KeyPage]:
+        """Pages of keys; each page is fetched when the previous one was consumed."""
+        pages = self._async.key_pages(prefix, start_after, page_size)
+
+        async def step() -> KeyPage | None:
+            try:
+                return await pages.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        async def close() -> None:
+            aclose = getattr(pages, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+        try:
+            while True:
+                page = self.client._run(step())
+                if page is None:
+                    return
+                yield page
+        finally:
+            if not self.client._loop.is_closed():
+                self.client._run(close())
+
+    def keys(self, prefix: KeyLike | None = None, start_after: KeyLike | None = None,
+             page_size: int = 1000) -> Iterator[bytes]:
+        """Every live key of the bucket, fetched page by page (bounded memory)."""
+        for page in self.key_pages(prefix, start_after, page_size):
+            yield from page.keys
+
+    def store_object(self, key: KeyLike, obj: VersionedObject) -> list[str]:
+        return self.client._run(self._async.store_object(key, obj))
+
+
 class Client:
     """Synchronous client: the :class:`AsyncClient` API on a private event loop.
 
@@ -694,21 +1001,37 @@ class Client:
     def refresh(self) -> None:
         self._run(self._async.refresh())
 
-    def get(self, key: KeyLike, r: int | None = None) -> GetResult:
-        return self._run(self._async.get(key, r))
+    def bucket(self, name: str) -> Bucket:
+        """A handle on bucket ``name`` (see :class:`AsyncBucket`)."""
+        _b.check_name(name, error=InvalidRequest)
+        return Bucket(self, name)
 
-    def get_object(self, key: KeyLike, r: int | None = None) -> VersionedObject | None:
-        return self._run(self._async.get_object(key, r))
+    def get(self, key: KeyLike, r: int | None = None, *, bucket: str | None = None) -> GetResult:
+        return self._run(self._async.get(key, r, bucket=bucket))
+
+    def get_object(self, key: KeyLike, r: int | None = None, *,
+                   bucket: str | None = None) -> VersionedObject | None:
+        return self._run(self._async.get_object(key, r, bucket=bucket))
+
+    def get_many(self, keys: Iterable[KeyLike], r: int | None = None, *, bucket: str | None = None,
+                 concurrency: int = 64) -> dict[bytes, GetResult | DynqError]:
+        return self._run(self._async.get_many(keys, r, bucket=bucket, concurrency=concurrency))
 
     def put(
-        self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None, pw: int | None = None
+        self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None, pw: int | None = None,
+        *, bucket: str | None = None,
     ) -> None:
-        self._run(self._async.put(key, value, context, w, pw))
+        self._run(self._async.put(key, value, context, w, pw, bucket=bucket))
 
     def delete(
-        self, key: KeyLike, context: bytes | None = None, w: int | None = None, pw: int | None = None
+        self, key: KeyLike, context: bytes | None = None, w: int | None = None, pw: int | None = None,
+        *, bucket: str | None = None,
     ) -> None:
-        self._run(self._async.delete(key, context, w, pw))
+        self._run(self._async.delete(key, context, w, pw, bucket=bucket))
+
+    def keys(self, *, bucket: str | None = None, prefix: KeyLike | None = None,
+             start_after: KeyLike | None = None, page_size: int = 1000) -> Iterator[bytes]:
+        return Bucket(self, bucket or _b.DEFAULT).keys(prefix, start_after, page_size)
 
     def call(self, node: str, op: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
         return self._run(self._async.call(node, op, body, retry=retry))

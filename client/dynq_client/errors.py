@@ -8,7 +8,8 @@ rebuilds the most specific exception from it with :func:`error_from_wire`::
     ├── InvalidRequest          code "invalid": bad types, sizes, unknown fields
     │   ├── KeyTooLarge         code "key_too_large"
     │   ├── ValueTooLarge       code "value_too_large"
-    │   └── InvalidContext      code "bad_context": a context that is not one dynq made
+    │   ├── InvalidContext      code "bad_context": a context that is not one dynq made
+    │   └── UnknownBucket       code "unknown_bucket": no bucket of that name (dynq bucket create)
     ├── UnknownOp               code "unknown_op"
     ├── ProtocolError           code "protocol": malformed frame, wrong protocol version
     ├── TooManySiblings         code "siblings": the key has too many concurrent versions
@@ -62,6 +63,13 @@ class InvalidContext(InvalidRequest):
     """The context bytes were not produced by dynq (or are corrupt)."""
 
     code = "bad_context"
+
+
+class UnknownBucket(InvalidRequest):
+    """The request names a bucket the cluster does not have (create it with
+    ``dynq bucket create``)."""
+
+    code = "unknown_bucket"
 
 
 class UnknownOp(DynqError):
@@ -188,6 +196,7 @@ ERROR_CODES: dict[str, type[DynqError]] = {
         KeyTooLarge,
         ValueTooLarge,
         InvalidContext,
+        UnknownBucket,
         UnknownOp,
         Forbidden,
         ProtocolError,

@@ -59,6 +59,9 @@ OP_CLUSTER_CLEAR = "cluster_clear"  # drop the staged changes
 OP_CLUSTER_COMMIT = "cluster_commit"  # start the transition
 OP_TRANSFER_DONE = "transfer_done"  # a source finished one partition transfer
 OP_TRANSFERS = "transfers"  # this node's transfers and the cluster's pending ones
+OP_BUCKET_CREATE = "bucket_create"  # (claimant) create a bucket with its properties
+OP_BUCKET_SET = "bucket_set"  # (claimant) change a bucket's properties (never n)
+OP_LIST_KEYS = "list_keys"  # a page of a bucket's live keys in some partitions (listing, export)
 # Anti-entropy (peer-only, except ae_repair and ae_tree which the admin CLI and tests use).
 OP_AE_ROOT = "ae_root"  # a partition's root hash on this replica
 OP_AE_LEVEL = "ae_level"  # children hashes of some nodes of a partition's tree

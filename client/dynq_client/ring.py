@@ -382,16 +382,31 @@ class Ring:
     def partition_for(self, key: bytes) -> int:
         return partition_of(key, self.q)
 
-    def preference_list(self, partition: int) -> PreferenceList:
-        """Replicas for ``partition``, computed once per ring value (rings are immutable)."""
+    def preference_list(self, partition: int, n: int | None = None) -> PreferenceList:
+        """Replicas for ``partition`` (``n`` of them: a bucket's; default the ring's),
+        computed once per ring value (rings are immutable). The primaries for a smaller
+        ``n`` are the first of those for a bigger one."""
+        if n is not None and n != self.n:
+            return self._preference_list_n(partition, n)
         cached = self._plists.get(partition)
         if cached is None:
             if not _is_int(partition) or not 0 <= partition < self.q:
                 raise ValueError(f"partition must be in 0..{self.q - 1}, got {short_repr(partition)}")
-            cached = self._plists[partition] = self._walk(partition)
+            cached = self._plists[partition] = self._walk(partition, self.n)
         return cached
 
-    def _walk(self, start: int) -> PreferenceList:
+    def _preference_list_n(self, partition: int, n: int) -> PreferenceList:
+        slot = partition + self.q * n  # one cache for every n: keys never collide
+        cached = self._plists.get(slot)
+        if cached is None:
+            if not _is_int(partition) or not 0 <= partition < self.q:
+                raise ValueError(f"partition must be in 0..{self.q - 1}, got {short_repr(partition)}")
+            if not _is_int(n) or n < 1:
+                raise ValueError(f"n must be an integer >= 1, got {short_repr(n)}")
+            cached = self._plists[slot] = self._walk(partition, n)
+        return cached
+
+    def _walk(self, start: int, n: int) -> PreferenceList:
         """Distinct owners clockwise from ``start``: distinct zones first, then any node."""
         q, owners, owning, zone_of = self.q, self.owners, self._owning, self._zone_of
         order: list[str] = []
@@ -403,7 +418,7 @@ class Ring:
                 order.append(owner)
                 if len(order) == owning:
                     break
-        want = min(self.n, len(self.members))
+        want = min(n, len(self.members))
         primaries: list[str] = []
         if zone_of is not None:
             zones: set[str] = set()
@@ -427,8 +442,8 @@ class Ring:
         fallbacks = [name for name in order + idle if name not in chosen]
         return PreferenceList(start, tuple(primaries), tuple(fallbacks))
 
-    def preference_list_for(self, key: bytes) -> PreferenceList:
-        return self.preference_list(self.partition_for(key))
+    def preference_list_for(self, key: bytes, n: int | None = None) -> PreferenceList:
+        return self.preference_list(self.partition_for(key), n)
 
     def owned_counts(self) -> dict[str, int]:
         """Partitions per member, including members that own none (for balance reports)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .buckets import EMPTY_BUCKETS, BucketProps, Buckets
 from .errors import ProtocolError
 from .protocol import Limits
 from .ring import Ring, RingError
@@ -22,10 +23,16 @@ class RoutingTable:
     w: int  # cluster default write quorum
     max_key_bytes: int
     max_value_bytes: int
+    buckets: Buckets = EMPTY_BUCKETS  # named buckets (the default one is implicit)
 
     @property
     def epoch(self) -> int:
         return self.ring.epoch
+
+    def bucket(self, name: str) -> BucketProps | None:
+        """A named bucket's properties; None for an unknown one. The default bucket's are
+        the ring's n and this table's r and w."""
+        return self.buckets.get(name)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -34,6 +41,7 @@ class RoutingTable:
             "w": self.w,
             "max_key_bytes": self.max_key_bytes,
             "max_value_bytes": self.max_value_bytes,
+            "buckets": self.buckets.to_wire(),
         }
 
     @classmethod
@@ -50,7 +58,8 @@ class RoutingTable:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ProtocolError(f"routing table field '{name}' must be a positive integer")
             fields[name] = value
-        return cls(ring=ring, **fields)
+        buckets = Buckets.from_wire(data.get("buckets"))  # absent from a node older than buckets
+        return cls(ring=ring, buckets=buckets, **fields)
 
     def limits(self, base: Limits) -> Limits:
         """``base`` with the cluster's key/value limits."""

@@ -162,6 +162,17 @@ def merge(a: VersionedObject | None, b: VersionedObject | None) -> VersionedObje
     return VersionedObject(merge_clocks(a.clock, b.clock), _canonical(out))
 
 
+def last_write_wins(obj: VersionedObject) -> VersionedObject:
+    """Keep only the newest sibling (by timestamp, then dot): the resolution of a bucket
+    with ``conflict = "lww"``. The clock stays, so the dropped siblings stay superseded
+    wherever this object is merged; the choice is deterministic, so replicas that resolve
+    independently agree. Concurrent writes with older timestamps are lost, by design."""
+    if len(obj.siblings) <= 1:
+        return obj
+    newest = max(obj.siblings, key=lambda s: (s.timestamp_ms, s.actor, s.counter))
+    return VersionedObject(obj.clock, (newest,))
+
+
 def merge_all(objects: Iterable[VersionedObject | None]) -> VersionedObject | None:
     result: VersionedObject | None = None
     for obj in objects:

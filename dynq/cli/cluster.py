@@ -90,7 +90,7 @@ def cluster_plan(as_json: bool, verbose: bool, seed: tuple[str, ...], timeout: f
         click.echo(f"leave  {name}")
     transfers = body["transfers"]
     pairs: dict[tuple[str, str], list[int]] = {}
-    for p_, src, dst in transfers:
+    for p_, src, dst, *_n in transfers:  # [partition, source, target] or [..., n] for a bucket's n
         pairs.setdefault((src, dst), []).append(p_)
     click.echo(f"\n{len(transfers)} partition transfers (key partitions whose replicas change):")
     for (src, dst), parts in sorted(pairs.items()):
@@ -168,9 +168,10 @@ def cluster_transfers(watch: bool, max_wait: float, as_json: bool, seed: tuple[s
             running = [pr for pr in report["progress"] if pr["state"] != "done"]
             click.echo(f"cluster state {report['version']}: {len(pending)} of {report['planned']} transfers pending")
             for pr in running:
-                p_, src, dst = pr["t"]
+                p_, src, dst, *n_ = pr["t"]
                 total = max(pr["total"], 1)
-                click.echo(f"  partition {p_:>5}: {src} -> {dst}  {pr['state']:<9} "
+                n_note = f" n={n_[0]}" if n_ else ""
+                click.echo(f"  partition {p_:>5}{n_note}: {src} -> {dst}  {pr['state']:<9} "
                            f"{pr['sent']}/{pr['total']} objects ({min(100, 100 * pr['sent'] // total)}%), "
                            f"{pr['bytes'] / 1e6:.1f} MB, {pr['retries']} retries")
             if not watch or not pending:

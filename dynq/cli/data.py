@@ -14,17 +14,22 @@ from dynq_client.errors import DynqError
 from .common import connect, fail, seed_option, show_value, timeout_option
 
 
+bucket_option = click.option("--bucket", default=None, metavar="NAME",
+                             help="The key's bucket (default: the default bucket).")
+
+
 @click.command()
 @click.argument("key")
-@click.option("--r", type=int, default=None, help="Read quorum (default: the cluster's).")
+@click.option("--r", type=int, default=None, help="Read quorum (default: the bucket's).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@bucket_option
 @seed_option
 @timeout_option
-def get(key: str, r: int | None, as_json: bool, seed: tuple[str, ...], timeout: float) -> None:
+def get(key: str, r: int | None, as_json: bool, bucket: str | None, seed: tuple[str, ...], timeout: float) -> None:
     """Read KEY: every sibling value, and the context to write back with."""
     try:
         with connect(seed, timeout) as db:
-            result = db.get(key, r=r)
+            result = db.get(key, r=r, bucket=bucket)
     except DynqError as exc:
         fail(exc)
     context = base64.b64encode(result.context).decode()
@@ -59,14 +64,16 @@ def _context(context: str | None) -> bytes | None:
 @click.argument("key")
 @click.argument("value")
 @click.option("--context", default=None, help="Context printed by `dynq get` (base64).")
-@click.option("--w", type=int, default=None, help="Write quorum (default: the cluster's).")
+@click.option("--w", type=int, default=None, help="Write quorum (default: the bucket's).")
+@bucket_option
 @seed_option
 @timeout_option
-def put(key: str, value: str, context: str | None, w: int | None, seed: tuple[str, ...], timeout: float) -> None:
+def put(key: str, value: str, context: str | None, w: int | None, bucket: str | None, seed: tuple[str, ...],
+        timeout: float) -> None:
     """Write VALUE (UTF-8) under KEY."""
     try:
         with connect(seed, timeout) as db:
-            db.put(key, value.encode(), context=_context(context), w=w)
+            db.put(key, value.encode(), context=_context(context), w=w, bucket=bucket)
     except DynqError as exc:
         fail(exc)
     click.echo("ok")
@@ -75,14 +82,16 @@ def put(key: str, value: str, context: str | None, w: int | None, seed: tuple[st
 @click.command()
 @click.argument("key")
 @click.option("--context", default=None, help="Context printed by `dynq get` (base64).")
-@click.option("--w", type=int, default=None, help="Write quorum (default: the cluster's).")
+@click.option("--w", type=int, default=None, help="Write quorum (default: the bucket's).")
+@bucket_option
 @seed_option
 @timeout_option
-def delete(key: str, context: str | None, w: int | None, seed: tuple[str, ...], timeout: float) -> None:
+def delete(key: str, context: str | None, w: int | None, bucket: str | None, seed: tuple[str, ...],
+           timeout: float) -> None:
     """Delete KEY (writes a tombstone)."""
     try:
         with connect(seed, timeout) as db:
-            db.delete(key, context=_context(context), w=w)
+            db.delete(key, context=_context(context), w=w, bucket=bucket)
     except DynqError as exc:
         fail(exc)
     click.echo("ok")
@@ -180,22 +189,30 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 @click.command()
 @click.argument("key")
 @click.option("--json", "as_json", is_flag=True)
+@bucket_option
 @seed_option
 @timeout_option
-def inspect(key: str, as_json: bool, seed: tuple[str, ...], timeout: float) -> None:
+def inspect(key: str, as_json: bool, bucket: str | None, seed: tuple[str, ...], timeout: float) -> None:
     """Show what every node of KEY's preference list holds, its hints, and whether the
     primaries agree. Exit code 0: they agree; 1: they disagree; 3: a primary is unreachable."""
+    from dynq_client import buckets
     from dynq_client.versions import decode_reply_object
 
     rows: list[dict[str, Any]] = []
     try:
         with connect(seed, timeout) as db:
             assert db.table is not None
-            plist = db.table.ring.preference_list_for(key.encode())
+            props = db.bucket(bucket).props() if bucket else None
+            request: dict[str, Any] = {"k": key.encode()}
+            if props is not None:
+                request["bk"] = props.name
+                plist = db.table.ring.preference_list_for(buckets.storage_key(props.name, key.encode()), props.n)
+            else:
+                plist = db.table.ring.preference_list_for(key.encode())
             for name in plist.primaries + plist.fallbacks:
                 row: dict[str, Any] = {"node": name, "role": "primary" if name in plist.primaries else "fallback"}
                 try:
-                    body = db.call(name, "inspect", {"k": key.encode()}, retry=False)
+                    body = db.call(name, "inspect", request, retry=False)
                     obj = decode_reply_object(body)
                     row["hints"] = body.get("hints", [])
                     row["object"] = None if obj is None else {
@@ -214,9 +231,11 @@ def inspect(key: str, as_json: bool, seed: tuple[str, ...], timeout: float) -> N
     primary_states = {json.dumps(r.get("object"), sort_keys=True) for r in rows if r["role"] == "primary" and "error" not in r}
     agree = reachable and len(primary_states) == 1
     if as_json:
-        click.echo(json.dumps({"key": key, "partition": plist.partition, "agree": agree, "replicas": rows}, indent=2))
+        click.echo(json.dumps({"key": key, "bucket": bucket or buckets.DEFAULT, "partition": plist.partition,
+                               "n": len(plist.primaries), "agree": agree, "replicas": rows}, indent=2))
     else:
-        click.echo(f"key {key!r}  partition {plist.partition}")
+        click.echo(f"key {key!r}  bucket {bucket or buckets.DEFAULT}  partition {plist.partition}  "
+                   f"n={len(plist.primaries)}")
         for r in rows:
             head = f"  {r['node']:<10} {r['role']:<8}"
             if "error" in r:

@@ -1,4 +1,5 @@
-"""`dynq keys`: generate CURVE keypairs, register and revoke peer keys on a running cluster."""
+"""`dynq keys`: generate CURVE keypairs, register and revoke peer keys on a running cluster;
+`dynq keys BUCKET [--prefix P]` lists a bucket's keys (as `dynq bucket keys`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,24 @@ from dynq_client.errors import DynqError
 from .common import connect, fail, seed_option, timeout_option
 
 
-@click.group("keys")
+class KeysGroup(click.Group):
+    """`dynq keys generate|register|revoke ...` manage CURVE keys; any other first word is a
+    bucket whose keys to list (`dynq keys carts --prefix cart:`). A bucket that happens to
+    be called generate, register or revoke is listed with `dynq bucket keys NAME`."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            from .buckets import keys as bucket_keys
+
+            return "keys", bucket_keys, args
+        return super().resolve_command(ctx, args)
+
+
+@click.group("keys", cls=KeysGroup)
 def keys_group() -> None:
-    """CurveZMQ keys."""
+    """CurveZMQ keys (generate, register, revoke); or `dynq keys BUCKET [--prefix P]`: the
+    live keys of a bucket, one per line."""
 
 
 @keys_group.command("generate")

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from dynq_client.buckets import tree_id
 from dynq_client.client import Client
 from dynq_client.errors import DynqError
 
@@ -37,16 +38,20 @@ def repair(partition: int | None, node_name: str | None, rebuild: bool, as_json:
                 raise click.BadParameter(f"must be in 0..{ring_.q - 1}", param_hint="--partition")
             if node_name is not None and node_name not in {m.name for m in ring_.members}:
                 raise click.BadParameter(f"{node_name!r} is not a member", param_hint="--node")
-            partitions = [partition] if partition is not None else list(range(ring_.q))
+            # One tree per (partition, n): the ring's n, and each other n a bucket uses.
+            ns = db.table.buckets.ns(ring_.n)
+            trees = [(p, n) for n in ns for p in ([partition] if partition is not None else range(ring_.q))]
             if node_name is not None:
-                partitions = [p for p in partitions if node_name in ring_.preference_list(p).primaries]
-                if not partitions:
+                trees = [(p, n) for p, n in trees if node_name in ring_.preference_list(p, n).primaries]
+                if not trees:
                     raise click.BadParameter(f"{node_name} is not a primary of partition {partition}",
                                              param_hint="--node")
-            with click.progressbar(partitions, label="repairing", file=sys.stderr,
-                                   item_show_func=lambda p: None if p is None else f"partition {p}") as bar:
-                for p in bar:
-                    results.append(_repair_partition(db, ring_.preference_list(p).primaries, p, node_name, rebuild))
+            with click.progressbar(trees, label="repairing", file=sys.stderr,
+                                   item_show_func=lambda t: None if t is None else
+                                   f"partition {t[0]}" + (f" n={t[1]}" if t[1] != ring_.n else "")) as bar:
+                for p, n in bar:
+                    results.append(_repair_partition(db, ring_.preference_list(p, n).primaries,
+                                                     tree_id(ring_.q, ring_.n, p, n), node_name, rebuild))
     except DynqError as exc:
         fail(exc)
     incomplete = [r for r in results if not r.get("complete")]
@@ -63,7 +68,8 @@ def repair(partition: int | None, node_name: str | None, rebuild: bool, as_json:
         for r in incomplete:
             why = r.get("error") or "; ".join([f"{n} unreachable" for n in r.get("skipped", [])]
                                               + [f"{n}: {e}" for n, e in r.get("failed", {}).items()])
-            click.echo(f"  partition {r['partition']}: incomplete: {why}", err=True)
+            n_note = f" (n={r['n']})" if r.get("n") not in (None, ring_.n) else ""
+            click.echo(f"  partition {r['partition']}{n_note}: incomplete: {why}", err=True)
     sys.exit(1 if incomplete else 0)
 
 

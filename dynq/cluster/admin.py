@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from dynq_client import buckets as b
 from dynq_client import protocol as p
-from dynq_client.errors import DynqError, InvalidRequest, ProtocolError, Timeout, Unavailable
+from dynq_client.errors import DynqError, InvalidRequest, ProtocolError, Timeout, Unavailable, UnknownBucket
 from dynq_client.protocol import Request
 
 from ..config import NodeConfig
@@ -32,6 +33,7 @@ from .membership import (
     member_from_wire,
     member_to_wire,
     plan,
+    transfer_from_wire,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class ClusterAdmin:
             p.OP_CLUSTER_CLEAR: self.handle_cluster_clear,
             p.OP_CLUSTER_COMMIT: self.handle_cluster_commit,
             p.OP_TRANSFER_DONE: self.handle_transfer_done,
+            p.OP_BUCKET_CREATE: self.handle_bucket_create,
+            p.OP_BUCKET_SET: self.handle_bucket_set,
         }
 
     # --- claimant routing -----------------------------------------------------------------
@@ -220,10 +224,63 @@ class ClusterAdmin:
         return {"state": self.cluster.state.to_wire()}
 
     def handle_transfer_done(self, responder: Responder, req: Request) -> None:
-        raw = req.body.get("t")
-        if (not isinstance(raw, list) or len(raw) != 3 or not isinstance(raw[0], int)
-                or not isinstance(raw[1], str) or not isinstance(raw[2], str)):
-            raise InvalidRequest("field 't' must be [partition, source, target]")
+        try:
+            transfer = transfer_from_wire(req.body.get("t"), self.cluster.ring.q)
+        except MembershipError as exc:
+            raise InvalidRequest("field 't' must be [partition, source, target] or [partition, source, target, n]"
+                                 ) from exc
         if self._at_claimant(responder, req):
             return
-        responder.ok(self.record_transfer_done(Transfer(raw[0], raw[1], raw[2])))
+        responder.ok(self.record_transfer_done(transfer))
+
+    # --- buckets (made by the claimant, effective at once: no plan) ----------------------------
+
+    def _bucket_fields(self, req: Request) -> tuple[str, dict[str, Any]]:
+        name = b.check_name(req.body.get("name"))
+        props = req.body.get("props", {})
+        if not isinstance(props, dict) or not all(isinstance(k, str) for k in props):
+            raise InvalidRequest("field 'props' must be a map of property -> value")
+        return name, props
+
+    def _adopt_bucket(self, responder: Responder, props: b.BucketProps, reason: str) -> None:
+        cluster = self.cluster
+        current = cluster.state.buckets.get(props.name)
+        if current == props:  # nothing to change: no new version
+            responder.ok({"bucket": props.describe(), "version": cluster.state.version, "changed": False})
+            return
+        state = cluster.state.with_bucket(props)
+        cluster.adopt(state, reason)
+        self._push_state()
+        responder.ok({"bucket": props.describe(), "version": state.version, "changed": True,
+                      "state": state.to_wire()})
+
+    def handle_bucket_create(self, responder: Responder, req: Request) -> None:
+        name, raw = self._bucket_fields(req)
+        if self._at_claimant(responder, req):
+            return
+        state = self.cluster.state
+        unknown = [k for k in raw if k not in b.PROPS]
+        if unknown:
+            raise b.BucketError(f"unknown bucket properties: {', '.join(sorted(unknown))} (known: {', '.join(b.PROPS)})")
+        members = len(state.ring.members)
+        props = b.new_bucket(
+            name, n=raw.get("n", state.ring.n), r=raw.get("r"), w=raw.get("w"), pw=raw.get("pw", 0),
+            conflict=raw.get("conflict", "siblings"), max_siblings=raw.get("max_siblings"), ttl=raw.get("ttl"),
+            datatype=raw.get("datatype"), members=members, default_r=self.config.r, default_w=self.config.w,
+            limit_siblings=self.config.limits.max_siblings)
+        existing = state.buckets.get(name)
+        if existing is not None and existing != props:
+            raise b.BucketError(f"bucket {name!r} exists already (n={existing.n}); change it with dynq bucket set")
+        self._adopt_bucket(responder, props, f"bucket {name} created")
+
+    def handle_bucket_set(self, responder: Responder, req: Request) -> None:
+        name, raw = self._bucket_fields(req)
+        if self._at_claimant(responder, req):
+            return
+        existing = self.cluster.state.buckets.get(name)
+        if existing is None:
+            if name == b.DEFAULT:
+                raise b.BucketError("the default bucket's properties are the cluster's (n, r, w in the node config)")
+            raise UnknownBucket(f"no bucket called {name!r} (dynq bucket create {name})")
+        props = b.changed(existing, raw, limit_siblings=self.config.limits.max_siblings)
+        self._adopt_bucket(responder, props, f"bucket {name} changed")

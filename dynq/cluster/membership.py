@@ -31,6 +31,8 @@ from typing import Any, Iterable
 
 import msgpack
 
+from dynq_client.buckets import EMPTY_BUCKETS, BucketProps, Buckets
+from dynq_client.errors import ProtocolError
 from dynq_client.ring import Member, Ring, RingError
 from dynq_client.protocol import short_repr
 
@@ -42,38 +44,46 @@ class MembershipError(ValueError):
 @dataclass(frozen=True, order=True)
 class Transfer:
     """``source`` streams its copy of the keys whose home partition is ``partition`` to
-    ``target``, which becomes one of that partition's replicas."""
+    ``target``, which becomes one of that partition's replicas. ``n``: only the keys of
+    buckets with that replication factor (0: the ring's own n, i.e. the default bucket
+    and every bucket of the same n); each n has its own preference lists."""
 
     partition: int
     source: str
     target: str
+    n: int = 0
 
     def to_wire(self) -> list[Any]:
+        if self.n:
+            return [self.partition, self.source, self.target, self.n]
         return [self.partition, self.source, self.target]
 
     def describe(self) -> str:
-        return f"partition {self.partition}: {self.source} -> {self.target}"
+        return f"partition {self.partition}{f' (n={self.n})' if self.n else ''}: {self.source} -> {self.target}"
 
 
-def plan_transfers(old: Ring, new: Ring) -> tuple[Transfer, ...]:
+def plan_transfers(old: Ring, new: Ring, ns: Iterable[int] = ()) -> tuple[Transfer, ...]:
     """What must move so that every replica in ``new`` holds what the replicas in ``old`` held.
 
     Per key partition, each node that leaves the preference list hands its copy to a node
     that enters it (paired in list order); a node entering with nobody leaving copies from
     the first old replica, and a node leaving with nobody entering hands its copy to a new
-    replica anyway, so a departing node never takes a write with it.
+    replica anyway, so a departing node never takes a write with it. Done for the ring's
+    n and for every other n in ``ns`` (buckets' replication factors), whose preference
+    lists differ.
     """
     transfers: set[Transfer] = set()
-    for p in range(old.q):
-        before = old.preference_list(p).primaries
-        after = new.preference_list(p).primaries
-        added = [x for x in after if x not in before]
-        removed = [x for x in before if x not in after]
-        for i, target in enumerate(added):
-            source = removed[i] if i < len(removed) else before[0]
-            transfers.add(Transfer(p, source, target))
-        for i, source in enumerate(removed[len(added):]):
-            transfers.add(Transfer(p, source, after[i % len(after)]))
+    for n in [0] + sorted({x for x in ns if x != old.n}):
+        for p in range(old.q):
+            before = old.preference_list(p, n or None).primaries
+            after = new.preference_list(p, n or None).primaries
+            added = [x for x in after if x not in before]
+            removed = [x for x in before if x not in after]
+            for i, target in enumerate(added):
+                source = removed[i] if i < len(removed) else before[0]
+                transfers.add(Transfer(p, source, target, n))
+            for i, source in enumerate(removed[len(added):]):
+                transfers.add(Transfer(p, source, after[i % len(after)], n))
     return tuple(sorted(transfers))
 
 
@@ -85,6 +95,7 @@ class ClusterState:
     next_ring: Ring | None = None
     transfers: tuple[Transfer, ...] = ()  # still to do, sorted
     planned: int = 0  # transfers the running transition started with (for progress)
+    buckets: Buckets = EMPTY_BUCKETS  # named buckets and their properties
     _pending: dict[int, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _digest: list[bytes] = field(default_factory=list, init=False, repr=False, compare=False)
 
@@ -137,21 +148,33 @@ class ClusterState:
             return "valid"
         return "none"
 
-    def pending_replicas(self, partition: int) -> tuple[str, ...]:
-        """Nodes that will replicate ``partition`` after the transition but do not now:
-        writes go to them too (best effort), so transfers need not chase new writes."""
+    def pending_replicas(self, partition: int, n: int | None = None) -> tuple[str, ...]:
+        """Nodes that will replicate ``partition`` (for keys of replication factor ``n``)
+        after the transition but do not now: writes go to them too (best effort), so
+        transfers need not chase new writes."""
         if self.next_ring is None:
             return ()
-        cached = self._pending.get(partition)
+        slot = partition if n is None or n == self.ring.n else partition + self.ring.q * n
+        cached = self._pending.get(slot)
         if cached is None:
-            now = self.ring.preference_list(partition).primaries
-            cached = tuple(x for x in self.next_ring.preference_list(partition).primaries if x not in now)
-            self._pending[partition] = cached
+            now = self.ring.preference_list(partition, n).primaries
+            cached = tuple(x for x in self.next_ring.preference_list(partition, n).primaries if x not in now)
+            self._pending[slot] = cached
         return cached
 
-    def is_replica(self, name: str, partition: int) -> bool:
-        """Whether ``name`` replicates ``partition`` now or after the running transition."""
-        return name in self.ring.preference_list(partition).primaries or name in self.pending_replicas(partition)
+    def is_replica(self, name: str, partition: int, n: int | None = None) -> bool:
+        """Whether ``name`` replicates ``partition`` (keys of replication factor ``n``)
+        now or after the running transition."""
+        return (name in self.ring.preference_list(partition, n).primaries
+                or name in self.pending_replicas(partition, n))
+
+    def n_values(self) -> list[int]:
+        """The ring's n, then every other n a bucket uses."""
+        return self.buckets.ns(self.ring.n)
+
+    @property
+    def max_n(self) -> int:
+        return max(self.n_values())
 
     # --- changes (each returns a new state with a bigger version) ---------------------------
 
@@ -161,7 +184,21 @@ class ClusterState:
         ring = Ring(version, ring.q, ring.n, ring.members, ring.owners)
         if next_ring is not None:
             next_ring = Ring(version, next_ring.q, next_ring.n, next_ring.members, next_ring.owners)
-        return ClusterState(ring, next_ring, transfers, planned)
+        return ClusterState(ring, next_ring, transfers, planned, self.buckets)
+
+    def with_bucket(self, props: BucketProps) -> ClusterState:
+        """A new version with ``props`` created or changed (checked against the members;
+        the caller checked the rest). Effective at once: no plan, no transfers."""
+        members = len(self.ring.members) if self.next_ring is None else min(
+            len(self.ring.members), len(self.next_ring.members))
+        if props.n > members:
+            raise MembershipError(f"bucket {props.name!r}: n = {props.n} but the cluster has {members} members")
+        if self.next_ring is not None and props.n not in self.n_values():
+            raise MembershipError(
+                f"bucket {props.name!r}: n = {props.n} is used by no bucket yet, and a membership change is "
+                "in progress (its transfers were planned without it); wait for it to finish")
+        new = self._next_version(self.ring, self.next_ring, self.transfers, self.planned)
+        return ClusterState(new.ring, new.next_ring, new.transfers, new.planned, self.buckets.with_bucket(props))
 
     def begin(self, members: Iterable[Member], n: int | None = None) -> ClusterState:
         """Start moving to a ring of ``members`` (and replication factor ``n``)."""
@@ -176,7 +213,7 @@ class ClusterState:
             raise MembershipError(str(exc)) from exc
         if n is not None and n != target.n:
             target = Ring(target.epoch, target.q, n, target.members, target.owners)
-        transfers = plan_transfers(self.ring, target)
+        transfers = plan_transfers(self.ring, target, self.n_values())
         if not transfers:  # nothing has to move (say, a weight change within rounding)
             return self._next_version(target, None, (), 0)
         return self._next_version(self.ring, target, transfers, len(transfers))
@@ -194,12 +231,15 @@ class ClusterState:
     # --- wire form ---------------------------------------------------------------------------
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "ring": self.ring.to_wire(),
             "next": None if self.next_ring is None else self.next_ring.to_wire(),
             "transfers": [t.to_wire() for t in self.transfers],
             "planned": self.planned,
         }
+        if self.buckets:  # absent without buckets: a state from before buckets keeps its digest
+            wire["buckets"] = self.buckets.to_wire()
+        return wire
 
     @classmethod
     def from_wire(cls, data: object) -> ClusterState:
@@ -223,13 +263,25 @@ class ClusterState:
         names = {m.name for m in ring.members} | ({m.name for m in next_ring.members} if next_ring else set())
         transfers: list[Transfer] = []
         for raw in raw_transfers:
-            if (not isinstance(raw, list) or len(raw) != 3 or not isinstance(raw[0], int)
-                    or isinstance(raw[0], bool) or not 0 <= raw[0] < ring.q
-                    or not isinstance(raw[1], str) or not isinstance(raw[2], str)
-                    or raw[1] not in names or raw[2] not in names):
+            transfer = transfer_from_wire(raw, ring.q)
+            if transfer.source not in names or transfer.target not in names:
                 raise MembershipError(f"cluster state: bad transfer {short_repr(raw)}")
-            transfers.append(Transfer(raw[0], raw[1], raw[2]))
-        return cls(ring, next_ring, tuple(sorted(set(transfers))), planned)
+            transfers.append(transfer)
+        try:
+            buckets = Buckets.from_wire(data.get("buckets"))
+        except ProtocolError as exc:
+            raise MembershipError(f"cluster state: {exc.message}") from exc
+        return cls(ring, next_ring, tuple(sorted(set(transfers))), planned, buckets)
+
+
+def transfer_from_wire(raw: object, q: int) -> Transfer:
+    """[partition, source, target] or [partition, source, target, n]."""
+    if (not isinstance(raw, list) or len(raw) not in (3, 4) or not isinstance(raw[0], int)
+            or isinstance(raw[0], bool) or not 0 <= raw[0] < q
+            or not isinstance(raw[1], str) or not isinstance(raw[2], str)
+            or (len(raw) == 4 and (not isinstance(raw[3], int) or isinstance(raw[3], bool) or raw[3] < 1))):
+        raise MembershipError(f"cluster state: bad transfer {short_repr(raw)}")
+    return Transfer(raw[0], raw[1], raw[2], raw[3] if len(raw) == 4 else 0)
 
 
 def initial_state(members: Iterable[Member], q: int, n: int) -> ClusterState:
@@ -306,10 +358,11 @@ class Staged:
         remaining = len(state.ring.members) + len(self.joins) - len(leaves)
         if remaining < 1:
             raise MembershipError("the last member cannot leave")
-        if remaining < state.ring.n:
+        if remaining < state.max_n:
             raise MembershipError(
-                f"{name} cannot leave: {remaining} members would remain, fewer than n = {state.ring.n} "
-                "replicas per key (join a node first)"
+                f"{name} cannot leave: {remaining} members would remain, fewer than n = {state.max_n} "
+                "replicas per key" + (" of some bucket" if state.max_n != state.ring.n else "")
+                + " (join a node first)"
             )
         return Staged(self.joins, leaves)
 
@@ -373,7 +426,7 @@ def plan(state: ClusterState, staged: Staged) -> Plan:
         target = state.ring.with_members(members.values())
     except RingError as exc:
         raise MembershipError(str(exc)) from exc
-    return Plan(staged, state.version, target, plan_transfers(state.ring, target))
+    return Plan(staged, state.version, target, plan_transfers(state.ring, target, state.n_values()))
 
 
 def commit(state: ClusterState, staged: Staged, plan_id: str | None = None) -> ClusterState:

@@ -121,9 +121,20 @@ class PartitionTransfers:
     def tracking(self, partition: int) -> bool:
         return partition in self._by_partition
 
+    def carries(self, transfer: Transfer, key: bytes) -> bool:
+        """Whether ``transfer`` moves ``key``: a transfer is for the keys of one n (its
+        bucket's); a key of a bucket not heard of yet goes along (a spare copy is harmless,
+        a missing one is not)."""
+        state = self.cluster.state
+        if not state.buckets:
+            return True
+        n = state.buckets.n_of(key, state.ring.n)
+        return n is None or n == (transfer.n or state.ring.n)
+
     def note_commit(self, partition: int, key: bytes) -> None:
         for transfer in self._by_partition.get(partition, ()):
-            self._tracked[transfer].add(key)
+            if self.carries(transfer, key):
+                self._tracked[transfer].add(key)
 
     def _track(self, transfer: Transfer) -> None:
         if transfer not in self._tracked:
@@ -210,7 +221,9 @@ class PartitionTransfers:
                                                self.config.limits.max_message_bytes // 2)
                 if not rows:
                     break
-                await self._send(transfer, rows, progress)
+                mine = [row for row in rows if self.carries(transfer, row[0])]  # this transfer's n
+                if mine:
+                    await self._send(transfer, mine, progress)
                 cursor = self._cursor[transfer] = rows[-1][0]
             progress.state = "delta"
         for _ in range(MAX_DELTA_PASSES):
@@ -309,17 +322,37 @@ class PartitionTransfers:
             progress.state = "done"
             progress.finished = self.env.wall()
             self.completed += 1
-            if self.cluster.is_member and not self.cluster.state.is_replica(self.name, transfer.partition) \
-                    and not self.tracking(transfer.partition):
-                dropped = await self._drop_partition(transfer.partition)
+            if self.cluster.is_member and not self.cluster.state.is_replica(
+                    self.name, transfer.partition, transfer.n or None) and (
+                    # with buckets a drop takes only this transfer's n: other transfers of the
+                    # partition (other n) carry disjoint keys
+                    self.cluster.state.buckets or not self.tracking(transfer.partition)):
+                dropped = await self._drop_partition(transfer)
                 log.info("partition %d handed off to %s; dropped %d local objects",
                          transfer.partition, transfer.target, dropped)
         # a transfer reported but forgotten by a newer state (re-planned): report again
         for transfer in [t for t in self._reported if t in state.transfers and t.source == self.name]:
             await self._report(transfer)
 
-    async def _drop_partition(self, partition: int) -> int:
+    def _gone(self, transfer: Transfer, key: bytes) -> bool:
+        """A key of the handed-off partition this node no longer replicates (for its n)."""
+        state = self.cluster.state
+        n = state.buckets.n_of(key, state.ring.n)
+        return n is not None and n == (transfer.n or state.ring.n) and not state.is_replica(
+            self.name, transfer.partition, n)
+
+    async def _drop_partition(self, transfer: Transfer) -> int:
+        partition = transfer.partition
         total = 0
+        state = self.cluster.state
+        if state.buckets:  # only the keys of this transfer's n moved away
+            after: bytes | None = b""
+            while after is not None:
+                dropped, after = self.store.drop_rows_where(
+                    partition, after, 1000, lambda key: self._gone(transfer, key))
+                total += dropped
+                await asyncio.sleep(0)
+            return total
         while True:
             dropped = self.store.drop_partition_rows(partition, limit=1000)
             total += dropped

@@ -52,7 +52,8 @@ class KvAdmin:
     def routing_table(self) -> RoutingTable:
         limits = self.config.limits
         return RoutingTable(ring=self.cluster.ring, r=self.config.r, w=self.config.w,
-                            max_key_bytes=limits.max_key_bytes, max_value_bytes=limits.max_value_bytes)
+                            max_key_bytes=limits.max_key_bytes, max_value_bytes=limits.max_value_bytes,
+                            buckets=self.cluster.state.buckets)
 
     def handle_ping(self, responder: Responder, req: Request) -> None:
         ring = self.cluster.ring
@@ -82,9 +83,10 @@ class KvAdmin:
 
     def handle_inspect(self, responder: Responder, req: Request) -> None:
         """What this node holds for one key, and which hints it keeps for it (dynq inspect)."""
-        key = fields.key(req.body, self.config.limits)
+        key, props = fields.bucket_key(req.body, self.config.limits, self.cluster.state.buckets)
         responder.ok({"ob": self.storage.get_blob(key), "hints": self.storage.hints_for_key(key),
-                      "partition": self.cluster.ring.partition_for(key)})
+                      "partition": self.cluster.ring.partition_for(key),
+                      "n": self.cluster.ring.n if props is None else props.n})
 
     def handle_backup(self, responder: Responder, req: Request) -> None:
         """Copy the database, consistently and online, to a file on this node's machine."""

@@ -14,6 +14,7 @@ its verbs are the bound methods of the local replica, the peer link and the loop
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from typing import Any, Callable
@@ -21,9 +22,18 @@ from typing import Any, Callable
 from dynq_client import protocol as p
 from dynq_client.errors import DynqError, InternalError, InvalidRequest, StorageError, Unavailable, ValueTooLarge
 from dynq_client.health import sloppy_targets
-from dynq_client.protocol import Reply, Request, reply_error
+from dynq_client.protocol import Limits, Reply, Request, reply_error
 from dynq_client.ring import PreferenceList
-from dynq_client.versions import VersionedObject, decode_context, decode_object, encode_object, merge
+from dynq_client.buckets import MARK, BucketProps
+from dynq_client.versions import (
+    VersionedObject,
+    decode_context,
+    decode_object,
+    encode_object,
+    last_write_wins,
+    merge,
+    merge_clocks,
+)
 
 from ..config import NodeConfig
 from ..env import SYSTEM, Env
@@ -67,6 +77,7 @@ class KvService:
         self.fetch = peers.fetch
         self.call_later = loop.call_later
         self.is_up = peers.is_up
+        self._limits_of: dict[int, Limits] = {}  # a bucket's max_siblings -> its Limits, made once
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -81,6 +92,17 @@ class KvService:
 
     # --- Replicas: what the coordinators call besides the bound verbs ---------------------------
 
+    def _bucket_limits(self, props: BucketProps | None) -> Limits:
+        """The limits a write of this bucket is checked against (its own max_siblings)."""
+        if props is None or props.max_siblings is None:
+            return self.limits
+        limits = self._limits_of.get(props.max_siblings)
+        if limits is None:
+            limits = self._limits_of[props.max_siblings] = dataclasses.replace(
+                self.limits, max_siblings=min(props.max_siblings, self.limits.max_siblings),
+                sibling_warn=min(self.limits.sibling_warn, props.max_siblings))
+        return limits
+
     def read_repair(self, key: bytes, merged: VersionedObject, stale: list[str]) -> None:
         blob = encode_object(merged)
         for target in stale:
@@ -93,26 +115,33 @@ class KvService:
     # --- reads ---------------------------------------------------------------------------------
 
     def handle_get(self, responder: Responder, req: Request) -> None:
-        key = fields.key(req.body, self.limits)
+        key, props = fields.bucket_key(req.body, self.limits, self.cluster.state.buckets)
         if req.body.get("local") is True:  # a client coordinating the read itself
             responder.ok({"ob": self.storage.get_blob(key)})
             return
-        r = fields.quorum(req.body, "r", self.config.r, self.cluster.ring.n)
+        if props is None:
+            r = fields.quorum(req.body, "r", self.config.r, self.cluster.ring.n)
+        else:
+            r = fields.quorum(req.body, "r", props.r, props.n)
 
         def outcome(obj: VersionedObject | None, error: DynqError | None) -> None:
             if error is not None:
                 responder.fail(error)
             else:
+                if obj is not None and props is not None and props.lww:
+                    obj = last_write_wins(obj)
                 responder.ok({"ob": None if obj is None else encode_object(obj)})
 
-        self._coordinate_get(key, r, fields.deadline_s(req.body, self.config.request_timeout_ms), outcome)
+        self._coordinate_get(key, r, fields.deadline_s(req.body, self.config.request_timeout_ms), outcome, props)
 
     def _coordinate_get(self, key: bytes, r: int, timeout: float,
-                        outcome: Callable[[VersionedObject | None, DynqError | None], None]) -> None:
+                        outcome: Callable[[VersionedObject | None, DynqError | None], None],
+                        props: BucketProps | None = None) -> None:
         ring = self.cluster.ring
-        plist = ring.preference_list_for(key)
+        n = ring.n if props is None else props.n
+        plist = ring.preference_list_for(key, n)
         primaries = plist.primaries
-        names = [name for name, _ in sloppy_targets(primaries, plist.fallbacks, ring.n, self.is_up)]
+        names = [name for name, _ in sloppy_targets(primaries, plist.fallbacks, n, self.is_up)]
         if len(names) < r:  # too few look healthy: ask the primaries anyway, and say why they failed
             names += [name for name in primaries if name not in names]
         GetCoordinator(self, key, names, min(r, len(names)), timeout, outcome, primaries).start()
@@ -120,21 +149,22 @@ class KvService:
     # --- writes --------------------------------------------------------------------------------
 
     def handle_put(self, responder: Responder, req: Request) -> None:
-        key = fields.key(req.body, self.limits)
+        key, props = fields.bucket_key(req.body, self.limits, self.cluster.state.buckets)
         value = p.get_bytes(req.body, "v")
         assert value is not None
         if len(value) > self.limits.max_value_bytes:
             raise ValueTooLarge(f"value is {len(value)} bytes; the limit is {self.limits.max_value_bytes}")
         context = decode_context(p.get_bytes(req.body, "ctx", required=False), self.limits)
-        self._write(responder, req, key, value, context)
+        self._write(responder, req, key, value, context, props)
 
     def handle_delete(self, responder: Responder, req: Request) -> None:
-        key = fields.key(req.body, self.limits)
+        key, props = fields.bucket_key(req.body, self.limits, self.cluster.state.buckets)
         raw_context = p.get_bytes(req.body, "ctx", required=False)
         if raw_context:
-            self._write(responder, req, key, None, decode_context(raw_context, self.limits))
+            self._write(responder, req, key, None, decode_context(raw_context, self.limits), props)
             return
-        if self._forward_if_not_primary(responder, req, self.cluster.ring.preference_list_for(key)):
+        n = None if props is None else props.n
+        if self._forward_if_not_primary(responder, req, self.cluster.ring.preference_list_for(key, n)):
             return
         # No context: read the key first and delete what the read saw, as Riak does.
         def after_read(obj: VersionedObject | None, error: DynqError | None) -> None:
@@ -143,10 +173,10 @@ class KvService:
             elif obj is None or obj.is_tombstone:
                 responder.ok({"found": False})
             else:
-                guarded(responder, self._write, responder, req, key, None, dict(obj.clock))
+                guarded(responder, self._write, responder, req, key, None, dict(obj.clock), props)
 
-        self._coordinate_get(key, self.config.r, fields.deadline_s(req.body, self.config.request_timeout_ms),
-                             after_read)
+        self._coordinate_get(key, self.config.r if props is None else props.r,
+                             fields.deadline_s(req.body, self.config.request_timeout_ms), after_read, props)
 
     def _forward_if_not_primary(self, responder: Responder, req: Request, plist: PreferenceList) -> bool:
         """Writes are coordinated by a primary of the key, so that only the N replicas (not
@@ -188,23 +218,31 @@ class KvService:
         return True
 
     def _write(self, responder: Responder, req: Request, key: bytes, value: bytes | None,
-               context: dict[str, int]) -> None:
+               context: dict[str, int], props: BucketProps | None = None) -> None:
         cluster = self.cluster
         ring = cluster.ring
-        plist = ring.preference_list_for(key)
+        if props is None:
+            n, plist = ring.n, ring.preference_list_for(key)
+            w = fields.quorum(req.body, "w", self.config.w, n)
+            pw = p.get_int(req.body, "pw", lo=0, hi=n, default=0) or 0
+        else:
+            n, plist = props.n, ring.preference_list_for(key, props.n)
+            w = fields.quorum(req.body, "w", props.w, n)
+            pw = p.get_int(req.body, "pw", lo=0, hi=n, default=props.pw) or 0
         if self._forward_if_not_primary(responder, req, plist):
             return
-        targets = choose_targets(self.name, plist.primaries, plist.fallbacks, ring.n, self.is_up)
-        w = fields.quorum(req.body, "w", self.config.w, ring.n)
-        pw = p.get_int(req.body, "pw", lo=0, hi=ring.n, default=0) or 0
+        targets = choose_targets(self.name, plist.primaries, plist.fallbacks, n, self.is_up)
         storage = self.storage
         local = storage.current(key)
+        if props is not None and props.lww and local is not None:
+            context = merge_clocks(context, local.clock)  # last write wins: supersede all we know
         forgotten = storage.is_forgotten(key)
         plan = plan_write(
-            targets=targets, fallbacks=plist.fallbacks, pending=cluster.state.pending_replicas(plist.partition),
+            targets=targets, fallbacks=plist.fallbacks,
+            pending=cluster.state.pending_replicas(plist.partition, None if props is None else n),
             is_up=self.is_up, down=self.peers.down, local=local, context=context,
             actor=actor_for(self.actor, local, forgotten, storage.next_dot), value=value,
-            now_ms=self.wall_ms(), w=w, limits=self.limits,
+            now_ms=self.wall_ms(), w=w, limits=self._bucket_limits(props),
             many_siblings=functools.partial(self._many_siblings, key),
         )
         outcome = responder.outcome
@@ -229,11 +267,16 @@ class KvService:
     # --- replica-facing ------------------------------------------------------------------------
 
     def handle_replica_get(self, responder: Responder, req: Request) -> None:
-        responder.ok({"ob": self.storage.get_blob(fields.key(req.body, self.limits))})
+        responder.ok({"ob": self.storage.get_blob(fields.storage_key(req.body, self.limits))})
 
     def handle_replica_put(self, responder: Responder, req: Request) -> None:
-        if req.op == p.OP_READ_REPAIR:
+        body = req.body
+        if req.op == p.OP_READ_REPAIR:  # from a client: a key of a bucket, not a storage key
             self.stats.read_repairs_received += 1
+            raw = body.get("k")
+            if "bk" in body or (isinstance(raw, bytes) and raw[:2] == MARK):
+                key, _ = fields.bucket_key(body, self.limits, self.cluster.state.buckets)
+                body = dict(body, k=key)
 
         def committed(error: StorageError | None) -> None:
             if error is not None:
@@ -241,7 +284,7 @@ class KvService:
             else:
                 responder.ok({})
 
-        self._apply_replica_put(req.body, committed)
+        self._apply_replica_put(body, committed)
 
     def handle_replica_put_batch(self, responder: Responder, req: Request) -> None:
         items = req.body.get("items")
@@ -270,22 +313,30 @@ class KvService:
 
     def _apply_replica_put(self, body: dict[str, Any], done: CommitCallback) -> None:
         """Merge a replica's object into ours; ``done`` runs after the commit."""
-        key = fields.key(body, self.limits)
+        key = fields.storage_key(body, self.limits)
         blob = p.get_bytes(body, "ob")
         assert blob is not None
         hint_for = p.get_str(body, "h", required=False)
         cluster = self.cluster
         if hint_for is not None and hint_for not in cluster.member_names:
             raise InvalidRequest(f"hint names {hint_for!r:.64}, which is not a member")
+        state = cluster.state
+        props = state.buckets.props_of(key) if key[:1] == b"\x00" else None
         if hint_for is None:
             partition = cluster.ring.partition_for(key)
-            if not cluster.state.is_replica(self.name, partition):
+            # n of the key's bucket; a bucket this node has not heard of yet (gossip lags)
+            # is kept as if this node were a replica: the bucket's existence is news to it,
+            # the write is not.
+            n = state.buckets.n_of(key, cluster.ring.n)
+            if n is not None and not state.is_replica(self.name, partition, n):
                 # Sent by a node routing by an older ring: keep it, and hand it on like a
                 # fallback's write, to the key's replicas as this node knows them.
                 self.stats.stray_writes += 1
-                hint_for = cluster.ring.preference_list(partition).primaries[0]
+                hint_for = cluster.ring.preference_list(partition, n).primaries[0]
         incoming = decode_object(blob, self.limits)
         merged = merge(self.storage.current(key), incoming)
+        if props is not None and props.lww:
+            merged = last_write_wins(merged)
         # Staged even when nothing changed, so the ack waits for any staged write of the key.
         merged_blob = blob if merged == incoming else encode_object(merged)
         self.local.stage_local(key, merged, merged_blob, done, hint_for)

@@ -89,7 +89,7 @@ def members_view(state: ClusterState, stats: Mapping[str, Answer], observer: str
 
 def transfers_view(state: ClusterState, replies: Mapping[str, Answer]) -> dict[str, Any]:
     """The pending transfers (the cluster state's), each with its source's progress."""
-    progress: dict[tuple[int, str, str], dict[str, Any]] = {}
+    progress: dict[tuple[int, str, str, int], dict[str, Any]] = {}  # n: 0 for the ring's, else a bucket's
     unreachable: dict[str, str] = {}
     for name, answer in sorted(replies.items()):
         if isinstance(answer, Exception):
@@ -97,9 +97,9 @@ def transfers_view(state: ClusterState, replies: Mapping[str, Answer]) -> dict[s
             continue
         for pr in answer.get("progress", []):
             t = pr.get("t") or [0, "", ""]
-            progress[(int(t[0]), str(t[1]), str(t[2]))] = pr
+            progress[(int(t[0]), str(t[1]), str(t[2]), int(t[3]) if len(t) > 3 else 0)] = pr
     rows = []
-    pending = {(t.partition, t.source, t.target) for t in state.transfers}
+    pending = {(t.partition, t.source, t.target, t.n) for t in state.transfers}
     for key in sorted(pending | set(progress)):
         pr = progress.get(key)
         total = int(pr.get("total", 0)) if pr else 0
@@ -115,6 +115,8 @@ def transfers_view(state: ClusterState, replies: Mapping[str, Answer]) -> dict[s
             "last_error": pr.get("last_error") if pr else unreachable.get(key[1]),
             "started": pr.get("started") if pr else None, "finished": pr.get("finished") if pr else None,
         }
+        if key[3]:  # a transfer of the keys of buckets with another n (see cluster.membership.Transfer)
+            row["n"] = key[3]
         if not row["pending"] and row["state"] == "done" and (time.time() - (row["finished"] or 0)) > 600:
             continue  # finished more than 10 minutes ago: history, not news
         rows.append(row)

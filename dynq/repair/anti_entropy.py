@@ -105,10 +105,10 @@ class AntiEntropy:
                 continue
             partition = partitions[self._next % len(partitions)]
             self._next += 1
-            plist = self.cluster.ring.preference_list(partition)
+            primaries = self.trees.primaries(partition)
             # Every primary reaps only through a pass that reached all of them, so one is enough.
             # (An exception ends the loop; the node's service group restarts it, at the next partition.)
-            await self.repair_partition(partition, reap=plist.primaries[0] == self.name)
+            await self.repair_partition(partition, reap=primaries[0] == self.name)
 
     # --- a repair pass ------------------------------------------------------------------
 
@@ -116,7 +116,7 @@ class AntiEntropy:
         """Exchange ``partition`` with every other primary (B, C, B: everyone ends with the
         union), then reap tombstones if every primary was reached."""
         trees = self.trees
-        primaries = self.cluster.ring.preference_list(partition).primaries
+        primaries = trees.primaries(partition)  # of the partition, for the tree's n
         if self.name not in primaries:
             raise InvalidRequest(f"{self.name} is not a primary of partition {partition} (primaries: {list(primaries)})")
         if self._slots is None:
@@ -169,8 +169,11 @@ class AntiEntropy:
             log.info("anti-entropy: partition %d: %d keys repaired (%d sent, %d received, %d bytes)",
                      partition, len(total.repaired), total.keys_sent, total.keys_received,
                      total.bytes_sent + total.bytes_received)
+        home, n = trees.split(partition)
         return {
-            "partition": partition,
+            "partition": home,
+            "n": n,
+            "tree": partition,  # tree id: the partition, or partition + q * n for a bucket's other n
             "complete": complete,
             "skipped": skipped,
             "failed": failed,
@@ -198,7 +201,7 @@ class AntiEntropy:
                       if not self.storage.hints_for_key(k)]
         if not candidates:
             return 0
-        primaries = set(self.cluster.ring.preference_list(partition).primaries)
+        primaries = set(trees.primaries(partition))
         others = [m.name for m in self.cluster.state.members if m.name != self.name]
         keys = [k for k, _ in candidates]
         st = ExchangeStats()

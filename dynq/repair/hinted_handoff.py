@@ -69,10 +69,11 @@ class HintedHandoff:
         it) to the key's replicas now, so the write is not stranded on this node."""
         state = self.cluster.state
         partition = state.ring.partition_for(key)
-        if state.is_replica(target, partition):
+        n = state.buckets.n_of(key, state.ring.n)
+        if n is None or state.is_replica(target, partition, n):  # n None: a bucket not heard of yet
             return [target]
-        replicas = list(state.ring.preference_list(partition).primaries)
-        replicas += [x for x in state.pending_replicas(partition) if x not in replicas]
+        replicas = list(state.ring.preference_list(partition, n).primaries)
+        replicas += [x for x in state.pending_replicas(partition, n) if x not in replicas]
         return [x for x in replicas if x != self.name]
 
     async def replay_batch(self, target: str) -> int:
@@ -95,7 +96,9 @@ class HintedHandoff:
         for key, seq, blob, futures in pending:
             outcomes = await asyncio.gather(*futures, return_exceptions=True)
             if not any(isinstance(outcome, BaseException) for outcome in outcomes):
-                replica_here = cluster.state.is_replica(self.name, cluster.ring.partition_for(key))
+                state = cluster.state
+                n = state.buckets.n_of(key, state.ring.n)
+                replica_here = n is None or state.is_replica(self.name, state.ring.partition_for(key), n)
                 if storage.hint_delivered(target, key, seq, blob, drop_copy=not replica_here):
                     delivered += 1
                     self.replayed += 1

@@ -32,6 +32,8 @@ from .trees import PartitionTrees
 
 log = logging.getLogger(__name__)
 
+MAX_TREE_N = 1024  # bound of the n in a tree id a peer may name (no cluster has more members)
+
 REAP_BATCH = 1000  # tombstones considered per reap round
 
 
@@ -61,7 +63,8 @@ class TreeServer:
         }
 
     def partition_field(self, body: dict[str, Any], tracked: bool = True) -> int:
-        partition = p.get_int(body, "p", lo=0, hi=self.cluster.ring.q - 1)
+        # a tree id: the partition, or partition + q * n for a bucket's other n (see trees.py)
+        partition = p.get_int(body, "p", lo=0, hi=self.cluster.ring.q * (MAX_TREE_N + 1) - 1)
         if partition is None:
             raise InvalidRequest("missing field 'p'")
         if tracked and not self.trees.is_tracked(partition):

@@ -1,6 +1,15 @@
 """The node's Merkle trees: one per partition it is a primary of, kept current on every
 commit, persisted with the objects, and verifiable against the data.
 
+**Per (partition, n).** Buckets have their own replication factor, so the keys of one
+partition are replicated by different nodes depending on their bucket's n. A tree covers
+exactly the keys a set of primaries replicates: one tree per (partition, n) this node is
+a primary of, as Riak's AAE did. Its id (:func:`dynq_client.buckets.tree_id`) is the
+partition for the ring's own n (the default bucket and every bucket of the same n: the
+trees of a database from before buckets keep their ids and leaves), and
+``partition + q * n`` for other n; the ``partition`` columns below hold tree ids. Keys of
+a bucket this node has not heard of yet get no leaf until verification finds them.
+
 Persistence is one row per key, written in the *same transaction* as the object::
 
     ae_leaves(partition, segment, key, h, tomb_ms)   -- h = leaf_hash(key, object bytes)
@@ -39,6 +48,7 @@ from typing import TYPE_CHECKING, Callable
 import apsw
 import msgpack
 
+from dynq_client.buckets import EMPTY_BUCKETS, Buckets, tree_id, tree_split
 from dynq_client.ring import key_hash
 from dynq_client.versions import VersionedObject
 
@@ -110,12 +120,16 @@ class PartitionTrees:
     """Leaves and trees of the partitions this node is a primary of."""
 
     def __init__(self, storage: Storage, name: str, ring: Callable[[], Ring],
-                 segments: int = SEGMENTS, fanout: int = FANOUT, wall_ms: Callable[[], int] | None = None) -> None:
+                 segments: int = SEGMENTS, fanout: int = FANOUT, wall_ms: Callable[[], int] | None = None,
+                 buckets: Callable[[], Buckets] = lambda: EMPTY_BUCKETS) -> None:
         self.storage = storage
         self._now_ms = wall_ms or _now_ms  # the wall clock (the environment's)
         self.conn: apsw.Connection = storage.conn
         self.name = name
         self._ring = ring  # the node's current ring (it may change while we run)
+        self._buckets = buckets  # the cluster's buckets (their n decides a key's tree)
+        self._buckets_seen: Buckets | None = None  # buckets for which _tracked was computed
+        self._ns_seen: set[int] = set()  # the n values those buckets use (and the ring's)
         self.segments, self.fanout = segments, fanout
         self.conn.execute(_SCHEMA)
         self.trees: dict[int, Tree] = {}  # partition -> loaded tree (lazily)
@@ -126,7 +140,7 @@ class PartitionTrees:
         ):
             self.info[int(p)] = PartitionInfo(int(verified), int(exchanged), int(repaired), float(build))
         self._ring_seen: Ring | None = None  # ring for which _tracked was computed
-        self._tracked: list[bool] = []  # partition -> this node is one of its primaries
+        self._tracked: set[int] = set()  # tree ids (partition, n) this node is a primary of
         self._partition_bits = 0
         self.verifying: set[int] = set()  # partitions being verified now
         self.fixed_by_verify = 0  # leaf rows verification had to correct (total)
@@ -138,30 +152,61 @@ class PartitionTrees:
                 for p in self.tracked_partitions():
                     self.info.setdefault(p, PartitionInfo()).verified_ms = now
                     self._save(p)
+        self._refresh()  # the n values in use now: only those that appear later start verified
         storage.observer = self.observe
 
     # --- which partitions --------------------------------------------------------------
 
-    def _refresh(self) -> list[bool]:
+    def _refresh(self) -> set[int]:
         ring = self._ring()
-        if ring is not self._ring_seen:
-            self._ring_seen = ring
-            self._tracked = [self.name in ring.preference_list(p).primaries for p in range(ring.q)]
-            self._partition_bits = ring.q.bit_length() - 1
+        buckets = self._buckets()
+        if ring is not self._ring_seen or buckets is not self._buckets_seen:
+            self._ring_seen, self._buckets_seen = ring, buckets
+            q = ring.q
+            ns = buckets.ns(ring.n)
+            # An n no bucket used before (a bucket just created) has no keys yet: its trees
+            # start verified (empty) instead of waiting for a rebuild on every primary.
+            new_ns = set(ns) - self._ns_seen if self._ns_seen else set()
+            self._ns_seen = set(ns)
+            self._tracked = {tree_id(q, ring.n, p, n) for n in ns for p in range(q)
+                             if self.name in ring.preference_list(p, n).primaries}
+            if new_ns:
+                now = _now_ms()
+                for tid in sorted(self._tracked):
+                    if tid not in self.info and tree_split(q, ring.n, tid)[1] in new_ns:
+                        self.info[tid] = PartitionInfo(verified_ms=now)
+                        self._save(tid)
+            self._partition_bits = q.bit_length() - 1
             for p in list(self.trees):
-                if not self._tracked[p]:
+                if p not in self._tracked:
                     del self.trees[p]
             for p, info in self.info.items():  # leaves of a partition we left go stale: verify again
-                if p >= ring.q or not self._tracked[p]:
+                if p not in self._tracked:
                     info.verified_ms = 0
         return self._tracked
 
     def tracked_partitions(self) -> list[int]:
-        return [p for p, mine in enumerate(self._refresh()) if mine]
+        """The tree ids this node keeps, ascending (the ring's n first: ids below q)."""
+        return sorted(self._refresh())
 
     def is_tracked(self, partition: int) -> bool:
-        tracked = self._refresh()
-        return 0 <= partition < len(tracked) and tracked[partition]
+        return partition in self._refresh()
+
+    def split(self, tid: int) -> tuple[int, int]:
+        """(partition, n) of a tree id."""
+        ring = self._ring()
+        return tree_split(ring.q, ring.n, tid)
+
+    def primaries(self, tid: int) -> tuple[str, ...]:
+        """The nodes that keep tree ``tid``: the primaries of its partition for its n."""
+        partition, n = self.split(tid)
+        return self._ring().preference_list(partition, n).primaries
+
+    def tree_of(self, key: bytes, partition: int) -> int | None:
+        """The tree id of a key of ``partition`` (None: a bucket not known here yet)."""
+        ring = self._ring()
+        n = self._buckets().n_of(key, ring.n)
+        return None if n is None else tree_id(ring.q, ring.n, partition, n)
 
     def segment(self, key: bytes) -> int:
         self._refresh()
@@ -180,8 +225,14 @@ class PartitionTrees:
         rows: list[tuple[int, int, bytes, bytes, int]] = []
         deltas: list[tuple[int, int, bytes, int]] = []
         bits, segments = self._partition_bits, self.segments
-        mine = [(partition, segment_of(key_hash(key), bits, segments), key, obj, blob)
-                for key, (partition, obj, blob) in staged.items() if tracked[partition]]
+        buckets = self._buckets_seen
+        if buckets:  # some keys may belong to trees of another n
+            mine = [(tid, segment_of(key_hash(key), bits, segments), key, obj, blob)
+                    for key, (partition, obj, blob) in staged.items()
+                    if (tid := self.tree_of(key, partition)) is not None and tid in tracked]
+        else:  # no buckets: every tree id is its partition (the old, cheapest path)
+            mine = [(partition, segment_of(key_hash(key), bits, segments), key, obj, blob)
+                    for key, (partition, obj, blob) in staged.items() if partition in tracked]
         if not mine:
             return None
         # The old leaf hashes, in one statement for the whole commit.
@@ -316,15 +367,17 @@ class PartitionTrees:
         self.verifying.add(partition)
         start = time.perf_counter()
         fixed = 0
+        home, _n = self.split(partition)  # the objects' partition (the tree id may be of another n)
         try:
             cursor = b""
             while True:  # 1. every object has the right leaf
                 rows = [(bytes(k), bytes(o)) for k, o in self.conn.execute(
                     "SELECT key, obj FROM objects WHERE partition = ? AND key > ? ORDER BY key LIMIT ?",
-                    (partition, cursor, slice_rows))]
+                    (home, cursor, slice_rows))]
                 if not rows:
                     break
                 cursor = rows[-1][0]
+                rows = [(k, o) for k, o in rows if self.tree_of(k, home) == partition]  # this tree's keys
                 fixed += self._verify_objects(partition, rows)
                 await asyncio.sleep(0)
             seg_cursor, key_cursor = -1, b""
@@ -337,7 +390,7 @@ class PartitionTrees:
                 seg_cursor, key_cursor = leaves[-1][0], leaves[-1][1]
                 have = {bytes(k) for (k,) in self.conn.executemany(
                     "SELECT key FROM objects WHERE key = ? AND partition = ?",
-                    [(key, partition) for _, key, _ in leaves])}
+                    [(key, home) for _, key, _ in leaves])}
                 orphans = [(partition, seg, key, hash_int(h)) for seg, key, h in leaves if key not in have]
                 if orphans:
                     self._drop(orphans)

@@ -134,6 +134,9 @@ class PartitionStore(Protocol):
 
     def drop_partition_rows(self, partition: int, limit: int) -> int: ...
 
+    def drop_rows_where(self, partition: int, after: bytes, limit: int,
+                        drop: Callable[[bytes], bool]) -> tuple[int, bytes | None]: ...
+
     def get_blob(self, key: bytes) -> bytes | None: ...
 
 

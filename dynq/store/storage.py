@@ -257,6 +257,23 @@ class Storage:
             rows.append((bytes(key), bytes(blob)))
         return rows
 
+    def range_rows(self, partition: int, lo: bytes, hi: bytes | None, after: bytes | None,
+                   limit: int) -> list[tuple[bytes, bytes]]:
+        """Committed (key, object) rows of ``partition`` with ``lo <= key < hi`` (no upper
+        bound for None) and ``key > after``, in key order, at most ``limit``: one bucket's
+        rows, read through the (partition, key) index, so the cost follows that bucket's
+        keys, not the partition's."""
+        start = lo if after is None or after < lo else after
+        op = ">" if after is not None and after >= lo else ">="
+        if hi is None:
+            sql = f"SELECT key, obj FROM objects WHERE partition = ? AND key {op} ? ORDER BY key LIMIT ?"
+            args: tuple[object, ...] = (partition, start, limit)
+        else:
+            sql = (f"SELECT key, obj FROM objects WHERE partition = ? AND key {op} ? AND key < ? "
+                   "ORDER BY key LIMIT ?")
+            args = (partition, start, hi, limit)
+        return [(bytes(k), bytes(v)) for k, v in self.conn.execute(sql, args)]
+
     def drop_partition_rows(self, partition: int, limit: int) -> int:
         """Delete up to ``limit`` objects of a partition this node handed off; keys with
         hints stay (they are a fallback's copies, governed by their hints)."""
@@ -268,6 +285,25 @@ class Storage:
                 self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
                 self.forget(key)
         return len(keys)
+
+    def drop_rows_where(self, partition: int, after: bytes, limit: int,
+                        drop: Callable[[bytes], bool]) -> tuple[int, bytes | None]:
+        """Scan up to ``limit`` objects of ``partition`` after key ``after`` and delete
+        those ``drop`` selects (never keys with hints: a fallback's copies). Returns how
+        many were deleted and the last key scanned (None: the partition is done). Used
+        when only some of a partition's keys moved away (buckets of another n)."""
+        with self.conn:
+            rows = [bytes(k) for (k,) in self.conn.execute(
+                "SELECT o.key FROM objects o WHERE o.partition = ? AND o.key > ? "
+                "AND NOT EXISTS (SELECT 1 FROM hints h WHERE h.key = o.key) ORDER BY o.key LIMIT ?",
+                (partition, after, limit))]
+            dropped = 0
+            for key in rows:
+                if drop(key):
+                    self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
+                    self.forget(key)
+                    dropped += 1
+        return dropped, (rows[-1] if len(rows) == limit else None)
 
     # --- keys whose copy this node dropped -------------------------------------------------
 

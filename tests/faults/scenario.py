@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Callable
 
 from dynq_client import Client, DynqError
+from dynq_client import buckets as b
 from dynq_client.versions import decode_object, encode_object
 
 from .checker import Verdict, check_convergence, check_hints_drained, check_set_adds, check_siblings
 from .cluster import FaultCluster
 from .nemesis import Nemesis, Schedule
-from .workloads import Workload, decode_set
+from .workloads import Workload, decode_set, split_key
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ def run_scenario(
     faulty: tuple[float, float] = (4.0, 10.0),
     extra_checks: Callable[[FaultCluster, Client, Workload, Result], None] | None = None,
     before_check: Callable[[FaultCluster], None] | None = None,
+    buckets: dict[str, int] | None = None,
 ) -> Result:
     t0 = time.monotonic()
     rng = random.Random(f"{seed}/{name}")
@@ -113,7 +115,17 @@ def run_scenario(
     try:
         cluster.start_all()
         cluster.wait_ready(timeout=60)
-        workload = Workload(workload_kind, cluster.seeds, random.Random(rng.getrandbits(64)), duration=duration)
+        if buckets:  # made through the claimant; every node knows them before the workload starts
+            with Client(cluster.seeds, timeout=10.0) as client:
+                for name, n in buckets.items():
+                    client.call("n1", "bucket_create", {"name": name, "props": {"n": n}})
+                for member in cluster.nodes:
+                    if not wait_for(f"{member} to know the buckets", lambda member=member: all(
+                            name in client.call(member, "cluster_state")["state"].get("buckets", {})
+                            for name in buckets), timeout=30):
+                        result.problems.append(f"{member} never learned the buckets")
+        workload = Workload(workload_kind, cluster.seeds, random.Random(rng.getrandbits(64)), duration=duration,
+                            buckets=tuple(buckets or ()))
         nemesis = make_nemesis(cluster)
         schedule = Schedule(nemesis, random.Random(rng.getrandbits(64)), duration, quiet, faulty)
         workload.start()
@@ -182,11 +194,14 @@ def heal_and_check(cluster: FaultCluster, workload: Workload, history: object, r
 
 
 def merkle_roots(client: Client, timeout: float) -> dict[str, dict[str, bytes | None]]:
-    """Per partition, each primary's Merkle root, once they agree (bounded): a partition
-    whose roots differ gets a repair pass (anti-entropy, as `dynq repair` runs it) and is
-    looked at again. Returns the last roots seen, for the convergence check."""
+    """Per tree (partition, and n of buckets), each primary's Merkle root, once they agree
+    (bounded): a tree whose roots differ gets a repair pass (anti-entropy, as `dynq repair`
+    runs it) and is looked at again. Returns the last roots seen, for the convergence check."""
+    client.refresh()
     assert client.table is not None
     ring = client.table.ring
+    trees = [(b.tree_id(ring.q, ring.n, p, n), ring.preference_list(p, n).primaries, f"partition {p}"
+              + ("" if n == ring.n else f" n={n}")) for n in client.table.buckets.ns(ring.n) for p in range(ring.q)]
     views: dict[str, dict[str, bytes | None]] = {}
     deadline = time.monotonic() + timeout
     while True:
@@ -198,12 +213,11 @@ def merkle_roots(client: Client, timeout: float) -> dict[str, dict[str, bytes | 
             except DynqError:
                 roots[member.name] = {}
         differing = []
-        for partition in range(ring.q):
-            primaries = ring.preference_list(partition).primaries
-            view = {node: roots[node].get(partition) for node in primaries}
-            views[f"partition {partition}"] = view
+        for tid, primaries, label in trees:
+            view = {node: roots[node].get(tid) for node in primaries}
+            views[label] = view
             if len(set(view.values())) > 1:
-                differing.append((partition, primaries[0]))
+                differing.append((tid, primaries[0]))
         if not differing or time.monotonic() > deadline:
             return views
         for partition, node in differing:
@@ -224,18 +238,30 @@ def converge(client: Client, keys: list[str], timeout: float) -> tuple[dict[str,
     last_read: dict[str, list[bytes]] = {}  # for keys that never converge: what a quorum read says
     todo = list(keys)
     deadline = time.monotonic() + timeout
+    def where(key: str) -> tuple[str | None, bytes, int, tuple[str, ...]]:
+        """bucket, key, n and primaries of a history key name"""
+        assert client.table is not None
+        bucket, raw = split_key(key)
+        props = client.table.buckets.get(bucket) if bucket else None
+        n = ring.n if props is None else props.n
+        skey = b.storage_key(bucket or b.DEFAULT, raw.encode())
+        return bucket, raw.encode(), n, ring.preference_list_for(skey, n).primaries
+
     while todo and time.monotonic() < deadline:
         for key in list(todo):
+            bucket, raw, n, _ = where(key)
             try:
-                last_read[key] = client.get(key, r=ring.n).values
+                last_read[key] = client.get(raw, r=n, bucket=bucket).values
             except DynqError:
                 continue
         time.sleep(0.3)  # read repair is sent after the last replica answered
         for key in list(todo):
             view: dict[str, bytes | None] = {}
-            for node in ring.preference_list_for(key.encode()).primaries:
+            bucket, raw, n, primaries = where(key)
+            body = {"k": raw} if bucket is None else {"k": raw, "bk": bucket}
+            for node in primaries:
                 try:
-                    blob = client.call(node, "inspect", {"k": key.encode()})["ob"]
+                    blob = client.call(node, "inspect", body)["ob"]
                 except DynqError as exc:
                     view[node] = f"unreachable: {exc}".encode()
                     continue

@@ -10,6 +10,9 @@ loop in a driver thread) writing to a few dozen keys and recording every operati
 * ``cycle``: read, then write a new value or delete with the read's context: write /
   delete / rewrite cycles on every key.
 Every value is unique (worker, counter), which is what lets the checkers tell writes apart.
+
+With ``buckets``, the keys are spread over those buckets and named ``BUCKET/KEY`` in the
+history (each bucket has its own n, quorums and replicas).
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from dataclasses import dataclass, field
 from dynq_client import AsyncClient, DynqError
 
 from .history import FAIL, OK, History
+
+
+def split_key(name: str) -> tuple[str | None, str]:
+    """(bucket, key) of a history key name (``BUCKET/KEY``, or ``KEY`` in the default bucket)."""
+    bucket, sep, key = name.partition("/")
+    return (bucket, key) if sep else (None, name)
 
 
 def encode_set(elements: set[int]) -> bytes:
@@ -44,6 +53,7 @@ class Workload:
     duration: float = 60.0
     max_ops: int = 100_000  # per worker: a bound even if time misbehaves
     timeout: float = 2.0  # client timeout per operation
+    buckets: tuple[str, ...] = ()  # spread the keys over these buckets ("" : the default bucket only)
     history: History = field(default_factory=History)
     error: BaseException | None = None
     _elements: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -52,6 +62,8 @@ class Workload:
 
     @property
     def key_names(self) -> list[str]:
+        if self.buckets:
+            return [f"{self.buckets[i % len(self.buckets)]}/{self.kind}-{i}" for i in range(self.keys)]
         return [f"{self.kind}-{i}" for i in range(self.keys)]
 
     def start(self) -> None:
@@ -105,7 +117,7 @@ class Workload:
         element = next(self._elements)
         op = self.history.invoke(process, "add", key, element)
         try:
-            got = await db.get(key)
+            got = await db.get(split_key(key)[1], bucket=split_key(key)[0])
         except DynqError as exc:
             self.history.complete(op, FAIL, error=f"read: {exc}"[:300])  # nothing was written
             return
@@ -113,7 +125,8 @@ class Workload:
         for value in got.values:
             seen |= decode_set(value)
         try:
-            await db.put(key, encode_set(seen | {element}), context=got.context)
+            await db.put(split_key(key)[1], encode_set(seen | {element}), context=got.context,
+                         bucket=split_key(key)[0])
         except DynqError as exc:
             self.history.fail_or_unknown(op, exc)
             op.result = frozenset(seen)
@@ -123,7 +136,7 @@ class Workload:
     async def _read(self, db: AsyncClient, process: int, key: str) -> tuple[list[bytes], bytes] | None:
         op = self.history.invoke(process, "read", key)
         try:
-            got = await db.get(key)
+            got = await db.get(split_key(key)[1], bucket=split_key(key)[0])
         except DynqError as exc:
             self.history.complete(op, FAIL, error=str(exc)[:300])
             return None
@@ -136,7 +149,8 @@ class Workload:
         covers = [v.decode() for v in read[0]] if read else []
         op = self.history.invoke(process, "put", key, value, covers)
         try:
-            await db.put(key, value.encode(), context=read[1] if read else None)
+            await db.put(split_key(key)[1], value.encode(), context=read[1] if read else None,
+                         bucket=split_key(key)[0])
         except DynqError as exc:
             self.history.fail_or_unknown(op, exc)
             return
@@ -159,7 +173,7 @@ class Workload:
         if read[0] and rng.random() < 0.5:
             op = self.history.invoke(process, "delete", key, None, [v.decode() for v in read[0]])
             try:
-                await db.delete(key, context=read[1])
+                await db.delete(split_key(key)[1], context=read[1], bucket=split_key(key)[0])
             except DynqError as exc:
                 self.history.fail_or_unknown(op, exc)
                 return

@@ -37,6 +37,7 @@ ALLOWED = {
     "dynq/ops/stats.py": {"time.time"},  # only as the default of the injected wall clock
     "dynq/repair/trees.py": {"time.time"},  # _now_ms, only the default of the injected wall_ms
     "dynq/repair/exchange.py": {"time.monotonic"},  # only the default of RateLimiter's injected clock
+    "dynq/kv/listing.py": {"time.monotonic"},  # only the default of the listing Pacer's injected clock
     # the HTTP admin API and console: off unless http_port is set (never in the simulation, like
     # the metrics server); wall-clock stamps for display only (merged from main, not yet routed)
     "dynq/ops/admin_api.py": {"time.time"},
