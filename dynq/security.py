@@ -88,10 +88,22 @@ class KeyRing:
     peers: frozenset[bytes] = frozenset()
     clients: frozenset[bytes] = frozenset()
     loaded_at: float = 0.0  # monotonic time of the last reload
+    loaded_dirs: tuple[int, ...] = ()  # the directories' mtimes (ns) just before the last reload
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # loop and ZAP thread both reload
+
+    def _dir_mtimes(self) -> tuple[int, ...]:
+        """A file added, replaced or removed in a key directory changes its mtime."""
+        out = []
+        for d in (self.peer_dir, self.client_dir, self.registered_dir):
+            try:
+                out.append(d.stat().st_mtime_ns if d is not None else 0)
+            except OSError:
+                out.append(-1)
+        return tuple(out)
 
     def reload(self) -> None:
         with self._lock:
+            self.loaded_dirs = self._dir_mtimes()
             peers = read_key_dir(self.peer_dir)
             if self.registered_dir is not None and self.registered_dir.is_dir():
                 peers |= read_key_dir(self.registered_dir)
@@ -103,8 +115,11 @@ class KeyRing:
             log.info("allowed keys: %d peers, %d clients", len(self.peers), len(self.clients))
 
     def reload_if_stale(self, min_interval_s: float = RELOAD_ON_UNKNOWN_KEY_S) -> None:
-        """Re-read the directories unless that was done less than ``min_interval_s`` ago."""
-        if time.monotonic() - self.loaded_at >= min_interval_s:
+        """Re-read the directories if one changed since the last reload (a key file copied in
+        a moment after this node started must count at its first knock: a peer whose
+        handshake was refused does not always try again), and otherwise at most every
+        ``min_interval_s`` (a key file edited in place leaves its directory's mtime alone)."""
+        if self._dir_mtimes() != self.loaded_dirs or time.monotonic() - self.loaded_at >= min_interval_s:
             self.reload()
 
     def register(self, name: str, public: bytes) -> Path:
