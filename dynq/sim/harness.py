@@ -375,11 +375,12 @@ class Simulation:
         error: str | None = None
         verdicts: list[Verdict] = []
         handler = _ErrorLog()
-        dynq_log = logging.getLogger("dynq")
-        dynq_log.addHandler(handler)
-        old_level, old_propagate = dynq_log.level, dynq_log.propagate
-        dynq_log.setLevel(logging.WARNING)
-        dynq_log.propagate = False
+        loggers = [logging.getLogger("dynq"), logging.getLogger("dynq_client")]  # the node's and the client's
+        saved = [(lg, lg.level, lg.propagate) for lg in loggers]
+        for lg in loggers:
+            lg.addHandler(handler)
+            lg.setLevel(logging.WARNING)
+            lg.propagate = False
         from .mutations import MUTATIONS
         mutation = MUTATIONS[self.options.mutation] if self.options.mutation else None
         try:
@@ -399,9 +400,10 @@ class Simulation:
         finally:
             if mutation is not None:
                 mutation.revert()
-            dynq_log.removeHandler(handler)
-            dynq_log.setLevel(old_level)
-            dynq_log.propagate = old_propagate
+            for lg, level, propagate in saved:
+                lg.removeHandler(handler)
+                lg.setLevel(level)
+                lg.propagate = propagate
         trace_hash = self.loop.trace_hash()
         result = Result(self.options.seed, self.options, verdicts, trace_hash, self.loop.time() - 1000.0,
                         time.perf_counter() - started, self.loop.trace_events, dict(sorted(self.fault_counts.items())),
@@ -431,6 +433,10 @@ class Simulation:
                 self.problems.append(f"workload crashed: {type(exc).__name__}: {exc}")
         await self._settle()
         await self._liveness()
+        grace = dict(self.options.knobs).get("ae_tombstone_grace_s", 86400)
+        if grace < 3600:  # a quiet spell past the grace: the reaper runs, then the replicas must agree again
+            await asyncio.sleep(grace + 5.0)
+            await self._settle()
 
     # --- workload -------------------------------------------------------------------------
 
