@@ -8,6 +8,9 @@ import random
 import threading
 from pathlib import Path
 
+import pytest
+from dynq_client.errors import StorageError
+
 from dynq.env import SYSTEM, Env
 from dynq.sim.disk import SimDisk
 from dynq.sim.loop import SimLoop
@@ -68,10 +71,6 @@ def test_a_meta_write_on_a_full_disk_raises_storage_error(tmp_path: Path) -> Non
     """Regression (found by `dynq sim`, a full disk): a cluster state pulled by gossip could
     not be persisted and apsw.FullError escaped a reply callback; set_meta now raises the
     node's StorageError (liveness logs it and retries at the next heartbeat)."""
-    import pytest
-
-    from dynq_client.errors import StorageError
-
     disk = SimDisk("simdisk-test-full", 1)
     try:
         storage = Storage(tmp_path / "dynq.db", vfs=disk.name)
