@@ -728,6 +728,8 @@ class AsyncClient:
         """Every replica answered (late ones too): push the merge to the stale primaries."""
         if tally.state is not QuorumState.SUCCEEDED or tally.merged is None:
             return
+        if self._mux is None:  # closed meanwhile: its close failed the late replicas' requests
+            return
         stale = [name for name in tally.stale_replicas() if name in primaries]
         if not stale:
             return

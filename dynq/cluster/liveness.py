@@ -15,7 +15,7 @@ import logging
 from typing import Callable
 
 from dynq_client import protocol as p
-from dynq_client.errors import DynqError
+from dynq_client.errors import DynqError, StorageError
 from dynq_client.health import Health, PeerState
 from dynq_client.protocol import Reply
 
@@ -141,6 +141,9 @@ class Liveness:
             except MembershipError as exc:
                 log.warning("%s sent an unusable cluster state: %s", peer, exc)
                 return
-            self.cluster.offer(state, f"gossip from {peer}")
+            try:
+                self.cluster.offer(state, f"gossip from {peer}")
+            except StorageError as exc:  # not persisted, so not adopted: the next heartbeat retries
+                log.warning("cannot adopt the cluster state from %s: %s", peer, exc)
 
         self.peers.request(peer, p.OP_CLUSTER_STATE, {}, STATE_TIMEOUT_S, got)

@@ -154,12 +154,16 @@ class Storage:
         return None
 
     def set_meta(self, name: str, value: bytes) -> None:
-        with self.conn:
-            self.conn.execute(
-                "INSERT INTO meta(name, value) VALUES(?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                (name, value),
-            )
+        """Raises :class:`StorageError` if the write cannot commit (disk full, I/O error)."""
+        try:
+            with self.conn:
+                self.conn.execute(
+                    "INSERT INTO meta(name, value) VALUES(?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    (name, value),
+                )
+        except apsw.Error as exc:
+            raise StorageError(f"cannot store {name!r}: {exc}") from exc
 
     # --- hints ------------------------------------------------------------------------
 

@@ -27,8 +27,9 @@ SEEDS = int(os.environ.get("DYNQ_SIM_SEEDS", "300"))
 BUDGET_S = float(os.environ.get("DYNQ_SIM_BUDGET_S", "420"))
 JOBS = int(os.environ.get("DYNQ_SIM_JOBS", "2"))
 MIN_SEEDS = 20  # fewer in the budget: the simulator (or the machine) is too slow to trust the batch
-COVERED = ("hinted_writes", "hints_replayed", "read_repairs", "ae_keys_repaired", "commit_failures")
-"""Node paths that must fire somewhere in a batch of MIN_SEEDS or more."""
+COVERED = ("hinted_writes", "hints_replayed", "read_repairs", "ae_keys_repaired", "commit_failures",
+           "tombstones_reaped", "membership_changes", "wipes")
+"""Node paths (and harness faults) that must fire somewhere in a batch of MIN_SEEDS or more."""
 
 pytestmark = pytest.mark.sim
 

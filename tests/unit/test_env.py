@@ -8,6 +8,9 @@ import random
 import threading
 from pathlib import Path
 
+import pytest
+from dynq_client.errors import StorageError
+
 from dynq.env import SYSTEM, Env
 from dynq.sim.disk import SimDisk
 from dynq.sim.loop import SimLoop
@@ -62,3 +65,21 @@ def test_checkpointer_off_leaves_sqlite_to_checkpoint(tmp_path: Path) -> None:
     storage.start_checkpointer(100, 1024 * 1024, "off")
     assert storage.checkpointer is None
     storage.close()
+
+
+def test_a_meta_write_on_a_full_disk_raises_storage_error(tmp_path: Path) -> None:
+    """Regression (found by `dynq sim`, a full disk): a cluster state pulled by gossip could
+    not be persisted and apsw.FullError escaped a reply callback; set_meta now raises the
+    node's StorageError (liveness logs it and retries at the next heartbeat)."""
+    disk = SimDisk("simdisk-test-full", 1)
+    try:
+        storage = Storage(tmp_path / "dynq.db", vfs=disk.name)
+        disk.capacity = disk.used()
+        with pytest.raises(StorageError):
+            storage.set_meta("cluster", b"x" * 100_000)
+        disk.capacity = None
+        storage.set_meta("cluster", b"y")
+        assert storage.get_meta("cluster") == b"y"
+        storage.close()
+    finally:
+        disk.unregister()
