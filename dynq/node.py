@@ -228,6 +228,7 @@ class Node:
         group.add("transfers", parts.transfers.run, restart_delay_s=RETRY_MAX_S)
         group.add("anti-entropy", parts.anti_entropy.run)
         group.add("console history", parts.admin_api.run_history)
+        group.add("key count", functools.partial(_count_keys, self.storage, lambda: self.cluster.ring.q))
         try:
             http_server = await start_admin_api(parts.admin_api)
         except OSError as exc:
@@ -306,6 +307,16 @@ class Node:
             self.config, self.actor, self.started, self.stats, self.storage, self.cluster, parts.server, parts.peers,
             self.health, parts.liveness, parts.handoff, parts.transfers, parts.anti_entropy, self.env.wall,
         ))
+
+
+KEY_COUNT_STEP_S = 0.25
+"""A large store's key count refreshes one partition per step (Q=64: every 16 s)."""
+
+
+async def _count_keys(storage: Storage, partitions: Callable[[], int]) -> None:
+    while True:
+        await asyncio.sleep(KEY_COUNT_STEP_S)
+        storage.count_step(partitions())
 
 
 async def _watchdog(interval: float) -> None:

@@ -146,7 +146,7 @@ class PartitionTrees:
         self.fixed_by_verify = 0  # leaf rows verification had to correct (total)
         epoch = storage.get_meta("reap_epoch")
         self.reap_epoch = int(epoch) if epoch else 0  # reap rounds that deleted something, ever
-        if storage.count() == 0:  # a new (or emptied) database: nothing to verify
+        if storage.is_empty():  # a new (or emptied) database: nothing to verify
             now = self._now_ms()
             with self.conn:  # one commit, not one per partition
                 for p in self.tracked_partitions():

@@ -48,6 +48,12 @@ CommitCallback = Callable[[StorageError | None], None]
 
 DOT_LEASE = 10_000
 
+KEY_COUNT_EXACT_BELOW = 100_000
+"""Below this many objects :meth:`Storage.count` counts them (a few ms at most); from it up,
+the count is a tally refreshed one partition at a time by :meth:`Storage.count_step`: a
+``count(*)`` of 10M rows holds the event loop for ~0.2 s, and stats (the CLI, the console
+every few seconds, metrics) ask for it."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     key BLOB PRIMARY KEY,
@@ -71,7 +77,8 @@ class Storage:
     """The node's object store with group commit. Single-threaded: call from the loop only."""
 
     def __init__(self, path: Path, *, synchronous: str = "full", limits: Limits = DEFAULT_LIMITS,
-                 vfs: str | None = None, token_hex: Callable[[int], str] = secrets.token_hex) -> None:
+                 vfs: str | None = None, token_hex: Callable[[int], str] = secrets.token_hex,
+                 count_exact_below: int = KEY_COUNT_EXACT_BELOW) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.limits = limits  # the node's limits: objects it accepted must always decode again
@@ -99,6 +106,9 @@ class Storage:
         self.observer: Callable[[apsw.Connection, dict[bytes, tuple[int, VersionedObject, bytes]]],
                                 Callable[[], None] | None] | None = None
         self.checkpointer: Checkpointer | None = None
+        self.count_exact_below = count_exact_below
+        self._tally: dict[int, int] | None = None  # partition -> objects, once the store is large
+        self._tally_cursor = 0  # the partition count_step() counts next
 
     def start_checkpointer(self, interval_ms: int, wal_limit_bytes: int, mode: str = "thread") -> None:
         """Move WAL checkpoints off the committing (event-loop) thread; see checkpointer.py.
@@ -329,9 +339,34 @@ class Storage:
             self.conn.execute("DELETE FROM forgotten WHERE key = ?", (key,))
 
     def count(self) -> int:
+        """Objects stored: exact below ``count_exact_below``; from there up, the tally of
+        :meth:`count_step` (each partition's count as of its last refresh)."""
+        if self._tally is not None:
+            return sum(self._tally.values())
+        n = 0
         for (n,) in self.conn.execute("SELECT count(*) FROM objects"):
-            return int(n)
-        return 0
+            break
+        if n >= self.count_exact_below:  # large: one count per partition now, then a partition per step
+            self._tally = {int(p): int(c) for p, c in self.conn.execute(
+                "SELECT partition, count(*) FROM objects GROUP BY partition")}
+        return int(n)
+
+    def is_empty(self) -> bool:
+        return not any(True for _ in self.conn.execute("SELECT 1 FROM objects LIMIT 1"))
+
+    def count_step(self, partitions: int) -> None:
+        """Refresh one of the ``partitions`` (the ring's q) counts in the tally (call it
+        periodically; a no-op while the store is small enough to count exactly). Back to
+        exact counting once it has shrunk to half the threshold."""
+        tally = self._tally
+        if tally is None:
+            return
+        partition = self._tally_cursor % max(1, partitions)
+        self._tally_cursor = partition + 1
+        for (n,) in self.conn.execute("SELECT count(*) FROM objects WHERE partition = ?", (partition,)):
+            tally[partition] = int(n)
+        if partition == 0 and sum(tally.values()) < self.count_exact_below // 2:
+            self._tally = None
 
     def size_bytes(self) -> int:
         total = 0
