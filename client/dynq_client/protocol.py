@@ -23,6 +23,7 @@ by the helpers below before a handler sees it.
 
 from __future__ import annotations
 
+import base64
 import functools
 import reprlib
 from dataclasses import dataclass, field
@@ -249,6 +250,17 @@ _short.maxother = 60
 def short_repr(value: object) -> str:
     """A bounded repr for error messages: safe on values nested a thousand levels deep."""
     return _short.repr(value)
+
+
+def show_bytes(value: bytes) -> str:
+    """A key or value for people: the text if it is printable UTF-8, else ``base64:...``."""
+    try:
+        text = value.decode("utf-8")
+        if text.isprintable():
+            return text
+    except UnicodeDecodeError:
+        pass
+    return "base64:" + base64.b64encode(value).decode()
 
 
 # --- field helpers: every handler validates its body through these -------------------

@@ -3,7 +3,6 @@ an error ends a command."""
 
 from __future__ import annotations
 
-import base64
 import os
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import click
 
 from dynq_client.client import Client
+from dynq_client.protocol import show_bytes
 from dynq_client.security import DEFAULT_KEYS_DIR, CurveKeys
 
 
@@ -61,11 +61,4 @@ def fail(exc: Exception) -> None:
     sys.exit(2)
 
 
-def show_value(value: bytes) -> str:
-    try:
-        text = value.decode("utf-8")
-        if text.isprintable():
-            return text
-    except UnicodeDecodeError:
-        pass
-    return "base64:" + base64.b64encode(value).decode()
+show_value = show_bytes  # keys and values as the CLI prints them

@@ -52,7 +52,7 @@ from typing import Any
 
 from dynq_client import protocol as p
 from dynq_client.errors import DynqError, InvalidRequest, Timeout, Unavailable
-from dynq_client.protocol import Request
+from dynq_client.protocol import Request, show_bytes
 from dynq_client.versions import decode_reply_object
 
 from ..cluster.membership import ClusterState, claimant
@@ -398,14 +398,14 @@ class AdminApi:
                     "clock": obj.clock,
                     "siblings": [{"dot": f"{s.actor}:{s.counter}", "timestamp_ms": s.timestamp_ms,
                                   "tombstone": s.value is None, "bytes": 0 if s.value is None else len(s.value),
-                                  "value": None if s.value is None else _show(s.value)[:200]}
+                                  "value": None if s.value is None else show_bytes(s.value)[:200]}
                                  for s in obj.siblings],
                 }
             rows.append(row)
         primaries = [r for r in rows if r["role"] == "primary"]
         agree_states = {json.dumps(r.get("object"), sort_keys=True) for r in primaries if "error" not in r}
         reachable = all("error" not in r for r in primaries)
-        return {"key": _show(key), "partition": plist.partition, "agree": reachable and len(agree_states) == 1,
+        return {"key": show_bytes(key), "partition": plist.partition, "agree": reachable and len(agree_states) == 1,
                 "disagree": len(agree_states) > 1, "replicas": rows}
 
     # --- change endpoints ------------------------------------------------------------------------
@@ -439,16 +439,6 @@ class AdminApi:
 
     async def post_clear(self, request: HttpRequest) -> Any:
         return await self.op(p.OP_CLUSTER_CLEAR)
-
-
-def _show(value: bytes) -> str:
-    try:
-        text = value.decode("utf-8")
-        if text.isprintable():
-            return text
-    except UnicodeDecodeError:
-        pass
-    return "base64:" + base64.b64encode(value).decode()
 
 
 async def start_admin_api(api: AdminApi) -> asyncio.AbstractServer | None:
