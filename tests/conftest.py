@@ -11,12 +11,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from dynq.localcluster import LocalCluster, free_ports
-from dynq_client import Client
+from dynq_client import Client, DynqError
 
 
 def make_cluster(tmp_path: Path, nodes: int = 3, **kw: object) -> LocalCluster:
@@ -210,3 +210,20 @@ def running_up(cwd: Path, nodes: int = 3, extra: tuple[str, ...] = (),
             process.wait()
         # signal 0: only wait; SIGKILL if it outlived `dynq up`
         up.survivors = [pid for pid in up.node_pids if not stop_pid(pid, 0, timeout=10)]
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2,
+             ignore: tuple[type[BaseException], ...] = (DynqError,)) -> Any:
+    """Poll ``check`` until it returns something truthy and return that; an exception in
+    ``ignore`` counts as "not yet" (a node still restarting). Bounded in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except ignore:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from dynq_client import DynqError, Forbidden
 from dynq.cluster.membership import ClusterState
 from dynq.localcluster import LocalCluster, http_port_of
 from tests.conftest import free_ports, running_cluster
+from tests.conftest import wait_for as wait_for_
 
 pytestmark = pytest.mark.integration
 
@@ -81,18 +81,8 @@ def dynq(cluster: LocalCluster, *args: str, seed: str | None = None, timeout: fl
 
 
 def wait_for(what: str, check: Any, timeout: float = 60.0, interval: float = 0.2) -> Any:
-    """Poll ``check`` until it returns something truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except (DynqError, AssertionError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
+    """The suite's poller; these checks may also assert while the cluster settles."""
+    return wait_for_(what, check, timeout, interval, ignore=(DynqError, AssertionError))
 
 
 @pytest.fixture(scope="module")

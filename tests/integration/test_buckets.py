@@ -26,7 +26,7 @@ from dynq_client import buckets as b
 
 from dynq.cluster.membership import ClusterState
 from dynq.localcluster import LocalCluster
-from tests.conftest import free_ports, make_cluster, wait_known_down, wait_unreachable
+from tests.conftest import free_ports, make_cluster, wait_for, wait_known_down, wait_unreachable
 
 pytestmark = pytest.mark.integration
 
@@ -50,20 +50,6 @@ def dynq(*args: str, seed: str, timeout: float = 60) -> subprocess.CompletedProc
     return subprocess.run([sys.executable, "-m", "dynq", *args, "--seed", seed],
                           capture_output=True, text=True, timeout=timeout)
 
-
-def wait_for(what: str, check: Any, timeout: float = 60.0, interval: float = 0.2) -> Any:
-    """Poll ``check`` until it returns something truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except DynqError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def state_of(client: Client, address: str) -> ClusterState:

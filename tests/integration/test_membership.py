@@ -21,6 +21,7 @@ from dynq.cluster.membership import ClusterState
 from dynq_client import AsyncClient, Client, DynqError, Timeout
 from dynq_client.versions import decode_object, merge
 from tests.conftest import free_ports
+from tests.conftest import wait_for as wait_for_
 
 FAST = """
 [membership]
@@ -39,18 +40,8 @@ def state_of(client: Client, address: str) -> ClusterState:
 
 
 def wait_for(what: str, check: Any, timeout: float = 90.0, interval: float = 0.2) -> Any:
-    """Poll ``check`` until it returns something truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except DynqError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
+    """The suite's poller, with more patience: joins and handoffs take longer."""
+    return wait_for_(what, check, timeout, interval)
 
 
 def converged(client: Client, cluster: LocalCluster, names: list[str]) -> ClusterState | None:
