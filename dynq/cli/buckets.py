@@ -81,13 +81,15 @@ def _default_props(db: Any) -> dict[str, Any]:
 @click.option("--conflict", type=click.Choice(b.CONFLICTS), default=None,
               help="siblings: keep concurrent writes; lww: newest timestamp wins (loses concurrent writes).")
 @click.option("--max-siblings", type=int, default=None, help="Refuse writes past this many siblings.")
+@click.option("--datatype", type=click.Choice(b.DATATYPES), default=None,
+              help="Keys hold this convergent type, merged by the cluster (dynq counter|set|map|register|flag).")
 @seed_option
 @timeout_option
 def create(name: str, n: int | None, r: int | None, w: int | None, pw: int | None, conflict: str | None,
-           max_siblings: int | None, seed: tuple[str, ...], timeout: float) -> None:
+           max_siblings: int | None, datatype: str | None, seed: tuple[str, ...], timeout: float) -> None:
     """Create bucket NAME (at once: every node and client learns it with the cluster state)."""
     props = {k: v for k, v in (("n", n), ("r", r), ("w", w), ("pw", pw), ("conflict", conflict),
-                               ("max_siblings", max_siblings)) if v is not None}
+                               ("max_siblings", max_siblings), ("datatype", datatype)) if v is not None}
     body = _admin(seed, timeout, "bucket_create", {"name": name, "props": props})
     click.echo(("created " if body.get("changed") else "exists: ") + _show(body["bucket"]))
 

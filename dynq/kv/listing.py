@@ -36,6 +36,7 @@ from ..config import NodeConfig
 from ..server.ports import ClusterView, Handler
 from ..server.responder import Responder
 from ..store.storage import Storage
+from .typed_store import is_typed, typed_live
 
 MAX_PAGE = 10_000  # keys per reply at most
 MAX_SCAN = 2_000  # rows read per request at most (tombstones and other partitions' rows count)
@@ -132,7 +133,7 @@ class KeyLister:
                         nbytes += len(blob)
                         start = last = skey
                         try:
-                            live = decode_object(blob, self.config.limits).found
+                            live = typed_live(blob) if is_typed(blob) else decode_object(blob, self.config.limits).found
                         except ProtocolError:
                             live = True  # list what we cannot read: a get will say what is wrong
                         if live:
