@@ -31,6 +31,7 @@ from .errors import (
     UnknownBucket,
     UnknownOp,
     ValueTooLarge,
+    WrongDataType,
 )
 from .listing import KeyPage
 from .security import CurveKeys
@@ -65,4 +66,5 @@ __all__ = [
     "UnknownBucket",
     "UnknownOp",
     "ValueTooLarge",
+    "WrongDataType",
 ]
