@@ -820,7 +820,7 @@ class AsyncClient:
             if op != OP_DELETE:
                 raise WrongDataType(f"bucket {props.name!r} holds {props.datatype}s: write with "
                                     f"db.{props.datatype}({props.name!r}, key), not a plain value")
-            await typed.AsyncTyped(self, props.name, key).delete(w)  # the key's clear, as the node does
+            await typed.handle(self, props.datatype, props.name, key).delete(w)  # the key's clear, as the node does
             return
         if context is not None and not isinstance(context, bytes):
             raise InvalidRequest(f"context must be bytes from a get, got {type(context).__name__}")

@@ -359,3 +359,14 @@ class SyncHandle:
             return out
 
         return call
+
+
+HANDLES: dict[str, type[AsyncTyped]] = {
+    crdt.COUNTER: AsyncCounter, crdt.SET: AsyncSet, crdt.MAP: AsyncMap, crdt.REGISTER: AsyncRegister,
+    crdt.FLAG: AsyncFlag,
+}
+
+
+def handle(client: AsyncClient, kind: str, bucket: str, key: KeyLike) -> AsyncTyped:
+    """The handle class of a data type (for a key whose bucket's type is known)."""
+    return HANDLES[kind](client, bucket, key)

@@ -145,8 +145,8 @@ def test_observed_remove_keeps_a_concurrent_add(db: Client) -> None:
 
 
 def test_a_replica_down_and_back(db: Client, cluster: LocalCluster) -> None:
-    """With n3 down, ops succeed through a fallback's hint; once n3 is back the hint's
-    joined deltas reach it, and every replica ends with the same state."""
+    """With n3 down, ops succeed on the other two replicas (W=2); once n3 is back, a
+    whole read (R=3) joins the three states and repairs n3: every replica ends equal."""
     c, s = db.counter("counters", "outage"), db.set("sets", "outage")
     c.increment(5)
     s.add(b"before")
@@ -162,16 +162,15 @@ def test_a_replica_down_and_back(db: Client, cluster: LocalCluster) -> None:
     cluster.start("n3")
     cluster.wait_ready(["n3"])
     want = {f"during{i}".encode() for i in range(10)}
+    wait_for("a read of all three replicas", lambda: c.value(r=3) == 15 and s.value(r=3) == want)
 
-    def n3_caught_up() -> bool:
+    def repaired() -> bool:
         cs = local_state(db, cluster, "n3", "counters", b"outage")
         ss = local_state(db, cluster, "n3", "sets", b"outage")
         return (cs is not None and crdt.value_of("counter", cs.store) == 15
                 and ss is not None and set(ss.store) == want)
 
-    wait_for("n3 to receive the hinted deltas", n3_caught_up)
-    assert c.value(r=3) == 15
-    assert s.value(r=3) == want
+    wait_for("read repair of n3", repaired)
     states = {crdt.encode_state(st) for n in ("n1", "n2", "n3")
               if (st := local_state(db, cluster, n, "sets", b"outage")) is not None}
     assert len(states) == 1
