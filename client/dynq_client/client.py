@@ -792,6 +792,7 @@ class AsyncClient:
         ttl: int | None = None,
         if_none_match: bool = False,
         if_match: bytes | None = None,
+        r: int | None = None,
     ) -> None:
         """Write ``value``; with the ``context`` of a get it supersedes the siblings that get saw.
 
@@ -804,7 +805,8 @@ class AsyncClient:
         has no live value; ``if_match=context``: only if the key is still the version that
         context was read from. A failed condition raises
         :class:`~dynq_client.errors.PreconditionFailed` (nothing written) with what was
-        found; see docs/design.md for when two conditional puts can both succeed."""
+        found; see docs/design.md for when two conditional puts can both succeed. ``r``:
+        how many replicas the condition's check reads (default: the bucket's R)."""
         extra = _condition_fields(ttl, if_none_match, if_match)
         raw_value = _value_bytes(value)
         await self.connect()
@@ -814,6 +816,11 @@ class AsyncClient:
                 f"value is {len(raw_value)} bytes; the limit is {self.table.max_value_bytes}"
             )
         props = await self._props(bucket) if bucket is not None else None
+        if r is not None:
+            if not (if_none_match or if_match is not None):
+                raise InvalidRequest("r applies to a conditional put (if_none_match or if_match) only")
+            assert self.table is not None
+            extra["r"] = self._quorum(r, 0, props.n if props is not None else self.table.ring.n, "r")
         extra["v"] = raw_value
         await self._write(OP_PUT, key, extra, context, w, pw, props)
 
@@ -919,9 +926,9 @@ class AsyncBucket:
 
     async def put(self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None,
                   pw: int | None = None, *, ttl: int | None = None, if_none_match: bool = False,
-                  if_match: bytes | None = None) -> None:
+                  if_match: bytes | None = None, r: int | None = None) -> None:
         await self.client.put(key, value, context, w, pw, bucket=self.name, ttl=ttl,
-                              if_none_match=if_none_match, if_match=if_match)
+                              if_none_match=if_none_match, if_match=if_match, r=r)
 
     async def delete(self, key: KeyLike, context: bytes | None = None, w: int | None = None,
                      pw: int | None = None) -> None:
@@ -962,9 +969,9 @@ class Bucket:
 
     def put(self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None,
             pw: int | None = None, *, ttl: int | None = None, if_none_match: bool = False,
-            if_match: bytes | None = None) -> None:
+            if_match: bytes | None = None, r: int | None = None) -> None:
         self.client._run(self._async.put(key, value, context, w, pw, ttl=ttl, if_none_match=if_none_match,
-                                         if_match=if_match))
+                                         if_match=if_match, r=r))
 
     def delete(self, key: KeyLike, context: bytes | None = None, w: int | None = None,
                pw: int | None = None) -> None:
@@ -1071,10 +1078,10 @@ class Client:
     def put(
         self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None, pw: int | None = None,
         *, bucket: str | None = None, ttl: int | None = None, if_none_match: bool = False,
-        if_match: bytes | None = None,
+        if_match: bytes | None = None, r: int | None = None,
     ) -> None:
         self._run(self._async.put(key, value, context, w, pw, bucket=bucket, ttl=ttl,
-                                  if_none_match=if_none_match, if_match=if_match))
+                                  if_none_match=if_none_match, if_match=if_match, r=r))
 
     def delete(
         self, key: KeyLike, context: bytes | None = None, w: int | None = None, pw: int | None = None,
