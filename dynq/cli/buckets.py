@@ -184,7 +184,8 @@ def object_line(key: bytes, obj: VersionedObject) -> str:
         "key": base64.b64encode(key).decode(),
         "clock": [[actor, obj.clock[actor]] for actor in sorted(obj.clock)],
         "siblings": [[s.actor, s.counter, s.timestamp_ms,
-                      None if s.value is None else base64.b64encode(s.value).decode()] for s in obj.siblings],
+                      None if s.value is None else base64.b64encode(s.value).decode()]
+                     + ([s.expires_ms] if s.expires_ms else []) for s in obj.siblings],
     }, separators=(",", ":"))
 
 
@@ -193,8 +194,9 @@ def parse_line(line: str, number: int) -> tuple[bytes, VersionedObject]:
         data = json.loads(line)
         key = base64.b64decode(data["key"], validate=True)
         clock = {str(a): int(c) for a, c in data["clock"]}
-        siblings = tuple(Sibling(str(a), int(c), int(ts), None if v is None else base64.b64decode(v, validate=True))
-                         for a, c, ts, v in data["siblings"])
+        siblings = tuple(Sibling(str(a), int(c), int(ts), None if v is None else base64.b64decode(v, validate=True),
+                                 int(rest[0]) if rest else 0)  # the expiry, if it has one
+                         for a, c, ts, v, *rest in data["siblings"])
     except (ValueError, KeyError, TypeError) as exc:
         raise click.ClickException(f"line {number}: not an export line: {exc}") from exc
     return key, VersionedObject(clock, tuple(sorted(siblings, key=lambda s: (s.actor, s.counter))))
