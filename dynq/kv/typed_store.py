@@ -17,7 +17,7 @@ the whole set anyway.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from dynq_client import crdt
 from dynq_client.crdt import SET, State
@@ -28,7 +28,9 @@ from dynq_client.versions import EMPTY
 from ..server.ports import CommitCallback
 from ..store import set_rows
 from ..store.storage import SET_HEADER_PREFIX, TYPED_PREFIX, Storage
-from .local import LocalReplica
+
+if TYPE_CHECKING:
+    from .local import LocalReplica
 
 
 def is_typed(blob: bytes | None) -> bool:

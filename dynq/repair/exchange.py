@@ -7,7 +7,6 @@ See :mod:`dynq.repair.anti_entropy` for the protocol; the answering side is
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -17,8 +16,6 @@ from dynq_client.errors import DynqError, ProtocolError, StorageError, Unavailab
 from dynq_client.protocol import Limits
 from dynq_client.versions import decode_object, encode_object, merge
 
-from ..kv.local import LocalReplica
-from ..kv.typed_store import TypedStore, is_typed
 from ..server.ports import LocalWriter, Peers
 from .merkle import HASH_BYTES, differing_children, diff_keys, hash_int
 from .trees import PartitionTrees
@@ -88,12 +85,6 @@ class Exchanger:
         self.limits = limits
         self.timeout = timeout_s
 
-    @functools.cached_property
-    def typed(self) -> TypedStore:
-        """Typed keys are joined by their type (the node's local writer is a LocalReplica)."""
-        assert isinstance(self.local, LocalReplica)
-        return TypedStore(self.local.storage, self.local, self.limits)
-
     async def exchange(self, partition: int, peer: str) -> ExchangeStats:
         """One exchange of ``partition`` with ``peer``: descend, diff keys, merge both ways."""
         st = ExchangeStats()
@@ -159,8 +150,9 @@ class Exchanger:
             pushes: list[tuple[bytes, bytes]] = []
             for key in chunk:
                 blob = theirs_blobs.get(key)
-                if is_typed(blob) or (blob is None and is_typed(self.typed.storage.dt_raw(key))):
-                    typed_commit, typed_push = self.typed.exchange(key, blob)  # the data type's join
+                typed = local.typed_exchange(key, blob)
+                if typed is not None:  # a data type's key: its join
+                    typed_commit, typed_push = typed
                     if typed_commit is not None:
                         waits.append(typed_commit)
                         st.keys_received += 1
