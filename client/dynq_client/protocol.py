@@ -305,3 +305,4 @@ def get_int(
 OP_DT_UPDATE = "dt_update"
 OP_DT_GET = "dt_get"
 OP_DT_REPLICA_GET = "dt_replica_get"
+OP_DT_STATS = "dt_stats"  # a node's data type counters (admin, benchmarks)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from dynq_client import crdt
 from dynq_client import protocol as p
@@ -36,8 +36,15 @@ from dynq_client.protocol import Limits, Reply, Request
 from dynq_client.quorum import QuorumState, QuorumTally
 from dynq_client.versions import EMPTY, VersionedObject
 
+from dynq_client.ring import PreferenceList
+
+from ..config import NodeConfig
 from ..server import fields
-from ..server.ports import CommitCallback, Handler, ignore_reply
+from ..server.peers import PeerLink
+from ..server.ports import ClusterView, CommitCallback, Handler, ReplyCallback, ignore_reply
+from ..server.stats import Stats
+from ..store.storage import Storage
+from .local import LocalReplica
 from ..server.responder import Responder
 from ..store import set_rows
 from ..store.storage import SET_HEADER_PREFIX
@@ -45,8 +52,37 @@ from .coordinator import PutCoordinator
 from .typed_store import TypedStore
 from .write_plan import actor_for, choose_targets
 
-if TYPE_CHECKING:  # typing only: the service is KvService's peer, not its dependency
-    from .service import KvService
+
+
+class KvPorts(Protocol):
+    """What the data type service needs of the KV service (which owns it)."""
+
+    name: str
+    actor: str
+    limits: Limits
+    cluster: ClusterView
+    config: NodeConfig
+    storage: Storage
+    local: LocalReplica
+    peers: PeerLink
+    stats: Stats
+
+    def wall_ms(self) -> int: ...
+
+    def replicate(self, target: str, key: bytes, blob: bytes, hint: str | None, timeout_s: float,
+                  done: ReplyCallback) -> None: ...
+
+    def fetch(self, target: str, key: bytes, timeout_s: float, done: ReplyCallback) -> None: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
+
+    def read_local(self, key: bytes) -> bytes | None: ...
+
+    def is_up(self, peer: str) -> bool: ...
+
+    def read_repair(self, key: bytes, merged: VersionedObject, stale: list[str]) -> None: ...
+
+    def _forward_if_not_primary(self, responder: Responder, req: Request, plist: PreferenceList) -> bool: ...
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +117,7 @@ def _op_elements(kind: str, op: list[Any]) -> list[bytes] | None:
 class _TypedReplicas:
     """What a PutCoordinator needs, with the local write being a join of the delta."""
 
-    def __init__(self, kv: KvService, store: TypedStore, delta: State) -> None:
+    def __init__(self, kv: KvPorts, store: TypedStore, delta: State) -> None:
         self.name = kv.name
         self.limits = kv.limits
         self.replicate = kv.replicate
@@ -100,9 +136,9 @@ class _TypedReplicas:
 class DataTypeService:
     """Handlers of ``dt_update``, ``dt_get`` and ``dt_replica_get``."""
 
-    def __init__(self, kv: KvService) -> None:
+    def __init__(self, kv: KvPorts) -> None:
         self.kv = kv
-        self.store = TypedStore(kv.storage, kv.local, kv.limits)
+        self.store: TypedStore = kv.local.typed  # one per node: the local replica's
         self.limits: Limits = kv.limits
         self.updates = 0  # ops coordinated here
         self.delta_bytes = 0  # bytes of deltas sent to replicas (the benchmark's per-add cost)
@@ -112,7 +148,14 @@ class DataTypeService:
             p.OP_DT_UPDATE: self.handle_update,
             p.OP_DT_GET: self.handle_get,
             p.OP_DT_REPLICA_GET: self.handle_replica_get,
+            p.OP_DT_STATS: self.handle_stats,
         }
+
+    def handle_stats(self, responder: Responder, req: Request) -> None:
+        """This node's data type counters (benchmarks, tests): ops coordinated, delta bytes
+        sent to replicas, set element rows written by joins."""
+        responder.ok({"updates": self.updates, "delta_bytes": self.delta_bytes,
+                      "rows_written": self.store.rows_written})
 
     # --- updates -------------------------------------------------------------------------------
 

@@ -17,20 +17,26 @@ the whole set anyway.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Protocol
 
 from dynq_client import crdt
 from dynq_client.crdt import SET, State
 from dynq_client.errors import StorageError, WrongDataType
 from dynq_client.protocol import Limits
-from dynq_client.versions import EMPTY
+from dynq_client.versions import EMPTY, VersionedObject
 
 from ..server.ports import CommitCallback
 from ..store import set_rows
 from ..store.storage import SET_HEADER_PREFIX, TYPED_PREFIX, Storage
 
-if TYPE_CHECKING:
-    from .local import LocalReplica
+
+class Local(Protocol):
+    """This node's local writer (:class:`dynq.kv.local.LocalReplica`, which owns the store)."""
+
+    max_hints: int
+
+    def stage_local(self, key: bytes, obj: VersionedObject, blob: bytes, done: CommitCallback,
+                    hint_for: str | None = None) -> None: ...
 
 
 def is_typed(blob: bytes | None) -> bool:
@@ -48,7 +54,7 @@ def typed_live(blob: bytes) -> bool:
 class TypedStore:
     """Typed states in this node's storage (call from the loop only)."""
 
-    def __init__(self, storage: Storage, local: LocalReplica, limits: Limits) -> None:
+    def __init__(self, storage: Storage, local: Local, limits: Limits) -> None:
         self.storage = storage
         self.local = local
         self.limits = limits

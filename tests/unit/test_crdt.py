@@ -61,7 +61,7 @@ def same(a: State, b: State) -> bool:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_join_is_commutative_associative_idempotent(kind: str, data: st.DataObject) -> None:
     """The three laws on states reached by real ops, for every type."""
@@ -73,7 +73,7 @@ def test_join_is_commutative_associative_idempotent(kind: str, data: st.DataObje
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_replicas_converge_whatever_the_delivery_order(kind: str, data: st.DataObject) -> None:
     """Every replica that joins the same deltas, in any order and duplicated, ends equal
@@ -93,7 +93,7 @@ def test_replicas_converge_whatever_the_delivery_order(kind: str, data: st.DataO
         assert crdt.value_of(kind, replica.store) == crdt.value_of(kind, join(replica, full).store)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(data=st.data())
 def test_context_stays_compact(data: st.DataObject) -> None:
     """Once every delta has arrived the cloud is empty: no per-element tombstones remain."""
