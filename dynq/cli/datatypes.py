@@ -9,11 +9,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import asyncio
+import base64
+import json
+from typing import IO, Any, Callable, Iterable
 
 import click
 
-from dynq_client.errors import DynqError
+from dynq_client import crdt, typed
+from dynq_client.buckets import BucketProps, storage_key
+from dynq_client.client import AsyncClient
+from dynq_client.errors import DynqError, WrongDataType
+from dynq_client.protocol import OP_READ_REPAIR
 
 from .common import connect, fail, seed_option, show_value, timeout_option
 
@@ -233,3 +240,65 @@ def flag_get(bucket: str, key: str, seed: tuple[str, ...], timeout: float) -> No
 
 
 COMMANDS = (counter, set_, map_, register, flag)
+
+
+# --- export / import of typed buckets (dynq export / dynq import) ------------------------------
+
+
+async def export_typed(db: AsyncClient, props: BucketProps, out: IO[str], concurrency: int,
+                       header: dict[str, Any]) -> int:
+    """Every non-empty key of a typed bucket as ``{"key", "state"}`` lines: the whole
+    joined state (context included), so an import joins it and removals stay removed."""
+    out.write(json.dumps({**header, "datatype": props.datatype}) + "\n")
+    assert props.datatype is not None
+    limit = asyncio.Semaphore(concurrency)
+    count = 0
+
+    async def fetch(key: bytes) -> crdt.State:
+        async with limit:
+            return await typed.handle(db, props.datatype or "", props.name, key).state()
+
+    async for page in db.bucket(props.name).key_pages(page_size=500):
+        states = await asyncio.gather(*(fetch(k) for k in page.keys))
+        for key, state in zip(page.keys, states):
+            if not crdt.is_bottom(state.store):  # cleared since it was listed: nothing to export
+                out.write(json.dumps({"key": base64.b64encode(key).decode(),
+                                      "state": base64.b64encode(crdt.encode_state(state)).decode()},
+                                     separators=(",", ":")) + "\n")
+                count += 1
+    return count
+
+
+async def import_typed(db: AsyncClient, lines: Iterable[str], target: str, kind: str,
+                       concurrency: int) -> tuple[int, int]:
+    """Join each exported state into its key of bucket ``target`` (of the same type) on
+    every primary, as read repair does. Returns (keys stored, keys some primary missed)."""
+    props = await db.bucket(target).props()
+    if props is None or props.datatype != kind:
+        raise WrongDataType(f"the export holds {kind}s; bucket {target!r} does not (create it with --datatype {kind})")
+    table = db.table
+    assert table is not None
+    limit = asyncio.Semaphore(concurrency)
+    done = failed = 0
+
+    async def store(number: int, line: str) -> None:
+        nonlocal done, failed
+        try:
+            data = json.loads(line)
+            key = base64.b64decode(data["key"], validate=True)
+            blob = base64.b64decode(data["state"], validate=True)
+            if crdt.decode_state(blob).kind != kind:
+                raise ValueError(f"not a {kind}")
+        except (ValueError, KeyError, TypeError, DynqError) as exc:
+            raise click.ClickException(f"line {number}: not a {kind} export line: {exc}") from exc
+        plist = table.ring.preference_list_for(storage_key(target, key), props.n)
+        async with limit:
+            outcomes = await asyncio.gather(*(db.call(name, OP_READ_REPAIR, {"k": key, "bk": target, "ob": blob})
+                                              for name in plist.primaries), return_exceptions=True)
+        if any(isinstance(o, BaseException) for o in outcomes):
+            failed += 1
+        else:
+            done += 1
+
+    await asyncio.gather(*(store(n, line) for n, line in enumerate(lines, start=2) if line.strip()))
+    return done, failed

@@ -241,3 +241,28 @@ def test_the_cli(cluster: LocalCluster) -> None:
     assert dynq("flag", "get", "flags", "cli").strip() == "true"
     dynq("register", "assign", "registers", "cli", "v1")
     assert dynq("register", "get", "registers", "cli").strip() == "v1"
+
+
+def test_export_and_import_of_a_typed_bucket(db: Client, cluster: LocalCluster, tmp_path: Any) -> None:
+    """dynq export of a set bucket writes its states; dynq import joins them into another
+    set bucket (removed elements stay removed)."""
+    for i in range(3):
+        db.set("sets", f"exp{i}").add(b"a", b"b")
+    h = db.set("sets", "exp0")
+    h.value()
+    h.remove(b"b")
+    db.call("n1", "bucket_create", {"name": "sets2", "props": {"datatype": "set"}})
+    seed = cluster.seeds[0]
+    path = tmp_path / "sets.jsonl"
+    run = [sys.executable, "-m", "dynq"]
+    out = subprocess.run(run + ["export", "sets", "--out", str(path), "--seed", seed], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run(run + ["import", str(path), "--bucket", "sets2", "--seed", seed], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    db.refresh()
+    assert db.set("sets2", "exp0").value() == {b"a"}
+    assert db.set("sets2", "exp2").value() == {b"a", b"b"}
+    with pytest.raises(WrongDataType):
+        db.counter("sets2", "x").value()
