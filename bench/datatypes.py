@@ -74,8 +74,9 @@ async def set_sizes(db: AsyncClient, nodes: list[str], sizes: list[int], adds: i
     return rows
 
 
-async def rate(db: AsyncClient, kind: str, seconds: float, in_flight: int = 32) -> float:
-    """Ops/s of 32 workers: counter increments on 64 keys, or plain puts of 100 bytes."""
+async def rate(db: AsyncClient, kind: str, seconds: float, run: int, in_flight: int = 32) -> float:
+    """Ops/s of 32 workers: counter increments on 64 keys, or plain puts of 100 bytes to
+    new keys (blind puts to a few keys would pile up siblings)."""
     done = 0
     deadline = time.perf_counter() + seconds
     counters = [db.counter("counters", f"c{i}") for i in range(64)]
@@ -87,7 +88,7 @@ async def rate(db: AsyncClient, kind: str, seconds: float, in_flight: int = 32) 
             if kind == "counter":
                 await counters[i % 64].increment()
             else:
-                await db.put(b"p%d" % (i % 64), b"x" * 100, bucket="plain")
+                await db.put(b"p%d-%d" % (run, i), b"x" * 100, bucket="plain")
             done += 1
             i += in_flight
 
@@ -103,9 +104,9 @@ async def main_async(cluster: LocalCluster, args: argparse.Namespace) -> None:
         await db.refresh()
         await set_sizes(db, list(cluster.nodes), [int(s) for s in args.sizes.split(",")], args.adds)
         results: dict[str, list[float]] = {"counter": [], "put": []}
-        for _ in range(args.runs):
+        for run in range(args.runs):
             for kind in ("counter", "put"):
-                results[kind].append(await rate(db, kind, args.seconds))
+                results[kind].append(await rate(db, kind, args.seconds, run))
                 print(f"  {kind:<8} {results[kind][-1]:8.0f} ops/s", flush=True)
         c, p = statistics.median(results["counter"]), statistics.median(results["put"])
         print(f"32 in flight, medians of {args.runs}: counter increments {c:.0f}/s, plain puts {p:.0f}/s "

@@ -1092,20 +1092,20 @@ class Client:
         return Bucket(self, name)
 
     # data types: the async handles' verbs, run on this client's loop (see dynq_client.typed)
-    def counter(self, bucket: str, key: KeyLike) -> typed.SyncHandle:
-        return typed.SyncHandle(self._async.counter(bucket, key), self._run)
+    def counter(self, bucket: str, key: KeyLike) -> typed.Counter:
+        return typed.Counter(self._async.counter(bucket, key), self._run)
 
-    def set(self, bucket: str, key: KeyLike) -> typed.SyncHandle:
-        return typed.SyncHandle(self._async.set(bucket, key), self._run)
+    def set(self, bucket: str, key: KeyLike) -> typed.Set:
+        return typed.Set(self._async.set(bucket, key), self._run)
 
-    def map(self, bucket: str, key: KeyLike) -> typed.SyncHandle:
-        return typed.SyncHandle(self._async.map(bucket, key), self._run)
+    def map(self, bucket: str, key: KeyLike) -> typed.Map:
+        return typed.Map(self._async.map(bucket, key), self._run)
 
-    def register(self, bucket: str, key: KeyLike) -> typed.SyncHandle:
-        return typed.SyncHandle(self._async.register(bucket, key), self._run)
+    def register(self, bucket: str, key: KeyLike) -> typed.Register:
+        return typed.Register(self._async.register(bucket, key), self._run)
 
-    def flag(self, bucket: str, key: KeyLike) -> typed.SyncHandle:
-        return typed.SyncHandle(self._async.flag(bucket, key), self._run)
+    def flag(self, bucket: str, key: KeyLike) -> typed.Flag:
+        return typed.Flag(self._async.flag(bucket, key), self._run)
 
     def get(self, key: KeyLike, r: int | None = None, *, bucket: str | None = None) -> GetResult:
         return self._run(self._async.get(key, r, bucket=bucket))

@@ -330,35 +330,178 @@ class MapField:
 
 # --- the synchronous handles: the same verbs on the Client's private loop ---------------------------
 
+Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
-class SyncHandle:
+
+class _Sync:
     """Runs an async handle's coroutines on the synchronous client's loop."""
 
-    def __init__(self, handle: Any, run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
-        self._handle = handle
+    def __init__(self, handle: AsyncTyped, run: Runner) -> None:
+        self._h = handle
         self._run = run
 
     @property
     def context(self) -> bytes | None:
-        ctx: bytes | None = getattr(self._handle, "context", None)
-        return ctx
+        """The causal context of the last read (sent with removals)."""
+        return self._h.context
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._handle, name)
-        if isinstance(attr, (MapField,)):
-            return SyncHandle(attr, self._run)
-        if not callable(attr):
-            return attr
+    def state(self, r: int | None = None) -> crdt.State:
+        result: crdt.State = self._run(self._h.state(r))
+        return result
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            out = attr(*args, **kwargs)
-            if asyncio.iscoroutine(out):
-                return self._run(out)
-            if isinstance(out, MapField):
-                return SyncHandle(out, self._run)
-            return out
+    def delete(self, w: int | None = None) -> None:
+        self._run(self._h.delete(w))
 
-        return call
+
+class Counter(_Sync):
+    """:class:`AsyncCounter`, synchronously."""
+
+    _h: AsyncCounter
+
+    def increment(self, n: int = 1, *, w: int | None = None) -> None:
+        self._run(self._h.increment(n, w=w))
+
+    def decrement(self, n: int = 1, *, w: int | None = None) -> None:
+        self._run(self._h.decrement(n, w=w))
+
+    def value(self, r: int | None = None) -> int:
+        result: int = self._run(self._h.value(r))
+        return result
+
+
+class Set(_Sync):
+    """:class:`AsyncSet`, synchronously."""
+
+    _h: AsyncSet
+
+    def add(self, *elements: bytes | str, w: int | None = None) -> None:
+        self._run(self._h.add(*elements, w=w))
+
+    def remove(self, *elements: bytes | str, w: int | None = None) -> None:
+        self._run(self._h.remove(*elements, w=w))
+
+    def value(self, r: int | None = None) -> set[bytes]:
+        result: set[bytes] = self._run(self._h.value(r))
+        return result
+
+    def contains(self, element: bytes | str, r: int | None = None) -> bool:
+        result: bool = self._run(self._h.contains(element, r))
+        return result
+
+    def size(self, r: int | None = None) -> int:
+        result: int = self._run(self._h.size(r))
+        return result
+
+
+class Register(_Sync):
+    """:class:`AsyncRegister`, synchronously."""
+
+    _h: AsyncRegister
+
+    def assign(self, value: bytes, *, w: int | None = None) -> None:
+        self._run(self._h.assign(value, w=w))
+
+    def value(self, r: int | None = None) -> bytes | None:
+        result: bytes | None = self._run(self._h.value(r))
+        return result
+
+    def values(self, r: int | None = None) -> list[bytes]:
+        result: list[bytes] = self._run(self._h.values(r))
+        return result
+
+
+class Flag(_Sync):
+    """:class:`AsyncFlag`, synchronously."""
+
+    _h: AsyncFlag
+
+    def enable(self, *, w: int | None = None) -> None:
+        self._run(self._h.enable(w=w))
+
+    def disable(self, *, w: int | None = None) -> None:
+        self._run(self._h.disable(w=w))
+
+    def value(self, r: int | None = None) -> bool:
+        result: bool = self._run(self._h.value(r))
+        return result
+
+
+class Map(_Sync):
+    """:class:`AsyncMap`, synchronously."""
+
+    _h: AsyncMap
+
+    def value(self, r: int | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._run(self._h.value(r))
+        return result
+
+    def update(self, name: str, kind: str, op: list[Any], *, observed: bool = False, w: int | None = None) -> None:
+        self._run(self._h.update(name, kind, op, observed=observed, w=w))
+
+    def remove(self, name: str, kind: str, *, w: int | None = None) -> None:
+        self._run(self._h.remove(name, kind, w=w))
+
+    def counter(self, name: str) -> SyncMapField:
+        return SyncMapField(self._h.counter(name), self._run)
+
+    def set(self, name: str) -> SyncMapField:
+        return SyncMapField(self._h.set(name), self._run)
+
+    def register(self, name: str) -> SyncMapField:
+        return SyncMapField(self._h.register(name), self._run)
+
+    def flag(self, name: str) -> SyncMapField:
+        return SyncMapField(self._h.flag(name), self._run)
+
+    def map(self, name: str) -> SyncMapField:
+        return SyncMapField(self._h.map(name), self._run)
+
+
+class SyncMapField:
+    """:class:`MapField`, synchronously."""
+
+    def __init__(self, field: MapField, run: Runner) -> None:
+        self._f = field
+        self._run = run
+
+    def increment(self, n: int = 1) -> None:
+        self._run(self._f.increment(n))
+
+    def decrement(self, n: int = 1) -> None:
+        self._run(self._f.decrement(n))
+
+    def add(self, *elements: bytes | str) -> None:
+        self._run(self._f.add(*elements))
+
+    def discard(self, *elements: bytes | str) -> None:
+        self._run(self._f.discard(*elements))
+
+    def assign(self, value: bytes) -> None:
+        self._run(self._f.assign(value))
+
+    def enable(self) -> None:
+        self._run(self._f.enable())
+
+    def disable(self) -> None:
+        self._run(self._f.disable())
+
+    def remove(self) -> None:
+        self._run(self._f.remove())
+
+    def counter(self, name: str) -> SyncMapField:
+        return SyncMapField(self._f.counter(name), self._run)
+
+    def set(self, name: str) -> SyncMapField:
+        return SyncMapField(self._f.set(name), self._run)
+
+    def register(self, name: str) -> SyncMapField:
+        return SyncMapField(self._f.register(name), self._run)
+
+    def flag(self, name: str) -> SyncMapField:
+        return SyncMapField(self._f.flag(name), self._run)
+
+    def map(self, name: str) -> SyncMapField:
+        return SyncMapField(self._f.map(name), self._run)
 
 
 HANDLES: dict[str, type[AsyncTyped]] = {
