@@ -266,3 +266,51 @@ def test_export_and_import_of_a_typed_bucket(db: Client, cluster: LocalCluster, 
     assert db.set("sets2", "exp2").value() == {b"a", b"b"}
     with pytest.raises(WrongDataType):
         db.counter("sets2", "x").value()
+
+
+def test_inspect_shows_a_typed_state(db: Client, cluster: LocalCluster) -> None:
+    """dynq inspect of a typed key shows each replica's type, context and value, and agreement."""
+    db.counter("counters", "inspected").increment(4)
+    out = subprocess.run([sys.executable, "-m", "dynq", "inspect", "inspected", "--bucket", "counters",
+                          "--seed", cluster.seeds[0]], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "counter context" in out.stdout and "primaries agree" in out.stdout and "4" in out.stdout
+
+
+def test_hinted_deltas_reach_the_primary(cluster_factory: Any) -> None:
+    """Four nodes, n=3: with a primary of the key down, ops go to the fallback with a hint
+    (a joined delta); once the primary is back, handoff replays the hint and the primary
+    holds the whole state (anti-entropy off: only the hint can bring it)."""
+    c: LocalCluster = cluster_factory(4, extra_config=FAST + NO_AE)
+    with c.client(timeout=5.0) as db:
+        db.call("n1", "bucket_create", {"name": "s", "props": {"datatype": "set"}})
+        db.call("n1", "bucket_create", {"name": "c", "props": {"datatype": "counter"}})
+        db.refresh()
+        assert db.table is not None
+        from dynq_client import buckets as b
+        plist = db.table.ring.preference_list_for(b.storage_key("s", b"k"), 3)
+        victim, fallback = plist.primaries[-1], plist.fallbacks[0]
+        s, n = db.set("s", "k"), db.counter("c", "k")
+        s.add(b"before")
+        c.kill(victim)
+        others = [x for x in c.nodes if x != victim]
+        wait_known_down(db, others, victim)
+        wait_unreachable(db, victim)
+        for i in range(5):
+            s.add(b"during%d" % i)
+            n.increment(2)
+        s.value()
+        s.remove(b"before")
+        held = db.call(fallback, "inspect", {"k": b"k", "bk": "s"}, retry=False)
+        assert held["hints"] == [victim] and crdt.decode_state(held["ob"]).kind == "set"
+        c.start(victim)
+        c.wait_ready([victim])
+        want = {b"during%d" % i for i in range(5)}
+
+        def handed_off() -> bool:
+            st = local_state(db, c, victim, "s", b"k")
+            return st is not None and set(st.store) == want
+
+        wait_for("the hint's joined deltas to reach the primary", handed_off)
+        assert n.value(r=3) == 10
+        assert s.value(r=3) == want
