@@ -246,7 +246,8 @@ def value_of(kind: str, store: Store) -> Any:
 Op = list[Any]
 """An operation on the wire: ``["incr", n]``, ``["add", [x...]]``, ``["rem", [x...]]``,
 ``["assign", value]``, ``["enable"]``, ``["disable"]``, ``["update", name, type, op]``,
-``["remove_field", name, type]`` and ``["clear"]`` (the key's delete)."""
+``["remove_field", name, type]`` and ``["clear"]`` (the key's delete). Removals may end
+with the dots their caller's read observed (see :data:`SEEN_AT`)."""
 
 OPS_OF = {
     COUNTER: {"incr", "clear"},
@@ -265,8 +266,19 @@ def check_op(kind: str, op: object, limits: Limits = DEFAULT_LIMITS, depth: int 
     if name not in OPS_OF.get(kind, ()):
         raise InvalidRequest(f"{name!r:.40} is not an operation of a {kind} (one of {sorted(OPS_OF[kind])})")
     arity = {"incr": 2, "add": 2, "rem": 2, "assign": 2, "update": 4, "remove_field": 3}.get(name, 1)
-    if len(op) != arity:
+    if len(op) != arity and not (name in SEEN_AT and len(op) == arity + 1):
         raise InvalidRequest(f"operation {name} takes {arity - 1} argument(s)")
+    if name in SEEN_AT and len(op) > SEEN_AT[name]:
+        seen = op[SEEN_AT[name]]
+        try:
+            if name == "rem":
+                if not isinstance(seen, list) or len(seen) != len(op[1]):
+                    raise ValueError("one list of dots per element")
+                [_dots(d) for d in seen]
+            else:
+                _dots(seen)
+        except ValueError as exc:
+            raise InvalidRequest(f"the dots a removal observed are malformed: {exc}") from exc
     if name == "incr" and (type(op[1]) is not int or not -2**62 < op[1] < 2**62):
         raise InvalidRequest("increment must be an integer between -2**62 and 2**62")
     if name in ("add", "rem"):
@@ -286,6 +298,33 @@ def check_op(kind: str, op: object, limits: Limits = DEFAULT_LIMITS, depth: int 
                 raise InvalidRequest(f"maps nest at most {MAX_MAP_DEPTH} deep")
             check_op(op[2], op[3], limits, depth + 1)
     return op
+
+
+SEEN_AT = {"rem": 2, "remove_field": 3, "disable": 1, "clear": 1}
+"""Where a removal carries the dots its caller's read saw of what it removes (optional):
+the coordinator may not hold them yet (the read reached other replicas), and a removal
+must still take effect on every add it observed."""
+
+MAX_SEEN_DOTS = 100_000
+
+
+def _dots(raw: object) -> list[Dot]:
+    if not isinstance(raw, list) or len(raw) > MAX_SEEN_DOTS:
+        raise ValueError(f"dots must be a list of at most {MAX_SEEN_DOTS}")
+    return [_dot(d) for d in raw]
+
+
+def dots_to_wire(dots: Iterable[Dot]) -> list[list[Any]]:
+    return [[a, n] for a, n in sorted(dots)]
+
+
+def _seen(op: Op, observed: Context | None, index: int | None = None) -> list[Dot]:
+    """The observed dots an op carries (only those its caller's context covers)."""
+    at = SEEN_AT.get(op[0])
+    if observed is None or at is None or len(op) <= at:
+        return []
+    raw = op[at] if index is None else op[at][index]
+    return [d for d in _dots(raw) if d in observed]
 
 
 def _own_counts(store: Mapping[Dot, Counts], actor: str) -> tuple[list[Dot], Counts]:
@@ -326,7 +365,7 @@ def _apply(kind: str, store: Store, op: Op, actor: str, now_ms: int, observed: C
         return (actor, counter[0])
 
     if name == "clear":
-        return empty_store(kind), _restrict(dots_of(kind, store), observed)
+        return empty_store(kind), _restrict(dots_of(kind, store), observed) + _seen(op, observed)
     if kind == COUNTER:
         mine, (p, m) = _own_counts(store, actor)
         d = mint()
@@ -336,27 +375,29 @@ def _apply(kind: str, store: Store, op: Op, actor: str, now_ms: int, observed: C
         if name == "enable":
             d = mint()
             return frozenset([d]), list(store) + [d]
-        return frozenset(), _restrict(store, observed)
+        return frozenset(), _restrict(store, observed) + _seen(op, observed)
     if kind == REGISTER:
         d = mint()
         return {d: (now_ms, op[1])}, list(store) + [d]
     if kind == SET:
         delta: dict[bytes, DotSet] = {}
         dots: list[Dot] = []
-        for x in dict.fromkeys(op[1]):
+        for i, x in enumerate(op[1]):
             seen = store.get(x, frozenset())
             if name == "add":
+                if x in delta:
+                    continue
                 d = mint()
                 delta[x] = frozenset([d])
                 dots += list(seen) + [d]
             else:
-                dots += _restrict(seen, observed)
+                dots += _restrict(seen, observed) + _seen(op, observed, i)
         return delta, dots
     # map
     fkey = (op[1], op[2])
     sub = store.get(fkey, empty_store(op[2]))
     if name == "remove_field":
-        return {}, _restrict(dots_of(op[2], sub), observed)
+        return {}, _restrict(dots_of(op[2], sub), observed) + _seen(op, observed)
     sub_delta, dots = _apply(op[2], sub, op[3], actor, now_ms, observed, counter)
     return ({fkey: sub_delta} if not is_bottom(sub_delta) else {}), dots
 

@@ -58,6 +58,7 @@ class AsyncTyped:
         self.bucket = bucket
         self.key = key
         self.context: bytes | None = None  # causal context of the last read (sent with removals)
+        self.seen: crdt.Store | None = None  # the store that read returned (its dots go with removals)
 
     async def _props(self) -> BucketProps:
         await self.client.connect()
@@ -107,18 +108,25 @@ class AsyncTyped:
         """The joined state of R replicas (and remember its context)."""
         blob = (await self._read(None, r)).get("st")
         if blob is None:
-            self.context = None
+            self.context = self.seen = None
             return crdt.bottom(self.kind)
         if not isinstance(blob, bytes):
             raise InvalidRequest("the node's reply carried no state")
         state = crdt.decode_state(blob, self.client.limits)
         self.context = crdt.encode_context(state.ctx)
+        self.seen = state.store
         return state
+
+    def _seen_dots(self, kind: str, store: crdt.Store | None) -> list[list[Any]]:
+        """The dots the last read saw of ``store`` (a part of it), for a removal."""
+        return [] if store is None else crdt.dots_to_wire(crdt.dots_of(kind, store))
 
     async def delete(self, w: int | None = None) -> None:
         """Remove everything this handle's last read saw (everything the primary holds
         without a read): the key reads empty; concurrent updates survive."""
-        await self._update(["clear"], observed=True, w=w)
+        seen = self._seen_dots(self.kind, self.seen)
+        await self._update(["clear", seen] if self.context and len(seen) <= crdt.MAX_SEEN_DOTS else ["clear"],
+                           observed=True, w=w)
 
 
 class AsyncCounter(AsyncTyped):
@@ -151,7 +159,10 @@ class AsyncSet(AsyncTyped):
 
     async def remove(self, *elements: bytes | str, w: int | None = None) -> None:
         """Remove what this handle's last read observed of ``elements``."""
-        await self._update(["rem", [_elem(x) for x in elements]], observed=True, w=w)
+        xs = [_elem(x) for x in elements]
+        store = self.seen or {}
+        seen = [self._seen_dots(crdt.FLAG, store.get(x, frozenset())) for x in xs]
+        await self._update(["rem", xs, seen] if self.context else ["rem", xs], observed=True, w=w)
 
     async def value(self, r: int | None = None) -> set[bytes]:
         return set((await self.state(r)).store)
@@ -164,6 +175,7 @@ class AsyncSet(AsyncTyped):
             return False
         state = crdt.decode_state(blob, self.client.limits)
         self.context = crdt.encode_context(state.ctx)
+        self.seen = state.store
         return x in state.store
 
     async def size(self, r: int | None = None) -> int:
@@ -171,6 +183,7 @@ class AsyncSet(AsyncTyped):
         body = await self._read(["size"], r)
         ctx = body.get("ctx")
         self.context = ctx if isinstance(ctx, bytes) else None
+        self.seen = None
         n = body.get("n")
         return n if isinstance(n, int) else 0
 
@@ -203,7 +216,8 @@ class AsyncFlag(AsyncTyped):
         await self._update(["enable"], w=w)
 
     async def disable(self, *, w: int | None = None) -> None:
-        await self._update(["disable"], observed=True, w=w)
+        seen = self._seen_dots(crdt.FLAG, self.seen)
+        await self._update(["disable", seen] if self.context else ["disable"], observed=True, w=w)
 
     async def value(self, r: int | None = None) -> bool:
         return bool((await self.state(r)).store)
@@ -232,7 +246,7 @@ class AsyncMap(AsyncTyped):
 
     async def remove(self, name: str, kind: str, *, w: int | None = None) -> None:
         """Remove field ``name`` (of type ``kind``) as this handle's last read observed it."""
-        await self._update(["remove_field", name, kind], observed=True, w=w)
+        await MapField(self, [(name, kind)]).remove()
 
     def counter(self, name: str) -> MapField:
         return MapField(self, [(name, crdt.COUNTER)])
@@ -267,6 +281,15 @@ class MapField:
         wrapped = self._wrap(op)
         await self.root._update(wrapped, observed=observed)
 
+    def _seen_store(self) -> crdt.Store | None:
+        """This field's store in the map's last read (None: not read, or not there)."""
+        store = self.root.seen
+        for key in self.path:
+            if store is None:
+                return None
+            store = store.get(key)
+        return store
+
     def _need(self, *kinds: str) -> None:
         if self.kind not in kinds:
             raise WrongDataType(f"field {self.path[-1][0]!r} is a {self.kind}")
@@ -286,7 +309,10 @@ class MapField:
     async def discard(self, *elements: bytes | str) -> None:
         """Remove elements of a set field (as the map's last read observed them)."""
         self._need(crdt.SET)
-        await self._send(["rem", [_elem(x) for x in elements]], observed=True)
+        xs = [_elem(x) for x in elements]
+        store = self._seen_store() or {}
+        seen = [crdt.dots_to_wire(store.get(x, frozenset())) for x in xs]
+        await self._send(["rem", xs, seen] if self.root.context else ["rem", xs], observed=True)
 
     async def assign(self, value: bytes) -> None:
         self._need(crdt.REGISTER)
@@ -298,12 +324,15 @@ class MapField:
 
     async def disable(self) -> None:
         self._need(crdt.FLAG)
-        await self._send(["disable"], observed=True)
+        seen = crdt.dots_to_wire(self._seen_store() or frozenset())
+        await self._send(["disable", seen] if self.root.context else ["disable"], observed=True)
 
     async def remove(self) -> None:
         """Remove this field (observed-remove: a concurrent update of it survives)."""
         name, kind = self.path[-1]
-        op: list[Any] = ["remove_field", name, kind]
+        store = self._seen_store()
+        seen = [] if store is None else crdt.dots_to_wire(crdt.dots_of(kind, store))
+        op: list[Any] = ["remove_field", name, kind, seen] if self.root.context else ["remove_field", name, kind]
         for pname, pkind in reversed(self.path[:-1]):
             op = ["update", pname, pkind, op]
         await self.root._update(op, observed=True)

@@ -190,3 +190,32 @@ def test_bad_states_and_ops_are_refused() -> None:
                      (MAP, ["update", "f", "nope", ["incr", 1]]), (REGISTER, ["assign", 1]), (FLAG, "enable")]:
         with pytest.raises(InvalidRequest):
             crdt.check_op(kind, op)
+
+
+def test_a_remove_takes_effect_where_the_add_has_not_arrived() -> None:
+    """A reader saw x on other replicas; the coordinator of its remove never got the add.
+    The remove carries the dots the reader saw, so once the add arrives it stays removed."""
+    add = apply_op(bottom(SET), ["add", [b"x"]], "a", 0)
+    reader_view = join(bottom(SET), add)
+    coordinator = bottom(SET)  # missed the add
+    seen = [crdt.dots_to_wire(reader_view.store[b"x"])]
+    op = crdt.check_op(SET, ["rem", [b"x"], seen])
+    remove = apply_op(coordinator, op, "b", 0, observed=reader_view.ctx)
+    assert crdt.value_of(SET, join(join(coordinator, remove), add).store) == set()
+    # without the observed dots, the remove would have removed nothing there
+    blind = apply_op(coordinator, ["rem", [b"x"]], "b", 0, observed=reader_view.ctx)
+    assert crdt.value_of(SET, join(join(coordinator, blind), add).store) == {b"x"}
+    # dots the caller's context does not cover are ignored (it cannot remove what it never saw)
+    other = apply_op(bottom(SET), ["add", [b"x"]], "c", 0)
+    forged = [crdt.dots_to_wire(other.store[b"x"])]
+    ineffective = apply_op(coordinator, ["rem", [b"x"], forged], "b", 0, observed=reader_view.ctx)
+    assert crdt.value_of(SET, join(join(coordinator, ineffective), other).store) == {b"x"}
+
+
+def test_observed_dots_are_checked() -> None:
+    """Malformed observed dots (wrong shape, not one list per element) are InvalidRequest."""
+    for op in (["rem", [b"x"], [["a", 1]]], ["rem", [b"x", b"y"], [[]]], ["disable", "x"],
+               ["clear", [["a", 0]]]):
+        kind = FLAG if op[0] == "disable" else SET
+        with pytest.raises(InvalidRequest):
+            crdt.check_op(kind, op)
