@@ -244,7 +244,10 @@ class Storage:
         with self.conn:
             self.conn.execute("DELETE FROM hints WHERE target = ? AND key = ? AND seq = ?", (target, key, seq))
             removed = self.conn.changes() > 0
-            if removed and drop_copy:
+            # A copy with a write staged is not stale, and a set's staged header and rows
+            # were computed on top of the committed rows: dropping those now would commit
+            # a header claiming elements it no longer holds (as removed, wherever joined).
+            if removed and drop_copy and key not in self._staged:
                 self.conn.execute(
                     "DELETE FROM objects WHERE key = ? AND obj = ? "
                     "AND NOT EXISTS (SELECT 1 FROM hints WHERE key = ?)",
@@ -324,6 +327,7 @@ class Storage:
             keys = [bytes(k) for (k,) in self.conn.execute(
                 "SELECT o.key FROM objects o WHERE o.partition = ? "
                 "AND NOT EXISTS (SELECT 1 FROM hints h WHERE h.key = o.key) LIMIT ?", (partition, limit))]
+            keys = [key for key in keys if key not in self._staged]  # see hint_delivered
             for key in keys:
                 self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
                 self.forget(key)
@@ -342,7 +346,7 @@ class Storage:
                 (partition, after, limit))]
             dropped = 0
             for key in rows:
-                if drop(key):
+                if key not in self._staged and drop(key):  # see hint_delivered
                     self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
                     self.forget(key)
                     dropped += 1

@@ -14,6 +14,7 @@ import pytest
 from dynq_client import AsyncClient, Client, WrongDataType
 from dynq_client import crdt
 
+from dynq.cluster.membership import ClusterState
 from dynq.localcluster import LocalCluster
 from tests.conftest import make_cluster, wait_for, wait_known_down, wait_unreachable
 
@@ -314,3 +315,60 @@ def test_hinted_deltas_reach_the_primary(cluster_factory: Any) -> None:
         wait_for("the hint's joined deltas to reach the primary", handed_off)
         assert n.value(r=3) == 10
         assert s.value(r=3) == want
+
+
+def test_partition_transfers_move_typed_states(cluster_factory: Any) -> None:
+    """A 4th node joins a 3-node cluster while sets (one of 2,000 elements) and counters
+    take ops: after the transfers every primary of every key holds the whole joined state
+    (anti-entropy off: only transfers and the write path move data)."""
+    from dynq_client import buckets as b
+    from tests.conftest import free_ports
+
+    c: LocalCluster = cluster_factory(3, extra_config=FAST + NO_AE)
+    seed = c.seeds[0]
+    with c.client(timeout=10.0) as db:
+        db.call("n1", "bucket_create", {"name": "s", "props": {"datatype": "set"}})
+        db.call("n1", "bucket_create", {"name": "c", "props": {"datatype": "counter"}})
+        db.refresh()
+        db.set("s", "big").add(*[b"e%d" % i for i in range(2000)])
+        for i in range(40):
+            db.set("s", f"k{i}").add(b"a", b"b")
+            db.counter("c", f"k{i}").increment(i)
+    address = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    c.add_node("n4", address)
+    c.start("n4")
+    with Client([address], timeout=2.0) as probe:
+        wait_for("n4 to answer", lambda: probe.call_address(address, "ping", {}), timeout=30)
+
+    def dynq(*args: str, at: str = seed) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dynq", *args, "--seed", at], capture_output=True,
+                              text=True, timeout=180)
+
+    assert dynq("cluster", "join", seed, at=address).returncode == 0
+    assert dynq("cluster", "commit").returncode == 0
+    with c.client(timeout=10.0) as db:
+        for i in range(40):  # ops while partitions move
+            db.counter("c", f"k{i}").increment(1)
+    watched = dynq("cluster", "transfers", "--watch", "--max-wait", "120")
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    with c.client(timeout=10.0) as db:
+        def switched() -> bool:
+            states = [ClusterState.from_wire(db.call_address(n.address, "cluster_state", {})["state"])
+                      for n in c.nodes.values()]
+            return all(st.next_ring is None and len(st.ring.members) == 4 for st in states)
+
+        wait_for("the new ring", switched)
+        db.refresh()
+        assert db.table is not None
+        ring = db.table.ring
+
+        def everywhere(bucket: str, key: bytes, check: Any) -> bool:
+            primaries = ring.preference_list_for(b.storage_key(bucket, key), 3).primaries
+            return all((st := local_state(db, c, node, bucket, key)) is not None and check(st) for node in primaries)
+
+        wait_for("transferred states on every primary", lambda: everywhere(
+            "s", b"big", lambda st: len(st.store) == 2000) and all(
+            everywhere("c", b"k%d" % i, lambda st, i=i: crdt.value_of("counter", st.store) == i + 1)
+            and everywhere("s", b"k%d" % i, lambda st: set(st.store) == {b"a", b"b"}) for i in range(40)),
+            timeout=90, interval=0.5)
+        assert db.set("s", "big").size() == 2000

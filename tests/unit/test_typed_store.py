@@ -127,3 +127,27 @@ def test_rows_go_with_the_header(store: tuple[TypedStore, asyncio.AbstractEventL
         typed.storage.conn.execute("DELETE FROM objects WHERE key = ?", (b"k",))
     assert typed.storage.dt_rows(b"k") == {}
     assert typed.read(b"k", SET) is None
+
+
+def test_a_hint_delivered_while_a_join_is_staged_keeps_the_copy(
+        store: tuple[TypedStore, asyncio.AbstractEventLoop]) -> None:
+    """A fallback hands a set over while another delta for it is staged: dropping the copy
+    then would commit the staged header (its context covering the handed-off elements)
+    without their rows - a state that removes them wherever it is joined (found by the
+    crdt fault scenario, seed 10). The copy stays; the next handoff carries both."""
+    typed, loop = store
+    storage = typed.storage
+    first = apply_op(bottom(SET), ["add", [b"a", b"b"]], "p", 0)
+    errors: list[StorageError | None] = []
+    typed.join(b"k", first, errors.append, hint_for="primary")
+    loop.run_until_complete(asyncio.sleep(0))
+    [(key, seq)] = storage.hint_batch("primary", 10)
+    sent = storage.get_blob(b"k")
+    assert sent is not None
+    second = apply_op(join(bottom(SET), first), ["add", [b"c"]], "p", 0)
+    typed.join(b"k", second, errors.append, hint_for="primary")  # staged, not committed yet
+    storage.hint_delivered("primary", key, seq, sent, drop_copy=True)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert errors == [None, None]
+    assert same(typed.read(b"k", SET), join(first, second))
+    assert set(crdt.decode_state(storage.get_blob(b"k") or b"").store) == {b"a", b"b", b"c"}
