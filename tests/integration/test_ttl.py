@@ -321,3 +321,25 @@ def test_conditional_puts_after_the_coordinator_was_down_can_both_succeed_as_sib
         assert info.value.values == [b"while-down"]
         assert sorted(db.get(weak, r=3).values) == [b"weak-check", b"while-down"]  # siblings, none lost
         assert db.get(strong, r=3).values == [b"while-down"]
+
+
+def test_bad_ttl_and_condition_fields_get_clear_errors(cluster: LocalCluster, db: Client) -> None:
+    """Raw requests (as another client library might send them): each refused with a
+    message naming the field, nothing written; the client library refuses them before
+    sending."""
+    from dynq_client import InvalidRequest
+    from dynq_client.errors import InvalidContext
+
+    primary = db.table.ring.preference_list_for(b"bad").primaries[0]  # type: ignore[union-attr]
+    for extra, needle in (({"ttl": -1}, "ttl"), ({"ttl": "soon"}, "ttl"), ({"ttl": 10**10}, "ttl"),
+                          ({"inm": 1}, "inm"), ({"im": "ctx"}, "im"), ({"inm": True, "im": b""}, "combined")):
+        with pytest.raises(InvalidRequest) as info:
+            db.call(primary, "put", {"k": b"bad", "v": b"x", **extra}, retry=False)
+        assert needle in info.value.message, (extra, info.value.message)
+    with pytest.raises(InvalidContext):
+        db.call(primary, "put", {"k": b"bad", "v": b"x", "im": b"not a context"}, retry=False)
+    assert not db.get(b"bad", r=3).found
+    for kwargs in ({"ttl": -5}, {"ttl": True}, {"if_none_match": "yes"}, {"if_match": "ctx"},
+                   {"if_none_match": True, "if_match": b""}, {"r": 2}):
+        with pytest.raises(InvalidRequest):
+            db.put(b"bad", b"x", **kwargs)  # type: ignore[arg-type]
