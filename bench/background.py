@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -35,40 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dynq.localcluster import LocalCluster, free_ports  # noqa: E402
 from dynq_client import AsyncClient, DynqError  # noqa: E402
 
-IN_FLIGHT = 32
+from bench.ycsb import puts, ycsb_a  # noqa: E402
 
-
-async def ycsb_a(db: AsyncClient, keys: list[bytes], value: bytes, seconds: float, seed: int) -> float:
-    rng = random.Random(seed)
-    deadline = time.monotonic() + seconds
-    done = 0
-
-    async def worker() -> None:
-        nonlocal done
-        while time.monotonic() < deadline:
-            key = rng.choice(keys)
-            try:
-                if rng.random() < 0.5:
-                    await db.get(key)
-                else:
-                    await db.put(key, value)
-            except DynqError:
-                continue  # counted as not done
-            done += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
-    return done / (time.perf_counter() - start)
-
-
-async def write(db: AsyncClient, keys: list[bytes], value: bytes) -> None:
-    queue = iter(keys)
-
-    async def worker() -> None:
-        for key in queue:
-            await db.put(key, value)
-
-    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
 
 
 async def counters(db: AsyncClient, names: list[str]) -> tuple[int, int, int]:
@@ -105,11 +72,11 @@ def main() -> None:
             async def cycle(c: int) -> None:
                 async with AsyncClient(cluster.seeds, timeout=10.0) as db:
                     if c == 0:
-                        await write(db, hot, value)
+                        await puts(db, hot, value)
                     idle = await ycsb_a(db, hot, value, args.seconds, 2 * c)
                 cluster.stop("n4")
                 async with AsyncClient(cluster.seeds, timeout=10.0) as db:
-                    await write(db, [b"behind-%d-%d" % (c, i) for i in range(args.behind)], value)
+                    await puts(db, [b"behind-%d-%d" % (c, i) for i in range(args.behind)], value)
                     before = await counters(db, names)
                 cluster.start("n4")
                 async with AsyncClient(cluster.seeds, timeout=10.0) as db:
