@@ -79,7 +79,6 @@ async def run(seeds: list[str], names: list[str], args: argparse.Namespace) -> N
         before = await reclaimed(db, names)
         start = time.perf_counter()
         busy = await ycsb_a(db, hot, value, args.ycsb_s, 2)
-        elapsed = time.perf_counter() - start
         after = await reclaimed(db, names)
         window = time.time() - (t0 + ttl + 1)  # since the first could be reclaimed (expiry + grace)
         keys_per_s = (after - before) / 3 / max(window, 0.001)
