@@ -52,7 +52,7 @@ def test_a_restarted_source_hands_on_rows_it_no_longer_replicates_then_drops_the
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        local = LocalReplica(loop, storage, cluster, Stats(), max_hints=100)  # type: ignore[arg-type]
+        local = LocalReplica(loop, storage, cluster, Stats(), max_hints=100)
         for key in (orphan, mine):  # committed without a hint: what the killed source left behind
             obj = update(None, {}, "n9", b"v", 1)
             done: asyncio.Future[object] = loop.create_future()
@@ -65,7 +65,7 @@ def test_a_restarted_source_hands_on_rows_it_no_longer_replicates_then_drops_the
         assert transfers.orphans_handed_on == 1
         await transfers._step()  # once per life
         assert transfers.orphans_handed_on == 1
-        handoff = HintedHandoff(storage, peers, cluster, config)  # type: ignore[arg-type]
+        handoff = HintedHandoff(storage, peers, cluster, config)
         replay = loop.create_task(handoff.replay_batch(primary))
         await asyncio.sleep(0.01)
         assert [(peer, key) for peer, key, _ in peers.sent] == [(primary, orphan)]
@@ -89,7 +89,7 @@ def test_no_sweep_while_a_transition_runs(tmp_path: Path) -> None:
     cluster.state = dataclasses.replace(cluster.state, next_ring=cluster.state.ring)
 
     async def scenario() -> None:
-        local = LocalReplica(asyncio.get_running_loop(), storage, cluster, Stats(), max_hints=100)  # type: ignore[arg-type]
+        local = LocalReplica(asyncio.get_running_loop(), storage, cluster, Stats(), max_hints=100)
         transfers = PartitionTransfers(storage, FakePeers("n4"), cluster, NoClaimant(), local, config)  # type: ignore[arg-type]
         await transfers._sweep_when_idle()
         assert not transfers._swept
