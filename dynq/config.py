@@ -88,6 +88,9 @@ class NodeConfig:
     ae_concurrency: int = 1
     ae_rebuild_interval_s: int = 7 * 86400
     ae_tombstone_grace_s: int = 86400
+    ae_expiry_grace_s: int = 60
+    ae_expiry_interval_ms: int = 1000
+    ae_expiry_batch: int = 1000
     source: str = "<defaults>"  # where this config was read from, for messages
 
     @property
@@ -117,7 +120,7 @@ _MEMBERSHIP_KEYS = {"gossip_interval_ms", "phi_threshold", "transfer_batch", "tr
 _HANDOFF_KEYS = {"max_hints", "replay_batch", "replay_rate", "replay_interval_ms", "probe_interval_ms"}
 _SECURITY_KEYS = {"mode", "server_key", "node_key", "peer_keys", "client_keys"}
 _AE_KEYS = {"enabled", "interval_ms", "rate_objects", "rate_bytes", "concurrency", "rebuild_interval_s",
-            "tombstone_grace_s"}
+            "tombstone_grace_s", "expiry_grace_s", "expiry_interval_ms", "expiry_batch"}
 _SECTIONS = {
     "anti_entropy": _AE_KEYS,
     "security": _SECURITY_KEYS,
@@ -331,6 +334,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         ae_concurrency=ae.number("concurrency", 1, 1, 64),
         ae_rebuild_interval_s=ae.number("rebuild_interval_s", 7 * 86400, 1, 10 * 365 * 86400),
         ae_tombstone_grace_s=ae.number("tombstone_grace_s", 86400, 0, 10 * 365 * 86400),
+        ae_expiry_grace_s=ae.number("expiry_grace_s", 60, 0, 10 * 365 * 86400),
+        ae_expiry_interval_ms=ae.number("expiry_interval_ms", 1000, 10, 3_600_000),
+        ae_expiry_batch=ae.number("expiry_batch", 1000, 1, 1000),
         source=source,
     )
 

@@ -184,7 +184,8 @@ class Node:
         server.register(parts.tree_server.handlers())
         server.register(parts.anti_entropy.handlers())
         server.register(KeyAdmin(self.security).handlers())
-        lister = KeyLister(self.cluster, self.storage, self.config, clock=self.env.monotonic)
+        lister = KeyLister(self.cluster, self.storage, self.config, clock=self.env.monotonic,
+                           wall_ms=self.env.wall_ms)
         server.register(lister.handlers(), kv_listing.CLIENT_OPS)
         server.register(parts.admin_api.handlers())
         # The cluster state's dependents, in this order, after each change (persisted first).
@@ -227,6 +228,7 @@ class Node:
         group.add("gossip", parts.liveness.run_gossip)
         group.add("transfers", parts.transfers.run, restart_delay_s=RETRY_MAX_S)
         group.add("anti-entropy", parts.anti_entropy.run)
+        group.add("expiry", parts.anti_entropy.reclaim_expired)
         group.add("console history", parts.admin_api.run_history)
         group.add("key count", functools.partial(_count_keys, self.storage, lambda: self.cluster.ring.q))
         try:

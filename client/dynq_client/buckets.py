@@ -49,8 +49,11 @@ MAX_STORAGE_KEY_EXTRA = len(MARK) + 1 + MAX_NAME
 """A storage key is at most this much longer than the key a client gave."""
 
 PROPS = ("n", "r", "w", "pw", "conflict", "max_siblings", "ttl", "datatype")
-"""Properties an operator may set (``n`` only at creation). ``ttl`` and ``datatype`` are
-reserved for the TTL and data-type issues: stored and shown, not acted on yet."""
+"""Properties an operator may set (``n`` only at creation). ``ttl``: seconds a put lives
+when it gives no ttl of its own (set 0 to remove the default)."""
+
+MAX_TTL_S = 10 * 365 * 86400
+"""The longest time to live, of a bucket's default or of one put (ten years)."""
 
 
 class BucketError(InvalidRequest):
@@ -69,7 +72,7 @@ class BucketProps:
     pw: int = 0
     conflict: str = "siblings"
     max_siblings: int | None = None  # None: the node's limits.max_siblings
-    ttl: int | None = None  # reserved (seconds)
+    ttl: int | None = None  # default time to live of its puts (seconds); None: never expire
     datatype: str | None = None  # reserved
     extra: tuple[tuple[str, Any], ...] = field(default=(), compare=True)
 
@@ -129,7 +132,7 @@ class BucketProps:
         if self.max_siblings is not None:
             integer("max_siblings", self.max_siblings, 1, max_siblings)
         if self.ttl is not None:
-            integer("ttl", self.ttl, 1, None)
+            integer("ttl", self.ttl, 1, MAX_TTL_S)
         if self.datatype is not None and not isinstance(self.datatype, str):
             raise BucketError(f"bucket {self.name!r}: datatype must be a string")
 
@@ -162,7 +165,8 @@ def changed(props: BucketProps, changes: Mapping[str, Any], *, limit_siblings: i
     unknown = [k for k in changes if k not in PROPS]
     if unknown:
         raise BucketError(f"unknown bucket properties: {', '.join(sorted(unknown))} (known: {', '.join(PROPS)})")
-    new = replace(props, **{k: v for k, v in changes.items() if k != "n"})
+    changes = {k: (None if k == "ttl" and v == 0 else v) for k, v in changes.items() if k != "n"}
+    new = replace(props, **changes)
     new.check(None, limit_siblings)
     return new
 

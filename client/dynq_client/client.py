@@ -27,6 +27,7 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Iterator, Literal, TypeVar
 
@@ -51,7 +52,7 @@ from .errors import (
     error_from_wire,
 )
 from . import buckets as _b
-from .buckets import BucketProps
+from .buckets import MAX_TTL_S, BucketProps
 from .protocol import (
     DEFAULT_LIMITS,
     OP_DELETE,
@@ -136,10 +137,39 @@ def _only_unreachable(exc: BaseException) -> bool:
         e.startswith(("unavailable", "overloaded")) for e in exc.errors.values())
 
 
-def result_from_object(obj: VersionedObject | None) -> GetResult:
+def result_from_object(obj: VersionedObject | None, now_ms: int | None = None) -> GetResult:
+    """What a read returns of ``obj``; with ``now_ms``, values expired by then are left out
+    (a key whose every value expired reads as not found; its context still supersedes them)."""
     if obj is None:
         return GetResult([], encode_context({}), False)
+    if now_ms is not None:
+        obj = obj.live(now_ms)
     return GetResult(obj.values, encode_context(obj.clock), obj.found)
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _condition_fields(ttl: int | None, if_none_match: bool, if_match: bytes | None) -> dict[str, Any]:
+    """The put fields of a time to live and a condition, checked here for a clear error."""
+    extra: dict[str, Any] = {}
+    if ttl is not None:
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL_S:
+            raise InvalidRequest(f"ttl must be whole seconds between 0 and {MAX_TTL_S} (0: never expires), "
+                                 f"got {ttl!r}")
+        extra["ttl"] = ttl
+    if not isinstance(if_none_match, bool):
+        raise InvalidRequest(f"if_none_match must be True or False, got {if_none_match!r}")
+    if if_match is not None and not isinstance(if_match, bytes):
+        raise InvalidRequest(f"if_match must be the context bytes of a get, got {type(if_match).__name__}")
+    if if_none_match and if_match is not None:
+        raise InvalidRequest("if_none_match and if_match cannot be combined")
+    if if_none_match:
+        extra["inm"] = True
+    if if_match is not None:
+        extra["im"] = if_match
+    return extra
 
 
 def _stop_after_loop_delay(seconds: float) -> Callable[[tenacity.RetryCallState], bool]:
@@ -173,6 +203,7 @@ class AsyncClient:
         hedge_after: float | None = None,
         context: zmq.Context[Any] | None = None,
         rng: random.Random | None = None,
+        wall_ms: Callable[[], int] | None = None,
     ) -> None:
         """Reads: ``read_fanout="quorum"`` (default) asks R replicas and hedges a slow one
         after ``hedge_after`` seconds (default: a few times this client's typical read
@@ -180,8 +211,8 @@ class AsyncClient:
         each read instead of this client.
 
         For the simulator (``dynq sim``): ``context`` is the ZeroMQ context of the client's
-        sockets (default: the process-wide one) and ``rng`` its randomness (default: seeded
-        by the OS).
+        sockets (default: the process-wide one), ``rng`` its randomness (default: seeded
+        by the OS) and ``wall_ms`` its wall clock in ms (what reads compare expiries with).
 
         Security, for a cluster running with ``security = "curve"``: ``curve`` gives this
         client's keypair and the cluster's public key explicitly (:class:`CurveKeys`);
@@ -219,6 +250,7 @@ class AsyncClient:
         # which of the N replicas a quorum read starts at (random: a counter would alias with
         # an application's own access pattern); injected by the simulator, seeded
         self._rng = rng if rng is not None else random.Random()
+        self._wall_ms = wall_ms or _wall_ms
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -450,7 +482,7 @@ class AsyncClient:
             ):
                 with attempt:
                     obj = await self._coordinate_get(raw, r, props)
-        return result_from_object(obj)
+        return result_from_object(obj, self._wall_ms())
 
     async def get_many(self, keys: Iterable[KeyLike], r: int | None = None, *, bucket: str | None = None,
                        concurrency: int = 64) -> dict[bytes, GetResult | DynqError]:
@@ -477,7 +509,8 @@ class AsyncClient:
 
     async def get_object(self, key: KeyLike, r: int | None = None, *,
                          bucket: str | None = None) -> VersionedObject | None:
-        """The merged object itself (version vector, dots, tombstones): for tools and tests."""
+        """The merged object itself (version vector, dots, tombstones, and expired siblings
+        not reclaimed yet, each with its ``expires_ms``): for tools and tests."""
         await self.connect()
         raw = self._check_key(key)
         return await self._coordinate_get(raw, r, await self._props(bucket))
@@ -756,12 +789,25 @@ class AsyncClient:
         pw: int | None = None,
         *,
         bucket: str | None = None,
+        ttl: int | None = None,
+        if_none_match: bool = False,
+        if_match: bytes | None = None,
+        r: int | None = None,
     ) -> None:
         """Write ``value``; with the ``context`` of a get it supersedes the siblings that get saw.
 
         ``w`` replicas must acknowledge (fallbacks standing in for down primaries count);
         ``pw`` asks that at least that many of them be primaries (a strict quorum).
-        Defaults: the bucket's (the cluster's for the default bucket)."""
+        Defaults: the bucket's (the cluster's for the default bucket).
+
+        ``ttl``: seconds until this value expires (reads then no longer return it; the
+        bucket's ``ttl`` when not given; 0: never). ``if_none_match=True``: only if the key
+        has no live value; ``if_match=context``: only if the key is still the version that
+        context was read from. A failed condition raises
+        :class:`~dynq_client.errors.PreconditionFailed` (nothing written) with what was
+        found; see docs/design.md for when two conditional puts can both succeed. ``r``:
+        how many replicas the condition's check reads (default: the bucket's R)."""
+        extra = _condition_fields(ttl, if_none_match, if_match)
         raw_value = _value_bytes(value)
         await self.connect()
         assert self.table is not None
@@ -770,7 +816,13 @@ class AsyncClient:
                 f"value is {len(raw_value)} bytes; the limit is {self.table.max_value_bytes}"
             )
         props = await self._props(bucket) if bucket is not None else None
-        await self._write(OP_PUT, key, {"v": raw_value}, context, w, pw, props)
+        if r is not None:
+            if not (if_none_match or if_match is not None):
+                raise InvalidRequest("r applies to a conditional put (if_none_match or if_match) only")
+            assert self.table is not None
+            extra["r"] = self._quorum(r, 0, props.n if props is not None else self.table.ring.n, "r")
+        extra["v"] = raw_value
+        await self._write(OP_PUT, key, extra, context, w, pw, props)
 
     async def delete(
         self, key: KeyLike, context: bytes | None = None, w: int | None = None, pw: int | None = None,
@@ -873,8 +925,10 @@ class AsyncBucket:
         return await self.client.get_object(key, r, bucket=self.name)
 
     async def put(self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None,
-                  pw: int | None = None) -> None:
-        await self.client.put(key, value, context, w, pw, bucket=self.name)
+                  pw: int | None = None, *, ttl: int | None = None, if_none_match: bool = False,
+                  if_match: bytes | None = None, r: int | None = None) -> None:
+        await self.client.put(key, value, context, w, pw, bucket=self.name, ttl=ttl,
+                              if_none_match=if_none_match, if_match=if_match, r=r)
 
     async def delete(self, key: KeyLike, context: bytes | None = None, w: int | None = None,
                      pw: int | None = None) -> None:
@@ -914,8 +968,10 @@ class Bucket:
         return self.client._run(self._async.get_object(key, r))
 
     def put(self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None,
-            pw: int | None = None) -> None:
-        self.client._run(self._async.put(key, value, context, w, pw))
+            pw: int | None = None, *, ttl: int | None = None, if_none_match: bool = False,
+            if_match: bytes | None = None, r: int | None = None) -> None:
+        self.client._run(self._async.put(key, value, context, w, pw, ttl=ttl, if_none_match=if_none_match,
+                                         if_match=if_match, r=r))
 
     def delete(self, key: KeyLike, context: bytes | None = None, w: int | None = None,
                pw: int | None = None) -> None:
@@ -1021,9 +1077,11 @@ class Client:
 
     def put(
         self, key: KeyLike, value: bytes, context: bytes | None = None, w: int | None = None, pw: int | None = None,
-        *, bucket: str | None = None,
+        *, bucket: str | None = None, ttl: int | None = None, if_none_match: bool = False,
+        if_match: bytes | None = None, r: int | None = None,
     ) -> None:
-        self._run(self._async.put(key, value, context, w, pw, bucket=bucket))
+        self._run(self._async.put(key, value, context, w, pw, bucket=bucket, ttl=ttl,
+                                  if_none_match=if_none_match, if_match=if_match, r=r))
 
     def delete(
         self, key: KeyLike, context: bytes | None = None, w: int | None = None, pw: int | None = None,

@@ -13,6 +13,8 @@ rebuilds the most specific exception from it with :func:`error_from_wire`::
     ├── UnknownOp               code "unknown_op"
     ├── ProtocolError           code "protocol": malformed frame, wrong protocol version
     ├── TooManySiblings         code "siblings": the key has too many concurrent versions
+    ├── PreconditionFailed      code "precondition": a conditional put found the key not as
+    │                           required (``if_none_match``/``if_match``); carries what it found
     ├── StorageError            code "storage": the replica could not make the write durable
     ├── Unavailable             code "unavailable": no node could be reached
     │   ├── Overloaded          code "overloaded": the node refused it unexecuted (in-flight cap)
@@ -96,6 +98,27 @@ class TooManySiblings(DynqError):
     """
 
     code = "siblings"
+
+
+class PreconditionFailed(DynqError):
+    """A conditional put was not made: ``if_none_match`` found a live value, or
+    ``if_match`` found a version other than the one its context names. Nothing was
+    written. ``values`` are the live values found and ``context`` their context (write
+    with it to supersede them), as a get would have returned them."""
+
+    code = "precondition"
+
+    def __init__(self, message: str, *, values: list[bytes] | None = None, context: bytes = b"") -> None:
+        super().__init__(message)
+        self.values: list[bytes] = list(values or [])
+        self.context = context
+
+    @property
+    def found(self) -> bool:
+        return bool(self.values)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "msg": self.message, "values": self.values, "ctx": self.context}
 
 
 class StorageError(DynqError):
@@ -201,6 +224,7 @@ ERROR_CODES: dict[str, type[DynqError]] = {
         Forbidden,
         ProtocolError,
         TooManySiblings,
+        PreconditionFailed,
         StorageError,
         Unavailable,
         Overloaded,
@@ -231,6 +255,13 @@ def error_from_wire(err: object) -> DynqError:
             required=required if isinstance(required, int) else 0,
             succeeded=succeeded if isinstance(succeeded, int) else 0,
             errors={_text(k): _text(v) for k, v in errors.items()} if isinstance(errors, dict) else {},
+        )
+    if cls is PreconditionFailed:
+        values, ctx = err.get("values"), err.get("ctx")
+        return PreconditionFailed(
+            message,
+            values=[v for v in values if isinstance(v, bytes)] if isinstance(values, list) else [],
+            context=ctx if isinstance(ctx, bytes) else b"",
         )
     return cls(message)
 

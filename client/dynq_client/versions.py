@@ -43,12 +43,17 @@ MAX_ACTOR_LEN = 128
 
 @dataclass(frozen=True, slots=True)
 class Sibling:
-    """One concurrent version of a value; ``value is None`` marks a tombstone (a delete)."""
+    """One concurrent version of a value; ``value is None`` marks a tombstone (a delete).
+
+    ``expires_ms`` (wall-clock ms, 0: never) is part of the write, minted with its dot by
+    the coordinator and carried wherever the sibling goes (replicas, hints, transfers,
+    anti-entropy), so every copy of a sibling expires at the same instant."""
 
     actor: str
     counter: int
     timestamp_ms: int
     value: bytes | None
+    expires_ms: int = 0
 
     @property
     def dot(self) -> tuple[str, int]:
@@ -57,6 +62,10 @@ class Sibling:
     @property
     def is_tombstone(self) -> bool:
         return self.value is None
+
+    def expired(self, now_ms: int) -> bool:
+        """True once the sibling's expiry has passed (by ``now_ms``, the caller's clock)."""
+        return 0 < self.expires_ms <= now_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,29 @@ class VersionedObject:
     def is_tombstone(self) -> bool:
         """True when every sibling is a delete: the key reads as not found."""
         return bool(self.siblings) and not self.found
+
+    @property
+    def expires(self) -> bool:
+        """True when some sibling carries an expiry."""
+        return any(s.expires_ms for s in self.siblings)
+
+    def live(self, now_ms: int) -> VersionedObject:
+        """This object as a read at ``now_ms`` sees it: expired siblings left out, the clock
+        kept. Dropping a sibling while keeping a clock that covers its dot is exactly how a
+        write supersedes it, so the result merges with any other replica's copy without
+        bringing the expired sibling back."""
+        if not any(0 < s.expires_ms <= now_ms for s in self.siblings):
+            return self
+        return VersionedObject(self.clock, tuple(s for s in self.siblings if not s.expired(now_ms)))
+
+    def dead_since_ms(self) -> int:
+        """When this object stopped holding any live value by expiry: the latest expiry
+        (or tombstone time) of its siblings if every sibling expires or is a delete and at
+        least one expires; 0 otherwise (it holds a value that never expires, or it is a
+        plain tombstone, whose reaping has its own grace)."""
+        if not self.expires or any(s.value is not None and not s.expires_ms for s in self.siblings):
+            return 0
+        return max(s.expires_ms if s.expires_ms else s.timestamp_ms for s in self.siblings)
 
 
 EMPTY = VersionedObject({}, ())
@@ -113,17 +145,20 @@ def update(
     actor: str,
     value: bytes | None,
     now_ms: int,
+    expires_ms: int = 0,
 ) -> VersionedObject:
     """The coordinator's step of a put (or a delete when ``value`` is None).
 
     Mints a new dot for ``actor``, drops every local sibling the ``context`` covers (the
     reader saw them and chose to replace them), and keeps every sibling it does not cover
-    (a concurrent write the reader never saw).
+    (a concurrent write the reader never saw) unless it has expired by ``now_ms``: the
+    clock still covers an expired sibling's dot, so it stays superseded everywhere.
+    ``expires_ms`` (0: never) is the new sibling's expiry.
     """
     base = local or EMPTY
     counter = max(base.clock.get(actor, 0), context.get(actor, 0)) + 1
-    kept = [s for s in base.siblings if not covers(context, s.actor, s.counter)]
-    kept.append(Sibling(actor, counter, now_ms, value))
+    kept = [s for s in base.siblings if not covers(context, s.actor, s.counter) and not s.expired(now_ms)]
+    kept.append(Sibling(actor, counter, now_ms, value, expires_ms if value is not None else 0))
     clock = merge_clocks(base.clock, context)
     clock[actor] = counter
     return VersionedObject(clock, _canonical(kept))
@@ -132,8 +167,8 @@ def update(
 def _pick(a: Sibling, b: Sibling) -> Sibling:
     """Two siblings with the same dot are the same write; choose deterministically anyway
     so that merge stays commutative even over corrupt input."""
-    ka = (a.timestamp_ms, a.value is not None, a.value or b"")
-    kb = (b.timestamp_ms, b.value is not None, b.value or b"")
+    ka = (a.timestamp_ms, a.value is not None, a.value or b"", a.expires_ms)
+    kb = (b.timestamp_ms, b.value is not None, b.value or b"", b.expires_ms)
     return a if ka >= kb else b
 
 
@@ -186,11 +221,13 @@ def merge_all(objects: Iterable[VersionedObject | None]) -> VersionedObject | No
 
 def object_to_wire(obj: VersionedObject) -> list[Any]:
     """Canonical plain form (sorted clock, siblings in dot order): equal objects encode
-    to equal bytes, which anti-entropy hashes rely on."""
+    to equal bytes, which anti-entropy hashes rely on. A sibling without expiry is the
+    4-element form every version wrote; one with an expiry adds it as a fifth element."""
     return [
         OBJECT_FORMAT,
         [[actor, obj.clock[actor]] for actor in sorted(obj.clock)],
-        [[s.actor, s.counter, s.timestamp_ms, s.value] for s in obj.siblings],
+        [[s.actor, s.counter, s.timestamp_ms, s.value, s.expires_ms] if s.expires_ms
+         else [s.actor, s.counter, s.timestamp_ms, s.value] for s in obj.siblings],
     ]
 
 
@@ -229,13 +266,17 @@ def object_from_wire(data: object, limits: Limits = DEFAULT_LIMITS) -> Versioned
         siblings = []
         seen: set[tuple[str, int]] = set()
         for raw in raw_siblings:
-            if not isinstance(raw, list) or len(raw) != 4:
-                raise ValueError("sibling must be [actor, counter, timestamp, value]")
-            actor, counter, ts, value = raw
+            if not isinstance(raw, list) or not 4 <= len(raw) <= 5:
+                raise ValueError("sibling must be [actor, counter, timestamp, value(, expires)]")
+            actor, counter, ts, value = raw[:4]
+            expires = raw[4] if len(raw) == 5 else 0
             if (
                 not isinstance(actor, str)
                 or type(counter) is not int
                 or type(ts) is not int
+                or type(expires) is not int
+                or not (0 < expires < 2**63 if len(raw) == 5 else True)
+                or (expires and value is None)
                 or not (value is None or isinstance(value, bytes))
                 or clock.get(actor, 0) < counter
                 or counter <= 0
@@ -243,7 +284,7 @@ def object_from_wire(data: object, limits: Limits = DEFAULT_LIMITS) -> Versioned
             ):
                 raise ValueError(f"invalid sibling {short_repr(raw)}")
             seen.add((actor, counter))
-            siblings.append(Sibling(actor, counter, ts, value))
+            siblings.append(Sibling(actor, counter, ts, value, expires))
     except ValueError as exc:
         raise ProtocolError(f"invalid object: {exc}") from exc
     return VersionedObject(clock, _canonical(siblings))

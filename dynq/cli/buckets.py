@@ -21,6 +21,7 @@ import asyncio
 import base64
 import json
 import sys
+import time
 from typing import IO, Any
 
 import click
@@ -81,13 +82,15 @@ def _default_props(db: Any) -> dict[str, Any]:
 @click.option("--conflict", type=click.Choice(b.CONFLICTS), default=None,
               help="siblings: keep concurrent writes; lww: newest timestamp wins (loses concurrent writes).")
 @click.option("--max-siblings", type=int, default=None, help="Refuse writes past this many siblings.")
+@click.option("--ttl", type=int, default=None, metavar="SECONDS",
+              help="Puts that give no --ttl of their own expire after this many seconds (default: never).")
 @seed_option
 @timeout_option
 def create(name: str, n: int | None, r: int | None, w: int | None, pw: int | None, conflict: str | None,
-           max_siblings: int | None, seed: tuple[str, ...], timeout: float) -> None:
+           max_siblings: int | None, ttl: int | None, seed: tuple[str, ...], timeout: float) -> None:
     """Create bucket NAME (at once: every node and client learns it with the cluster state)."""
     props = {k: v for k, v in (("n", n), ("r", r), ("w", w), ("pw", pw), ("conflict", conflict),
-                               ("max_siblings", max_siblings)) if v is not None}
+                               ("max_siblings", max_siblings), ("ttl", ttl)) if v is not None}
     body = _admin(seed, timeout, "bucket_create", {"name": name, "props": props})
     click.echo(("created " if body.get("changed") else "exists: ") + _show(body["bucket"]))
 
@@ -100,19 +103,21 @@ def create(name: str, n: int | None, r: int | None, w: int | None, pw: int | Non
 @click.option("--pw", type=int, default=None)
 @click.option("--conflict", type=click.Choice(b.CONFLICTS), default=None)
 @click.option("--max-siblings", type=int, default=None)
+@click.option("--ttl", type=int, default=None, metavar="SECONDS",
+              help="Default time to live of puts (0: remove it; values written before keep theirs).")
 @seed_option
 @timeout_option
 def set_(name: str, n: int | None, r: int | None, w: int | None, pw: int | None, conflict: str | None,
-         max_siblings: int | None, seed: tuple[str, ...], timeout: float) -> None:
+         max_siblings: int | None, ttl: int | None, seed: tuple[str, ...], timeout: float) -> None:
     """Change properties of bucket NAME (never n: its replicas would be stranded)."""
     if n is not None:
         click.echo(f"error: n cannot change after a bucket is created; create a new bucket and copy the keys "
                    f"(dynq export {name} --out FILE; dynq import FILE --bucket NEW)", err=True)
         sys.exit(2)
     changes = {k: v for k, v in (("r", r), ("w", w), ("pw", pw), ("conflict", conflict),
-                                 ("max_siblings", max_siblings)) if v is not None}
+                                 ("max_siblings", max_siblings), ("ttl", ttl)) if v is not None}
     if not changes:
-        raise click.UsageError("nothing to change: give at least one of --r --w --pw --conflict --max-siblings")
+        raise click.UsageError("nothing to change: give at least one of --r --w --pw --conflict --max-siblings --ttl")
     body = _admin(seed, timeout, "bucket_set", {"name": name, "props": changes})
     click.echo(("changed " if body.get("changed") else "unchanged ") + _show(body["bucket"]))
 
@@ -179,7 +184,8 @@ def object_line(key: bytes, obj: VersionedObject) -> str:
         "key": base64.b64encode(key).decode(),
         "clock": [[actor, obj.clock[actor]] for actor in sorted(obj.clock)],
         "siblings": [[s.actor, s.counter, s.timestamp_ms,
-                      None if s.value is None else base64.b64encode(s.value).decode()] for s in obj.siblings],
+                      None if s.value is None else base64.b64encode(s.value).decode()]
+                     + ([s.expires_ms] if s.expires_ms else []) for s in obj.siblings],
     }, separators=(",", ":"))
 
 
@@ -188,8 +194,9 @@ def parse_line(line: str, number: int) -> tuple[bytes, VersionedObject]:
         data = json.loads(line)
         key = base64.b64decode(data["key"], validate=True)
         clock = {str(a): int(c) for a, c in data["clock"]}
-        siblings = tuple(Sibling(str(a), int(c), int(ts), None if v is None else base64.b64decode(v, validate=True))
-                         for a, c, ts, v in data["siblings"])
+        siblings = tuple(Sibling(str(a), int(c), int(ts), None if v is None else base64.b64decode(v, validate=True),
+                                 int(rest[0]) if rest else 0)  # the expiry, if it has one
+                         for a, c, ts, v, *rest in data["siblings"])
     except (ValueError, KeyError, TypeError) as exc:
         raise click.ClickException(f"line {number}: not an export line: {exc}") from exc
     return key, VersionedObject(clock, tuple(sorted(siblings, key=lambda s: (s.actor, s.counter))))
@@ -215,7 +222,9 @@ async def _export(name: str, out: IO[str], seed: tuple[str, ...], timeout: float
 
                 objects = await asyncio.gather(*(fetch(k) for k in page.keys))
                 for key, obj in zip(page.keys, objects):
-                    if obj is not None and obj.found:  # deleted since it was listed: nothing to export
+                    # deleted (or every value expired) since it was listed: nothing to export;
+                    # what is exported keeps its expiry, so an import never extends a value's life
+                    if obj is not None and obj.live(int(time.time() * 1000)).found:
                         out.write(object_line(key, obj) + "\n")
                         count += 1
                 bar.length = (bar.length or 0) + len(page.keys)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
+from datetime import datetime, timezone
 from typing import Any
 
 import click
 
-from dynq_client.errors import DynqError
+from dynq_client.buckets import MAX_TTL_S
+from dynq_client.errors import DynqError, PreconditionFailed
 
 from .common import connect, fail, seed_option, show_value, timeout_option
 
@@ -51,13 +54,13 @@ def get(key: str, r: int | None, as_json: bool, bucket: str | None, seed: tuple[
         sys.exit(1)
 
 
-def _context(context: str | None) -> bytes | None:
+def _context(context: str | None, option: str = "--context") -> bytes | None:
     if context is None:
         return None
     try:
         return base64.b64decode(context, validate=True)
     except ValueError as exc:
-        raise click.BadParameter(f"not base64: {exc}", param_hint="--context") from exc
+        raise click.BadParameter(f"not base64: {exc}", param_hint=option) from exc
 
 
 @click.command()
@@ -65,15 +68,32 @@ def _context(context: str | None) -> bytes | None:
 @click.argument("value")
 @click.option("--context", default=None, help="Context printed by `dynq get` (base64).")
 @click.option("--w", type=int, default=None, help="Write quorum (default: the bucket's).")
+@click.option("--ttl", type=click.IntRange(0, MAX_TTL_S), default=None, metavar="SECONDS",
+              help="Expire the value after SECONDS (default: the bucket's ttl; 0: never).")
+@click.option("--if-none-match", is_flag=True,
+              help="Only if KEY has no live value; exit 1 with what it holds otherwise.")
+@click.option("--if-match", default=None, metavar="CONTEXT",
+              help="Only if KEY is still the version CONTEXT (from `dynq get`) was read from; exit 1 otherwise.")
 @bucket_option
 @seed_option
 @timeout_option
-def put(key: str, value: str, context: str | None, w: int | None, bucket: str | None, seed: tuple[str, ...],
-        timeout: float) -> None:
+def put(key: str, value: str, context: str | None, w: int | None, ttl: int | None, if_none_match: bool,
+        if_match: str | None, bucket: str | None, seed: tuple[str, ...], timeout: float) -> None:
     """Write VALUE (UTF-8) under KEY."""
+    if if_none_match and if_match is not None:
+        raise click.UsageError("--if-none-match and --if-match cannot be combined")
+    match = _context(if_match, "--if-match")
     try:
         with connect(seed, timeout) as db:
-            db.put(key, value.encode(), context=_context(context), w=w, bucket=bucket)
+            db.put(key, value.encode(), context=_context(context), w=w, bucket=bucket, ttl=ttl,
+                   if_none_match=if_none_match, if_match=match)
+    except PreconditionFailed as exc:
+        click.echo(f"error: precondition failed: {exc.message}", err=True)
+        for found in exc.values:
+            click.echo(f"found: {show_value(found)}", err=True)
+        if exc.context:
+            click.echo(f"context: {base64.b64encode(exc.context).decode()}", err=True)
+        sys.exit(1)
     except DynqError as exc:
         fail(exc)
     click.echo("ok")
@@ -218,7 +238,7 @@ def inspect(key: str, as_json: bool, bucket: str | None, seed: tuple[str, ...], 
                     row["object"] = None if obj is None else {
                         "clock": obj.clock,
                         "siblings": [{"dot": f"{s.actor}:{s.counter}", "timestamp_ms": s.timestamp_ms,
-                                      "tombstone": s.value is None,
+                                      "tombstone": s.value is None, "expires_ms": s.expires_ms or None,
                                       "value": None if s.value is None else show_value(s.value)[:80]}
                                      for s in obj.siblings],
                     }
@@ -227,6 +247,7 @@ def inspect(key: str, as_json: bool, bucket: str | None, seed: tuple[str, ...], 
                 rows.append(row)
     except DynqError as exc:
         fail(exc)
+    now_ms = int(time.time() * 1000)
     reachable = all("error" not in r for r in rows if r["role"] == "primary")
     primary_states = {json.dumps(r.get("object"), sort_keys=True) for r in rows if r["role"] == "primary" and "error" not in r}
     agree = reachable and len(primary_states) == 1
@@ -250,7 +271,7 @@ def inspect(key: str, as_json: bool, bucket: str | None, seed: tuple[str, ...], 
             click.echo(f"{head} clock [{clock}]{hints}")
             for sib in obj["siblings"]:
                 what = "TOMBSTONE" if sib["tombstone"] else repr(sib["value"])
-                click.echo(f"{'':22}{sib['dot']:<24} {what}")
+                click.echo(f"{'':22}{sib['dot']:<24} {what}{_expiry(sib.get('expires_ms'), now_ms)}")
         if agree:
             click.echo("primaries agree")
         elif len(primary_states) > 1:
@@ -280,3 +301,12 @@ def backup(node_name: str, path: str, seed: tuple[str, ...], timeout: float) -> 
     except DynqError as exc:
         fail(exc)
     click.echo(f"ok: {body['keys']} keys, {body['pages']} pages -> {body['path']} on {node_name}")
+
+
+def _expiry(expires_ms: int | None, now_ms: int) -> str:
+    """How `dynq inspect` shows a sibling's expiry: when, and whether it has passed."""
+    if not expires_ms:
+        return ""
+    when = datetime.fromtimestamp(expires_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    left = (expires_ms - now_ms) / 1000
+    return f"  expires {when} UTC ({'in %.1f s' % left if left > 0 else 'EXPIRED %.1f s ago' % -left})"

@@ -33,6 +33,7 @@ from dynq_client.protocol import Request
 from dynq_client.versions import decode_object
 
 from ..config import NodeConfig
+from ..env import SYSTEM
 from ..server.ports import ClusterView, Handler
 from ..server.responder import Responder
 from ..store.storage import Storage
@@ -66,7 +67,8 @@ class KeyLister:
     """The ``list_keys`` op."""
 
     def __init__(self, cluster: ClusterView, storage: Storage, config: NodeConfig,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_ms: Callable[[], int] = SYSTEM.wall_ms) -> None:
+        self.wall_ms = wall_ms  # what expiries of values compare with
         self.cluster = cluster
         self.storage = storage
         self.config = config
@@ -97,6 +99,7 @@ class KeyLister:
             raise InvalidRequest(f"field 'parts' must be ascending distinct partitions in 0..{ring.q - 1}")
         limit = p.get_int(body, "limit", lo=1, hi=MAX_PAGE, default=1000)
         assert limit is not None
+        now_ms = self.wall_ms()
         user_prefix = p.get_bytes(body, "prefix", required=False) or b""
         after = body.get("after")
         after_p, after_key = -1, None
@@ -132,7 +135,7 @@ class KeyLister:
                         nbytes += len(blob)
                         start = last = skey
                         try:
-                            live = decode_object(blob, self.config.limits).found
+                            live = decode_object(blob, self.config.limits).live(now_ms).found
                         except ProtocolError:
                             live = True  # list what we cannot read: a get will say what is wrong
                         if live:

@@ -24,7 +24,7 @@ from dynq_client.errors import DynqError, InternalError, InvalidRequest, Storage
 from dynq_client.health import sloppy_targets
 from dynq_client.protocol import Limits, Reply, Request, reply_error
 from dynq_client.ring import PreferenceList
-from dynq_client.buckets import MARK, BucketProps
+from dynq_client.buckets import MARK, MAX_TTL_S, BucketProps
 from dynq_client.versions import (
     VersionedObject,
     decode_context,
@@ -32,6 +32,7 @@ from dynq_client.versions import (
     encode_object,
     last_write_wins,
     merge,
+    merge_all,
     merge_clocks,
 )
 
@@ -43,6 +44,7 @@ from ..server.ports import ClusterView, CommitCallback, Handler, ignore_reply
 from ..server.responder import Responder, guarded
 from ..server.stats import Stats
 from ..store.storage import Storage
+from .conditions import Condition, KeyQueue, Release, check
 from .coordinator import GetCoordinator, PutCoordinator, not_executed
 from .local import LocalReplica
 from .write_plan import actor_for, choose_targets, plan_write
@@ -78,6 +80,7 @@ class KvService:
         self.call_later = loop.call_later
         self.is_up = peers.is_up
         self._limits_of: dict[int, Limits] = {}  # a bucket's max_siblings -> its Limits, made once
+        self._conditions = KeyQueue()  # conditional puts coordinated here, one at a time per key
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -154,8 +157,25 @@ class KvService:
         assert value is not None
         if len(value) > self.limits.max_value_bytes:
             raise ValueTooLarge(f"value is {len(value)} bytes; the limit is {self.limits.max_value_bytes}")
-        context = decode_context(p.get_bytes(req.body, "ctx", required=False), self.limits)
-        self._write(responder, req, key, value, context, props)
+        body = req.body
+        context = decode_context(p.get_bytes(body, "ctx", required=False), self.limits)
+        ttl = p.get_int(body, "ttl", lo=0, hi=MAX_TTL_S, default=None)
+        if ttl is None and props is not None:
+            ttl = props.ttl
+        condition = None
+        if "inm" in body or "im" in body:
+            none_match = body.get("inm", False)
+            if type(none_match) is not bool:
+                raise InvalidRequest("field 'inm' (if_none_match) must be true or false")
+            raw_match = body.get("im")
+            if raw_match is not None and not isinstance(raw_match, bytes):
+                raise InvalidRequest("field 'im' (if_match) must be a context (bytes)")
+            if none_match and raw_match is not None:
+                raise InvalidRequest("if_none_match and if_match cannot be combined")
+            match = decode_context(raw_match, self.limits) if raw_match is not None else None
+            if none_match or match is not None:
+                condition = Condition(none_match, match)
+        self._write(responder, req, key, value, context, props, ttl_s=ttl or 0, condition=condition)
 
     def handle_delete(self, responder: Responder, req: Request) -> None:
         key, props = fields.bucket_key(req.body, self.limits, self.cluster.state.buckets)
@@ -170,7 +190,7 @@ class KvService:
         def after_read(obj: VersionedObject | None, error: DynqError | None) -> None:
             if error is not None:
                 responder.fail(error)
-            elif obj is None or obj.is_tombstone:
+            elif obj is None or not obj.live(self.wall_ms()).found:
                 responder.ok({"found": False})
             else:
                 guarded(responder, self._write, responder, req, key, None, dict(obj.clock), props)
@@ -178,13 +198,21 @@ class KvService:
         self._coordinate_get(key, self.config.r if props is None else props.r,
                              fields.deadline_s(req.body, self.config.request_timeout_ms), after_read, props)
 
-    def _forward_if_not_primary(self, responder: Responder, req: Request, plist: PreferenceList) -> bool:
+    def _forward_if_not_primary(self, responder: Responder, req: Request, plist: PreferenceList, *,
+                                first: bool = False) -> bool:
         """Writes are coordinated by a primary of the key, so that only the N replicas (not
-        every node) appear as actors in its version vector: metadata stays bounded."""
+        every node) appear as actors in its version vector: metadata stays bounded.
+        ``first`` (a conditional put): by the key's first reachable primary, where the
+        conditional puts of the key are serialised."""
         primaries = plist.primaries
-        if self.name in primaries or req.body.get("fwd") is True:
+        if req.body.get("fwd") is True:
             return False
-        reachable = [name for name in primaries if self.is_up(name)]
+        if self.name in primaries:
+            if not first:
+                return False
+            reachable = [name for name in primaries[:primaries.index(self.name)] if self.is_up(name)]
+        else:
+            reachable = [name for name in primaries if self.is_up(name)]
         if not reachable:  # always writable: with every primary down, coordinate here
             return False
         timeout = fields.deadline_s(req.body, self.config.request_timeout_ms)
@@ -218,7 +246,8 @@ class KvService:
         return True
 
     def _write(self, responder: Responder, req: Request, key: bytes, value: bytes | None,
-               context: dict[str, int], props: BucketProps | None = None) -> None:
+               context: dict[str, int], props: BucketProps | None = None, *, ttl_s: int = 0,
+               condition: Condition | None = None) -> None:
         cluster = self.cluster
         ring = cluster.ring
         if props is None:
@@ -229,28 +258,70 @@ class KvService:
             n, plist = props.n, ring.preference_list_for(key, props.n)
             w = fields.quorum(req.body, "w", props.w, n)
             pw = p.get_int(req.body, "pw", lo=0, hi=n, default=props.pw) or 0
-        if self._forward_if_not_primary(responder, req, plist):
+        if self._forward_if_not_primary(responder, req, plist, first=condition is not None):
             return
+        if condition is not None:
+            self._conditions.run(key, functools.partial(
+                self._conditional_write, responder, req, key, value, props, plist, n, w, pw, ttl_s, condition))
+            return
+        self._write_now(responder, req, key, value, context, props, plist, n, w, pw, ttl_s, responder.outcome)
+
+    def _conditional_write(self, responder: Responder, req: Request, key: bytes, value: bytes | None,
+                           props: BucketProps | None, plist: PreferenceList, n: int, w: int, pw: int,
+                           ttl_s: int, condition: Condition, release: Release) -> None:
+        """Check ``condition`` against this node's copy merged with a quorum read, then
+        write (this key's next conditional put waits until this one is answered)."""
+        r = fields.quorum(req.body, "r", self.config.r if props is None else props.r, n)
+
+        def outcome(body: dict[str, Any] | None, error: DynqError | None) -> None:
+            release()
+            responder.outcome(body, error)
+
+        def after_read(obj: VersionedObject | None, error: DynqError | None) -> None:
+            if error is not None:
+                outcome(None, error)
+                return
+            try:
+                current = merge_all((obj, self.storage.current(key)))
+                if current is not None and props is not None and props.lww:
+                    current = last_write_wins(current)
+                context = check(condition, current, self.wall_ms())
+                self._write_now(responder, req, key, value, context, props, plist, n, w, pw, ttl_s, outcome)
+            except DynqError as exc:
+                outcome(None, exc)
+            except Exception as exc:  # a bug: answer, and let the key's next put run
+                log.exception("conditional put failed")
+                outcome(None, InternalError(f"{type(exc).__name__}: {exc}"))
+
+        self._coordinate_get(key, r, fields.deadline_s(req.body, self.config.request_timeout_ms), after_read, props)
+
+    def _write_now(self, responder: Responder, req: Request, key: bytes, value: bytes | None,
+                   context: dict[str, int], props: BucketProps | None, plist: PreferenceList, n: int, w: int,
+                   pw: int, ttl_s: int, outcome: Callable[[dict[str, Any] | None, DynqError | None], None]) -> None:
+        cluster = self.cluster
         targets = choose_targets(self.name, plist.primaries, plist.fallbacks, n, self.is_up)
         storage = self.storage
         local = storage.current(key)
         if props is not None and props.lww and local is not None:
             context = merge_clocks(context, local.clock)  # last write wins: supersede all we know
         forgotten = storage.is_forgotten(key)
+        now_ms = self.wall_ms()
         plan = plan_write(
             targets=targets, fallbacks=plist.fallbacks,
             pending=cluster.state.pending_replicas(plist.partition, None if props is None else n),
             is_up=self.is_up, down=self.peers.down, local=local, context=context,
             actor=actor_for(self.actor, local, forgotten, storage.next_dot), value=value,
-            now_ms=self.wall_ms(), w=w, limits=self._bucket_limits(props),
+            now_ms=now_ms, expires_ms=now_ms + ttl_s * 1000 if ttl_s and value is not None else 0,
+            w=w, limits=self._bucket_limits(props),
             many_siblings=functools.partial(self._many_siblings, key),
         )
-        outcome = responder.outcome
         if forgotten:  # minted by a fresh actor now: later writes may use it again
+            answer = outcome
+
             def outcome(body: dict[str, Any] | None, error: DynqError | None) -> None:
                 if error is None:
                     storage.remember(key)
-                responder.outcome(body, error)
+                answer(body, error)
 
         coordinator = PutCoordinator(
             self, key, plan.obj, plan.blob, plan.targets, w, fields.deadline_s(req.body, self.config.request_timeout_ms),

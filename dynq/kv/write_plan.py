@@ -89,13 +89,14 @@ def plan_write(
     value: bytes | None,
     now_ms: int,
     w: int,
+    expires_ms: int = 0,
     limits: Limits,
     many_siblings: Callable[[int], None],
 ) -> WritePlan:
     """The new object and where it goes, or the error that stops the put (in this order:
     clock entries, siblings, object size, too few targets). ``many_siblings`` hears of a
     key with more siblings than the warning threshold."""
-    new = update(local, context, actor, value, now_ms)
+    new = update(local, context, actor, value, now_ms, expires_ms)
     if len(new.clock) > limits.max_clock_entries:
         raise InvalidContext(
             f"the write's version vector would have {len(new.clock)} entries (limit "

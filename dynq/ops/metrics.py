@@ -130,6 +130,7 @@ def render_prometheus(stats: dict[str, Any], latencies: Latencies) -> str:
         ("keys_repaired", "counter", "Keys found different by anti-entropy."),
         ("bytes_sent", "counter", "Anti-entropy request bytes sent."),
         ("tombstones_reaped", "counter", "Tombstones deleted after every primary held them."),
+        ("expired_reclaimed", "counter", "Objects whose values had all expired, deleted after every primary held them."),
         ("horizon_s", "gauge", "Age of the oldest partition this node has not completed a pass of."),
     ):
         name = "dynq_ae_" + key.replace("_s", "_seconds") if key == "horizon_s" else "dynq_ae_" + key

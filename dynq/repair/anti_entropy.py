@@ -22,6 +22,9 @@ primary of, ``concurrency`` at a time (default one), every ``interval_ms``, and 
 objects and bytes it moves with a token bucket (``rate_objects``, ``rate_bytes``).
 ``dynq repair`` runs passes now through the ``ae_repair`` op.
 
+Expired objects (every value past its expiry) are reaped the same way, by their own loop
+(:meth:`AntiEntropy.reclaim_expired`) after a shorter grace, without waiting for a pass.
+
 Tombstone reaping (after a pass that reached every primary): a tombstone older than the
 grace period is deleted only if every primary reports the *same* leaf hash for it (they
 all hold exactly this tombstone), no member holds a hint for the key, and no non-primary
@@ -187,8 +190,9 @@ class AntiEntropy:
             "sample": sorted(total.repaired)[:SAMPLE_KEYS],
         }
 
-    async def reap(self, partition: int) -> int:
-        """Delete tombstones past the grace period that every primary holds identically,
+    async def reap(self, partition: int, *, expired: bool = False) -> int:
+        """Delete tombstones past the grace period (``expired``: objects whose values all
+        expired more than the expiry grace ago) that every primary holds identically,
         while no member holds a hint or (as a non-primary) a copy of the key."""
         trees = self.trees
         if self.cluster.state.next_ring is not None:
@@ -196,9 +200,13 @@ class AntiEntropy:
             # of a key it has not yet seen deleted. Reap once the ring has settled.
             self.reap_blocked += 1
             return 0
-        older_than = self.env.wall_ms() - self.config.ae_tombstone_grace_s * 1000
-        candidates = [(k, h) for k, h in trees.reap_candidates(partition, older_than, REAP_BATCH)
-                      if not self.storage.hints_for_key(k)]
+        if expired:
+            before = self.env.wall_ms() - self.config.ae_expiry_grace_s * 1000
+            found = trees.expired_candidates(partition, before, self.config.ae_expiry_batch)
+        else:
+            older_than = self.env.wall_ms() - self.config.ae_tombstone_grace_s * 1000
+            found = trees.reap_candidates(partition, older_than, REAP_BATCH)
+        candidates = [(k, h) for k, h in found if not self.storage.hints_for_key(k)]
         if not candidates:
             return 0
         primaries = set(trees.primaries(partition))
@@ -235,8 +243,33 @@ class AntiEntropy:
         deleted = trees.delete_if_unchanged(partition, [(k, h) for k, h in items if not self.storage.hints_for_key(k)])
         self.reaped += len(deleted)
         if deleted:
-            log.info("reaped %d tombstones of partition %d", len(deleted), partition)
+            log.log(logging.DEBUG if expired else logging.INFO, "reaped %d %s of partition %d", len(deleted),
+                    "expired objects" if expired else "tombstones", partition)
         return len(deleted)
+
+    # --- expiry ------------------------------------------------------------------------
+
+    async def reclaim_expired(self) -> None:
+        """Reclaim objects whose every value has expired, in the background: every
+        ``expiry_interval_ms``, each partition this node is the first primary of that has
+        such objects past the expiry grace is reaped in batches of ``expiry_batch`` (the
+        same all-primaries compare-and-delete as tombstones, so an older copy anywhere
+        blocks it and nothing superseded comes back). Runs without waiting for a repair
+        pass: every replica holds the same expiry, so their leaves already agree."""
+        if not self.config.ae_enabled:
+            return
+        while True:
+            await asyncio.sleep(self.config.ae_expiry_interval_ms / 1000)
+            before = self.env.wall_ms() - self.config.ae_expiry_grace_s * 1000
+            for partition in self.trees.tracked_partitions():
+                primaries = self.trees.primaries(partition)
+                if not primaries or primaries[0] != self.name or not self.trees.has_expired(partition, before):
+                    continue
+                try:
+                    while await self.reap(partition, expired=True) >= self.config.ae_expiry_batch:
+                        await asyncio.sleep(0)  # a full batch: there may be more
+                except (DynqError, OSError) as exc:
+                    log.warning("reclaiming expired objects of partition %d failed: %s", partition, exc)
 
     # --- metrics ------------------------------------------------------------------------
 
@@ -269,7 +302,8 @@ class AntiEntropy:
             "keys_received": self.totals.keys_received,
             "bytes_sent": self.totals.bytes_sent,
             "bytes_received": self.totals.bytes_received,
-            "tombstones_reaped": self.reaped + self.server.reaped,
+            "tombstones_reaped": self.reaped + self.server.reaped - self.trees.expired_reclaimed,
+            "expired_reclaimed": self.trees.expired_reclaimed,
             "reaps_blocked": self.reap_blocked,
             "tree_fixes": self.trees.fixed_by_verify,
             "partitions_never_exchanged": never,

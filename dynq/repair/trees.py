@@ -12,7 +12,7 @@ a bucket this node has not heard of yet get no leaf until verification finds the
 
 Persistence is one row per key, written in the *same transaction* as the object::
 
-    ae_leaves(partition, segment, key, h, tomb_ms)   -- h = leaf_hash(key, object bytes)
+    ae_leaves(partition, segment, key, h, tomb_ms, exp_ms)   -- h = leaf_hash(key, object bytes)
     ae_partitions(partition, verified_ms, exchanged_ms, keys_repaired, build_ms)
 
 so the leaves can never disagree with the objects after a crash, and a restart never
@@ -23,7 +23,8 @@ leaf row (a point read of a small row), never from the old object.
 
 The leaf table also makes exchange cheap: the keys of one segment are an index range
 scan (``PRIMARY KEY (partition, segment, key)``), and tombstones old enough to reap are
-found through a partial index on ``tomb_ms``.
+found through a partial index on ``tomb_ms``, objects whose every value has expired
+through one on ``exp_ms`` (:meth:`VersionedObject.dead_since_ms`).
 
 Only partitions this node is a *primary* of have leaves. A fallback's hinted copies
 live in partitions it is not a primary of, so they never enter a tree, and roots of two
@@ -66,6 +67,7 @@ CREATE TABLE IF NOT EXISTS ae_leaves (
     key BLOB NOT NULL,
     h BLOB NOT NULL,
     tomb_ms INTEGER NOT NULL,
+    exp_ms INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (partition, segment, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ae_tombstones ON ae_leaves(partition, tomb_ms) WHERE tomb_ms > 0;
@@ -78,9 +80,13 @@ CREATE TABLE IF NOT EXISTS ae_partitions (
 );
 """
 
+_EXPIRY_SCHEMA = "CREATE INDEX IF NOT EXISTS ae_expired ON ae_leaves(partition, exp_ms) WHERE exp_ms > 0"
+"""After the column exists (a database of an older version gains it by ALTER TABLE)."""
+
 _UPSERT_LEAF = (
-    "INSERT INTO ae_leaves(partition, segment, key, h, tomb_ms) VALUES(?, ?, ?, ?, ?) "
-    "ON CONFLICT(partition, segment, key) DO UPDATE SET h = excluded.h, tomb_ms = excluded.tomb_ms"
+    "INSERT INTO ae_leaves(partition, segment, key, h, tomb_ms, exp_ms) VALUES(?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(partition, segment, key) DO UPDATE SET h = excluded.h, tomb_ms = excluded.tomb_ms, "
+    "exp_ms = excluded.exp_ms"
 )
 
 Staged = dict[bytes, tuple[int, VersionedObject, bytes]]
@@ -96,13 +102,28 @@ def tombstone_ms(obj: VersionedObject) -> int:
 def tombstone_ms_of_blob(blob: bytes) -> int:
     """:func:`tombstone_ms` of a stored object, from its plain form without building it
     (0 for a live object, and for a row that does not decode: repair will merge over it)."""
+    return leaf_times_of_blob(blob)[0]
+
+
+def leaf_times(obj: VersionedObject) -> tuple[int, int]:
+    """A leaf's reap times: (tombstone time, expiry time), see :meth:`VersionedObject.dead_since_ms`."""
+    return tombstone_ms(obj), obj.dead_since_ms()
+
+
+def leaf_times_of_blob(blob: bytes) -> tuple[int, int]:
+    """:func:`leaf_times` of a stored object from its plain form (a sibling is
+    ``[actor, counter, ts, value(, expires)]``); (0, 0) for a row that does not decode."""
     try:
         siblings = msgpack.unpackb(blob)[2]
-        if not siblings or any(s[3] is not None for s in siblings):
-            return 0
-        return max(1, *(int(s[2]) for s in siblings))
+        if not siblings:
+            return 0, 0
+        if all(s[3] is None for s in siblings):
+            return max(1, *(int(s[2]) for s in siblings)), 0
+        if not any(len(s) == 5 for s in siblings) or any(s[3] is not None and len(s) == 4 for s in siblings):
+            return 0, 0
+        return 0, max(int(s[4]) if len(s) == 5 else int(s[2]) for s in siblings)
     except Exception:
-        return 0
+        return 0, 0
 
 
 @dataclass
@@ -132,6 +153,9 @@ class PartitionTrees:
         self._ns_seen: set[int] = set()  # the n values those buckets use (and the ring's)
         self.segments, self.fanout = segments, fanout
         self.conn.execute(_SCHEMA)
+        if not any(col[1] == "exp_ms" for col in self.conn.execute("PRAGMA table_info(ae_leaves)")):
+            self.conn.execute("ALTER TABLE ae_leaves ADD COLUMN exp_ms INTEGER NOT NULL DEFAULT 0")
+        self.conn.execute(_EXPIRY_SCHEMA)
         self.trees: dict[int, Tree] = {}  # partition -> loaded tree (lazily)
         self.loading: dict[int, tuple[Tree, tuple[int, bytes]]] = {}  # partition -> (partial tree, rows read up to)
         self.info: dict[int, PartitionInfo] = {}  # partition -> persisted bookkeeping
@@ -144,6 +168,7 @@ class PartitionTrees:
         self._partition_bits = 0
         self.verifying: set[int] = set()  # partitions being verified now
         self.fixed_by_verify = 0  # leaf rows verification had to correct (total)
+        self.expired_reclaimed = 0  # reaped objects whose values had all expired (since start)
         epoch = storage.get_meta("reap_epoch")
         self.reap_epoch = int(epoch) if epoch else 0  # reap rounds that deleted something, ever
         if storage.is_empty():  # a new (or emptied) database: nothing to verify
@@ -222,7 +247,7 @@ class PartitionTrees:
         """Write the leaf rows of the staged objects; return what to apply to the in-memory
         trees once the transaction has committed (nothing if it rolls back)."""
         tracked = self._refresh()
-        rows: list[tuple[int, int, bytes, bytes, int]] = []
+        rows: list[tuple[int, int, bytes, bytes, int, int]] = []
         deltas: list[tuple[int, int, bytes, int]] = []
         bits, segments = self._partition_bits, self.segments
         buckets = self._buckets_seen
@@ -245,7 +270,7 @@ class PartitionTrees:
             delta = new ^ (hash_int(before) if before is not None else 0)
             if not delta:
                 continue
-            rows.append((partition, seg, key, hash_bytes(new), tombstone_ms(obj)))
+            rows.append((partition, seg, key, hash_bytes(new), *leaf_times(obj)))
             deltas.append((partition, seg, key, delta))
         if not rows:
             return None
@@ -347,6 +372,21 @@ class PartitionTrees:
             "SELECT key, h FROM ae_leaves WHERE partition = ? AND tomb_ms > 0 AND tomb_ms < ? LIMIT ?",
             (partition, older_than_ms, limit))]
 
+    def expired_candidates(self, partition: int, before_ms: int, limit: int) -> list[tuple[bytes, bytes]]:
+        """Objects whose every sibling had expired (or was a delete) before ``before_ms``:
+        (key, leaf hash)."""
+        return [(bytes(k), bytes(h)) for k, h in self.conn.execute(
+            "SELECT key, h FROM ae_leaves WHERE partition = ? AND exp_ms > 0 AND exp_ms < ? LIMIT ?",
+            (partition, before_ms, limit))]
+
+    def has_expired(self, partition: int, before_ms: int) -> bool:
+        """Whether :meth:`expired_candidates` would find any (one index probe)."""
+        for _ in self.conn.execute(
+                "SELECT 1 FROM ae_leaves WHERE partition = ? AND exp_ms > 0 AND exp_ms < ? LIMIT 1",
+                (partition, before_ms)):
+            return True
+        return False
+
     # --- changes outside the write path --------------------------------------------------
 
     def _drop(self, orphans: list[tuple[int, int, bytes, int]]) -> None:
@@ -414,14 +454,14 @@ class PartitionTrees:
         old = {bytes(k): bytes(h) for k, h in self.conn.executemany(
             "SELECT key, h FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?",
             [(partition, seg, key) for seg, key, _ in mine])}
-        upserts: list[tuple[int, int, bytes, bytes, int]] = []
+        upserts: list[tuple[int, int, bytes, bytes, int, int]] = []
         deltas: list[tuple[int, int, bytes, int]] = []
         for seg, key, blob in mine:
             new = leaf_hash(key, blob)
             old_b = old.get(key)
             before = 0 if old_b is None else hash_int(old_b)
             if before != new:
-                upserts.append((partition, seg, key, hash_bytes(new), tombstone_ms_of_blob(blob)))
+                upserts.append((partition, seg, key, hash_bytes(new), *leaf_times_of_blob(blob)))
                 deltas.append((partition, seg, key, before ^ new))
         if upserts:
             upserts.sort()  # in primary-key order: appends to the leaf b-tree, not random inserts
@@ -435,6 +475,7 @@ class PartitionTrees:
         one transaction). Call with nothing staged (the caller flushes first)."""
         deleted: list[bytes] = []
         fixes: list[tuple[int, int, bytes, int]] = []
+        expired = 0  # of them, objects whose values had all expired (the rest: tombstones)
         epoch = self.reap_epoch + 1
         with self.conn:
             # Reap rounds, counted (stats). Reaped keys are also recorded as forgotten, in
@@ -444,16 +485,19 @@ class PartitionTrees:
                               "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (str(epoch).encode(),))
             for key, h in items:
                 seg = self.segment(key)
-                self.conn.execute(
-                    "DELETE FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ? AND h = ?",
-                    (partition, seg, key, h))
-                if self.conn.changes():
+                gone = list(self.conn.execute(
+                    "DELETE FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ? AND h = ? "
+                    "RETURNING exp_ms", (partition, seg, key, h)))
+                if gone:
+                    if gone[0][0]:
+                        expired += 1
                     self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
                     self.storage.forget(key)
                     deleted.append(key)
                     fixes.append((partition, seg, key, hash_int(h)))
         if deleted:
             self.reap_epoch = epoch
+            self.expired_reclaimed += expired
         self._apply(fixes)
         return deleted
 

@@ -13,6 +13,11 @@ exactly which write was lost or which value came from nowhere.
   value may appear that was never written, or that an acknowledged write or delete
   covered (a resurrection); keys whose every write an acknowledged delete covered must be
   absent.
+* :func:`check_ttl` - workload "ttl" (writes with short ttls, long ones, or none): no
+  read, during the run or after heal, returns a value whose expiry had certainly passed
+  when the read began; every acknowledged value that had not expired (long ttl or none)
+  and no write of possible effect covered survives; nothing unwritten or superseded
+  appears.
 * :func:`check_convergence` - every replica of every item holds the same digest. Items
   are keys and digests canonical dumps (the encoded object each primary holds) today; the
   same check takes partitions and Merkle roots once anti-entropy exists.
@@ -139,6 +144,85 @@ def check_siblings(history: History, final: Mapping[str, set[str]]) -> Verdict:
     v.counts = {"ops": c["ops"], "acknowledged": c[OK], "failed": c[FAIL], "unknown": c[UNKNOWN], "lost": lost,
                 "phantom": phantom, "resurrected": resurrected, "undeleted": undeleted, "reads": c["reads"],
                 "keys_with_siblings": sum(1 for values in final.values() if len(values) > 1),
+                "keys_absent": sum(1 for key in keys if not final.get(key))}
+    return v
+
+
+UNKNOWN_SLACK_S = 5.0
+"""How long after a client gave up on a put a coordinator may still have minted it (its
+request timeout, with room): an unknown put's expiry is at most this much later."""
+
+
+def latest_expiry(op: Any) -> float | None:
+    """The latest wall-clock time a put's value can expire (its coordinator minted the
+    expiry between invocation and completion), or None if it never expires."""
+    if op.ttl is None or op.ttl <= 0:
+        return None
+    if op.outcome == OK:
+        assert op.complete_wall is not None
+        return float(op.complete_wall + op.ttl)
+    return float((op.complete_wall or op.invoke_wall) + UNKNOWN_SLACK_S + op.ttl)
+
+
+def check_ttl(history: History, final: Mapping[str, set[str]], checked_at: float, *,
+              long_ttl: int = 3600) -> Verdict:
+    """``final``: key -> the live values read after heal at wall-clock ``checked_at``."""
+    puts = {op.value: op for op in history.ops if op.f == "put" and op.outcome != FAIL}
+    acked: dict[str, set[str]] = defaultdict(set)
+    maybe: dict[str, set[str]] = defaultdict(set)
+    covered_by_acked: dict[str, set[str]] = defaultdict(set)
+    covered_by_maybe: dict[str, set[str]] = defaultdict(set)
+    keys: set[str] = set(final)
+    for op in puts.values():
+        keys.add(op.key)
+        maybe[op.key].add(op.value)
+        covered_by_maybe[op.key] |= op.covers
+        if op.outcome == OK:
+            acked[op.key].add(op.value)
+            covered_by_acked[op.key] |= op.covers
+    v = Verdict("ttl")
+    lost = phantom = resurrected = expired_read = expired_final = 0
+
+    def expired_before(value: str, when: float) -> bool:
+        op = puts.get(value)
+        latest = latest_expiry(op) if op is not None else None
+        return latest is not None and when > latest
+
+    for op in history.ops:  # reads during the run
+        if op.f != "read" or op.outcome != OK or op.result is None:
+            continue
+        extra = set(op.result) - maybe[op.key]
+        phantom += len(extra)
+        if extra:
+            v.problems.append(f"{op.key}: a read returned values never written: {sorted(extra)[:10]} (op {op.index})")
+        stale = sorted(x for x in op.result if expired_before(x, op.invoke_wall))
+        expired_read += len(stale)
+        if stale:
+            v.problems.append(f"{op.key}: a read begun after their expiry returned {stale[:10]} (op {op.index})")
+    for key in sorted(keys):
+        got = final.get(key, set())
+        lasting = {x for x in acked[key] if puts[x].ttl is None or puts[x].ttl >= long_ttl}
+        missing = lasting - covered_by_maybe[key] - got
+        lost += len(missing)
+        if missing:
+            v.problems.append(f"{key}: acknowledged unexpired writes lost: {sorted(missing)[:20]}")
+        extra = got - maybe[key]
+        phantom += len(extra)
+        if extra:
+            v.problems.append(f"{key}: values read after heal that were never written: {sorted(extra)[:20]}")
+        back = got & covered_by_acked[key]
+        resurrected += len(back)
+        if back:
+            v.problems.append(f"{key}: values an acknowledged write superseded came back: {sorted(back)[:20]}")
+        stale = sorted(x for x in got if expired_before(x, checked_at))
+        expired_final += len(stale)
+        if stale:
+            v.problems.append(f"{key}: expired values readable after heal: {stale[:20]}")
+    c = history.counts(("put",))
+    v.counts = {"ops": c["ops"], "acknowledged": c[OK], "failed": c[FAIL], "unknown": c[UNKNOWN], "lost": lost,
+                "phantom": phantom, "resurrected": resurrected, "expired_read": expired_read,
+                "expired_final": expired_final, "reads": c["reads"],
+                "with_ttl": sum(1 for op in puts.values() if op.ttl),
                 "keys_absent": sum(1 for key in keys if not final.get(key))}
     return v
 

@@ -73,6 +73,9 @@ class Op:
     complete_t: float | None = None
     result: Any = None  # read: what it returned
     error: str = ""
+    ttl: int | None = None  # put: the time to live it asked for (None: none)
+    invoke_wall: float = 0.0  # wall-clock time of the invocation (expiry is wall-clock)
+    complete_wall: float | None = None
 
     @property
     def completed(self) -> bool:
@@ -92,9 +95,11 @@ class History:
     started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def invoke(self, process: int, f: str, key: str, value: Any = None, covers: Iterable[str] = ()) -> Op:
+    def invoke(self, process: int, f: str, key: str, value: Any = None, covers: Iterable[str] = (),
+               ttl: int | None = None) -> Op:
         with self._lock:
-            op = Op(len(self.ops), process, f, key, value, frozenset(covers), time.monotonic() - self.started)
+            op = Op(len(self.ops), process, f, key, value, frozenset(covers), time.monotonic() - self.started,
+                    ttl=ttl, invoke_wall=time.time())
             self.ops.append(op)
             return op
 
@@ -103,6 +108,7 @@ class History:
         assert not op.completed, f"op {op.index} completed twice"
         op.type, op.result, op.error = type_, result, error
         op.complete_t = time.monotonic() - self.started
+        op.complete_wall = time.time()
 
     def fail_or_unknown(self, op: Op, exc: BaseException) -> None:
         """Complete ``op`` from an exception, classified by :func:`classify`."""
@@ -117,7 +123,7 @@ class History:
                     "covers": sorted(op.covers), "invoke_t": round(op.invoke_t, 4), "type": op.outcome,
                     "complete_t": None if op.complete_t is None else round(op.complete_t, 4),
                     "result": sorted(op.result) if isinstance(op.result, frozenset) else op.result,
-                    "error": op.error,
+                    "error": op.error, "ttl": op.ttl, "invoke_wall": round(op.invoke_wall, 4),
                 }) + "\n")
 
     def counts(self, fs: Iterable[str] = ("add", "put", "delete")) -> dict[str, int]:

@@ -75,6 +75,29 @@ class Partition(Nemesis):
         return "healed"
 
 
+class Either(Nemesis):
+    """Each fault one of ``nemeses``, chosen at random (e.g. partitions and kills)."""
+
+    def __init__(self, cluster: FaultCluster, nemeses: list[Nemesis]) -> None:
+        super().__init__(cluster)
+        self.nemeses = nemeses
+        self.name = "+".join(n.name for n in nemeses)
+        self.current: Nemesis | None = None
+
+    def begin(self, rng: random.Random) -> str:
+        self.current = rng.choice(self.nemeses)
+        self.faults += 1
+        return self.current.begin(rng)
+
+    def end(self) -> str:
+        current, self.current = self.current, None
+        return current.end() if current is not None else "nothing"
+
+    def heal_all(self) -> None:
+        for nemesis in self.nemeses:
+            nemesis.heal_all()
+
+
 class Crash(Nemesis):
     """SIGKILL up to ``max_down`` random nodes; ``end`` restarts them with the same command."""
 

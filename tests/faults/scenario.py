@@ -27,7 +27,15 @@ from dynq_client import Client, DynqError
 from dynq_client import buckets as b
 from dynq_client.versions import decode_object, encode_object
 
-from .checker import Verdict, check_convergence, check_hints_drained, check_set_adds, check_siblings
+from .checker import (
+    Verdict,
+    check_convergence,
+    check_hints_drained,
+    check_set_adds,
+    check_siblings,
+    check_ttl,
+    latest_expiry,
+)
 from .cluster import FaultCluster
 from .nemesis import Nemesis, Schedule
 from .workloads import Workload, decode_set, split_key
@@ -105,11 +113,13 @@ def run_scenario(
     extra_checks: Callable[[FaultCluster, Client, Workload, Result], None] | None = None,
     before_check: Callable[[FaultCluster], None] | None = None,
     buckets: dict[str, int] | None = None,
+    config: str = "",
 ) -> Result:
     t0 = time.monotonic()
     rng = random.Random(f"{seed}/{name}")
     result = Result(name, seed)
-    cluster = FaultCluster.create(tmp_path / "cluster", nodes=5, tmpfs_node=tmpfs_node, extra_config=FAULT_CONFIG)
+    cluster = FaultCluster.create(tmp_path / "cluster", nodes=5, tmpfs_node=tmpfs_node,
+                                  extra_config=FAULT_CONFIG + config)
     schedule: Schedule | None = None
     workload: Workload | None = None
     try:
@@ -180,8 +190,15 @@ def heal_and_check(cluster: FaultCluster, workload: Workload, history: object, r
 
         wait_for("hints drained", drained, timeout=120)
         result.verdicts.append(check_hints_drained(pending))
+        if workload.kind == "ttl":  # check once every short ttl has certainly passed
+            expiries = [t for op in workload.history.ops if op.f == "put" and op.ttl and op.ttl < 600
+                        and (t := latest_expiry(op)) is not None]
+            time.sleep(max(0.0, max(expiries, default=0.0) - time.time()))
         final, views = converge(client, workload.key_names, timeout=120)
-        if workload.kind == "set-add":
+        if workload.kind == "ttl":
+            strs = {k: {v.decode() for v in values} for k, values in final.items()}
+            result.verdicts.insert(0, check_ttl(workload.history, strs, time.time()))
+        elif workload.kind == "set-add":
             sets = {k: set().union(*(decode_set(v) for v in values)) for k, values in final.items()}
             result.verdicts.insert(0, check_set_adds(workload.history, sets))
         else:
@@ -270,7 +287,7 @@ def converge(client: Client, keys: list[str], timeout: float) -> tuple[dict[str,
             if len(set(view.values())) == 1:
                 todo.remove(key)
                 blob = next(iter(view.values()))
-                final[key] = [] if blob is None else decode_object(blob).values
+                final[key] = [] if blob is None else decode_object(blob).live(int(time.time() * 1000)).values
     for key in todo:
         final[key] = last_read.get(key, [])
     return final, views

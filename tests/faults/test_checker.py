@@ -4,7 +4,7 @@ histories (including unknown outcomes either way) must pass. Pure, no processes.
 from __future__ import annotations
 
 from dynq_client import NotEnoughReplicas, QuorumError, QuorumTimeout, StorageError, Timeout, TooManySiblings, Unavailable
-from tests.faults.checker import check_convergence, check_hints_drained, check_set_adds, check_siblings
+from tests.faults.checker import check_convergence, check_hints_drained, check_set_adds, check_siblings, check_ttl
 from tests.faults.history import FAIL, OK, UNKNOWN, History, classify
 
 
@@ -180,3 +180,55 @@ def test_set_adds_a_read_during_the_run_must_not_see_failed_adds() -> None:
     h.complete(h.invoke(1, "add", "k", 2), OK, result=frozenset({1}))
     v = check_set_adds(h, {"k": {2}})
     assert not v.ok and "during the run" in v.problems[0]
+
+
+# --- ttl -------------------------------------------------------------------------------
+
+
+def ttl_history() -> tuple[History, dict[str, object]]:
+    """A put with ttl 2 acknowledged at wall time 100, a put without ttl, a long-ttl put."""
+    h = History()
+    ops: dict[str, object] = {}
+    for value, ttl in (("short", 2), ("plain", None), ("long", 3600)):
+        op = h.invoke(0, "put", "k", value, ttl=ttl)
+        h.complete(op, OK)
+        op.invoke_wall, op.complete_wall = 99.9, 100.0
+        ops[value] = op
+    return h, ops
+
+
+def read(h: History, key: str, values: set[str], at: float) -> None:
+    op = h.invoke(1, "read", key)
+    h.complete(op, OK, result=frozenset(values))
+    op.invoke_wall = at
+
+
+def test_ttl_passes_when_expired_values_are_gone_and_the_rest_kept() -> None:
+    h, _ = ttl_history()
+    read(h, "k", {"short", "plain", "long"}, at=101.0)  # before the expiry: may see it
+    v = check_ttl(h, {"k": {"plain", "long"}}, checked_at=200.0)
+    assert v.ok, v
+    assert v.counts["with_ttl"] == 2
+
+
+def test_ttl_catches_a_read_of_an_expired_value() -> None:
+    h, _ = ttl_history()
+    read(h, "k", {"short", "plain"}, at=102.5)  # began after 100 + 2
+    v = check_ttl(h, {"k": {"plain", "long"}}, checked_at=200.0)
+    assert not v.ok and v.counts["expired_read"] == 1
+
+
+def test_ttl_catches_an_expired_value_after_heal_and_a_lost_unexpired_one() -> None:
+    h, _ = ttl_history()
+    v = check_ttl(h, {"k": {"short", "plain"}}, checked_at=200.0)
+    assert not v.ok
+    assert v.counts["expired_final"] == 1 and v.counts["lost"] == 1  # "long" lost
+
+
+def test_ttl_gives_an_unknown_put_the_slack_of_a_late_coordinator() -> None:
+    h = History()
+    op = h.invoke(0, "put", "k", "late", ttl=1)
+    h.complete(op, UNKNOWN)
+    op.invoke_wall, op.complete_wall = 99.0, 100.0
+    read(h, "k", {"late"}, at=102.0)  # it may have been minted up to the slack later
+    assert check_ttl(h, {"k": set()}, checked_at=200.0).ok

@@ -9,6 +9,9 @@ loop in a driver thread) writing to a few dozen keys and recording every operati
   which supersedes what the read returned (and keeps the sibling count bounded).
 * ``cycle``: read, then write a new value or delete with the read's context: write /
   delete / rewrite cycles on every key.
+* ``ttl``: like ``siblings`` (blind writes, and read-then-write with the context), each
+  write with a short ttl (1-3 s), a long one (an hour) or none, and reads in between:
+  expired values must never be read, unexpired acknowledged ones never lost.
 Every value is unique (worker, counter), which is what lets the checkers tell writes apart.
 
 With ``buckets``, the keys are spread over those buckets and named ``BUCKET/KEY`` in the
@@ -45,7 +48,7 @@ def decode_set(value: bytes) -> set[int]:
 
 @dataclass
 class Workload:
-    kind: str  # set-add | siblings | cycle
+    kind: str  # set-add | siblings | cycle | ttl
     seeds: list[str]
     rng: random.Random
     keys: int = 24
@@ -96,7 +99,7 @@ class Workload:
         await asyncio.gather(*(self._worker(p, random.Random(s), deadline) for p, s in enumerate(seeds)))
 
     async def _worker(self, process: int, rng: random.Random, deadline: float) -> None:
-        step = {"set-add": self._add, "siblings": self._sibling, "cycle": self._cycle}[self.kind]
+        step = {"set-add": self._add, "siblings": self._sibling, "cycle": self._cycle, "ttl": self._ttl}[self.kind]
         db = AsyncClient(self.seeds, timeout=self.timeout)
         try:
             for n in range(self.max_ops):
@@ -144,13 +147,13 @@ class Workload:
         return got.values, got.context
 
     async def _put(self, db: AsyncClient, process: int, key: str, n: int,
-                   read: tuple[list[bytes], bytes] | None) -> None:
-        value = f"p{process}-{n}"
+                   read: tuple[list[bytes], bytes] | None, ttl: int | None = None) -> None:
+        value = f"p{process}-{n}" if ttl is None else f"t{ttl}-{process}-{n}"
         covers = [v.decode() for v in read[0]] if read else []
-        op = self.history.invoke(process, "put", key, value, covers)
+        op = self.history.invoke(process, "put", key, value, covers, ttl=ttl)
         try:
             await db.put(split_key(key)[1], value.encode(), context=read[1] if read else None,
-                         bucket=split_key(key)[0])
+                         bucket=split_key(key)[0], ttl=ttl)
         except DynqError as exc:
             self.history.fail_or_unknown(op, exc)
             return
@@ -180,3 +183,19 @@ class Workload:
             self.history.complete(op, OK)
         else:
             await self._put(db, process, key, n, read)
+
+    async def _ttl(self, db: AsyncClient, process: int, rng: random.Random, n: int) -> None:
+        key = rng.choice(self.key_names)
+        roll = rng.random()
+        if roll < 0.3:  # a read: it must never return an expired value
+            await self._read(db, process, key)
+            return
+        read = await self._read(db, process, key) if roll < 0.5 else None
+        if roll < 0.5 and read is None:
+            return
+        ttl = rng.choice([1, 2, 3, 1, 2, 3, TTL_LONG, None])
+        await self._put(db, process, key, n, read, ttl=ttl)
+
+
+TTL_LONG = 3600
+"""The ttl workload's long ttl: unexpired at every check (such values must never be lost)."""

@@ -45,8 +45,9 @@ ALLOWED = {
     # CURVE/ZAP runs a libzmq-side thread and rate-limits key reloads; not simulated (see SIMULATION.md)
     "dynq/security.py": {"time.monotonic", "threading.Thread"},
     "client/dynq_client/transport.py": {"zmq.Context.instance"},  # default when no context is injected
-    # the sync Client's private loop thread; random.Random only when no rng is injected
-    "client/dynq_client/client.py": {"threading.Thread", "random.Random"},
+    # the sync Client's private loop thread; random.Random only when no rng is injected;
+    # time.time only as the default of the injected wall clock (expiry of values read)
+    "client/dynq_client/client.py": {"threading.Thread", "random.Random", "time.time"},
 }
 
 

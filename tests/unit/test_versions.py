@@ -57,6 +57,7 @@ class History:
     states: list[VersionedObject] = field(default_factory=list)  # every state any replica held
     reads: list[VersionedObject | None] = field(default_factory=list)  # what a reader could see
     writes: list[Write] = field(default_factory=list)
+    now_ms: int = 0  # the time of the latest coordinated write (coordinators drop siblings expired by then)
 
     def final(self) -> VersionedObject:
         return merge_all(self.replicas.values()) or EMPTY
@@ -92,7 +93,10 @@ def histories(draw: st.DrawFn, max_ops: int = 14) -> History:
                 read = merge(read, h.reads[draw(st.integers(0, len(h.reads) - 1))])
             context = dict(read.clock) if read is not None else {}
             value = None if kind == "delete" else f"{actor}{step}".encode()
-            new = update(h.replicas[actor], context, actor, value, 1000 + step)
+            # some puts expire a few steps later (a coordinator drops siblings expired by its now)
+            expires = 1000 + step + draw(st.integers(1, 6)) if value is not None and draw(st.booleans()) else 0
+            h.now_ms = 1000 + step
+            new = update(h.replicas[actor], context, actor, value, h.now_ms, expires)
             h.replicas[actor] = new
             minted = next(s for s in new.siblings if s.dot == (actor, new.clock[actor]))
             h.writes.append(Write(minted, context))
@@ -118,7 +122,8 @@ def history_and_objects(draw: st.DrawFn, count: int) -> tuple[History, list[Vers
 
 def copy_of(obj: VersionedObject) -> VersionedObject:
     """An equal but distinct object (defeats any identity short-cut in merge)."""
-    return VersionedObject(dict(obj.clock), tuple(Sibling(*s.dot, s.timestamp_ms, s.value) for s in obj.siblings))
+    return VersionedObject(dict(obj.clock), tuple(Sibling(*s.dot, s.timestamp_ms, s.value, s.expires_ms)
+                                                  for s in obj.siblings))
 
 
 def dots(obj: VersionedObject | None) -> set[tuple[str, int]]:
@@ -230,12 +235,13 @@ def test_merge_is_commutative_over_conflicting_copies_of_one_dot() -> None:
 @settings(max_examples=200, deadline=None)
 @given(histories(max_ops=20))
 def test_no_acknowledged_write_disappears(h: History) -> None:
-    """Every write whose dot no later context covered is still a sibling after all replicas merge."""
+    """Every write whose dot no later context covered is still a sibling after all replicas
+    merge, unless it had expired (a coordinator may drop an expired sibling it keeps)."""
     final = h.final()
     well_formed(final)
     written = {w.sibling.dot: w.sibling for w in h.writes}
     for dot, sibling in written.items():
-        if not h.covered_by_some_context(dot):
+        if not h.covered_by_some_context(dot) and not sibling.expired(h.now_ms):
             assert dot in dots(final), f"write {sibling} vanished without being superseded"
     # ...and the final state invents nothing: every sibling is a write, unchanged.
     for s in final.siblings:
