@@ -7,11 +7,11 @@ from __future__ import annotations
 import click
 
 from . import bench, buckets, cluster, console, data, keys, nodes, ops, sim
-from .common import CURVE_KEYS, flavour, load_curve
+from .common import CURVE_KEYS, load_curve
 
 
 @click.group()
-@click.version_option(package_name="dynq", message="%(prog)s %(version)s (compiled: " + flavour() + ")")
+@click.version_option(package_name="dynq")
 @click.option("--key", envvar="DYNQ_KEY", default=None, help="Your keypair (.key_secret) for a CURVE cluster.")
 @click.option("--server-key", envvar="DYNQ_SERVER_KEY", default=None, help="The cluster's public key (.key).")
 @click.option("--keys", envvar="DYNQ_KEYS", default=None, type=click.Path(file_okay=False),

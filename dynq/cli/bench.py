@@ -9,7 +9,7 @@ import click
 
 from dynq_client.errors import DynqError
 
-from .common import CURVE_KEYS, fail, flavour, seed_option, seeds_of, timeout_option
+from .common import CURVE_KEYS, fail, seed_option, seeds_of, timeout_option
 
 
 @click.command()
@@ -68,10 +68,7 @@ def bench(workload: str, records: int, duration: float, concurrency: int, value_
         fail(exc)
     if tty:
         click.echo("", err=True)
-    if as_json:
-        click.echo(json.dumps({**result.to_json(), "compiled": flavour()}, indent=2))
-    else:
-        click.echo(result.text() + f"\ncompiled: {flavour()}")
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.text())
     if result.total_ops == 0:
         sys.exit(1)
 

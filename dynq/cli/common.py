@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from dynq_client.client import Client
-from dynq_client.flavour import CLIENT_HOT, describe
 from dynq_client.protocol import show_bytes
 from dynq_client.security import DEFAULT_KEYS_DIR, CurveKeys
 
@@ -63,13 +62,3 @@ def fail(exc: Exception) -> None:
 
 
 show_value = show_bytes  # keys and values as the CLI prints them
-
-
-NODE_HOT = ("dynq.kv.write_plan", "dynq.server.fields")
-"""The node's modules the opt-in build compiles (setup.py's COMPILED)."""
-
-
-def flavour() -> str:
-    """Whether the hot modules run compiled by mypyc (``dynq --version``, ``dynq bench``):
-    a benchmark figure means something only with its flavour beside it."""
-    return describe(CLIENT_HOT + NODE_HOT)
