@@ -398,6 +398,7 @@ class AdminApi:
                     "clock": obj.clock,
                     "siblings": [{"dot": f"{s.actor}:{s.counter}", "timestamp_ms": s.timestamp_ms,
                                   "tombstone": s.value is None, "bytes": 0 if s.value is None else len(s.value),
+                                  "expires_ms": s.expires_ms or None,
                                   "value": None if s.value is None else show_bytes(s.value)[:200]}
                                  for s in obj.siblings],
                 }

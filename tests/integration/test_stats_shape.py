@@ -21,7 +21,7 @@ NESTED = {
     "gossip": ["sent", "received", "malformed", "marked_down", "state_pulls"],
     "anti_entropy": [
         "enabled", "passes", "exchanges", "exchange_failures", "keys_repaired", "keys_sent", "keys_received",
-        "bytes_sent", "bytes_received", "tombstones_reaped", "reaps_blocked", "tree_fixes",
+        "bytes_sent", "bytes_received", "tombstones_reaped", "expired_reclaimed", "reaps_blocked", "tree_fixes",
         "partitions_never_exchanged", "horizon_s", "partitions",
     ],
 }

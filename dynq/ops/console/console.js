@@ -438,7 +438,8 @@ async function inspect(key) {
       if (x.error) what = h("span", { class: "error" }, x.error);
       else if (!x.object) what = h("span", { class: "muted" }, "(nothing)");
       else what = h("div", {}, h("div", { class: "muted" }, "clock " + Object.entries(x.object.clock).map(([a, c]) => `${a}:${c}`).join(", ")),
-        x.object.siblings.map((sb) => h("div", {}, `${sb.dot} `, sb.tombstone ? h("b", {}, "TOMBSTONE") : `${JSON.stringify(sb.value)} (${sb.bytes} B)`)));
+        x.object.siblings.map((sb) => h("div", {}, `${sb.dot} `, sb.tombstone ? h("b", {}, "TOMBSTONE") : `${JSON.stringify(sb.value)} (${sb.bytes} B)`,
+          sb.expires_ms ? ` expires ${new Date(sb.expires_ms).toISOString()}${sb.expires_ms <= Date.now() ? " (EXPIRED)" : ""}` : "")));
       return h("tr", { "data-node": x.node }, h("td", {}, swatch(x.node), x.node), h("td", {}, x.role), h("td", {}, what),
         h("td", {}, (x.hints || []).join(", ") || "–"));
     });
