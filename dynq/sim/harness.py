@@ -69,6 +69,7 @@ from .checker import (
     check_placement,
     check_siblings,
 )
+from .buckets import BucketSpec, draw_buckets, history_key, history_key_of, storage_key_of
 from .disk import SimDisk
 from .history import OK, History
 from .loop import _CURRENT, SimError, SimHost, SimLoop
@@ -113,7 +114,7 @@ class Options:
     membership: str = "none"  # none | join | leave | join+leave: changes staged and committed mid-run
     read_fanout: str = "quorum"  # the clients' reads: quorum (R of N, hedged) or all N
     coordination: str = "client"  # who coordinates reads: the client or a replica
-    buckets: tuple[tuple[str, int, int, int, str], ...] = ()  # named buckets: (name, n, r, w, conflict)
+    buckets: tuple[BucketSpec, ...] = ()  # named buckets: (name, n, r, w, conflict)
     bucket_workload: bool = True  # False: no buckets drawn (``--no-buckets``: seeds found before buckets were simulated)
     mutation: str | None = None
 
@@ -162,7 +163,7 @@ class Options:
             read_fanout=rng.choice(("quorum", "quorum", "all")),
             coordination=rng.choice(("client", "client", "server")),
         )
-        opts = dataclasses.replace(opts, buckets=draw_buckets(seed, opts) if buckets else (), bucket_workload=buckets)
+        opts = dataclasses.replace(opts, buckets=draw_buckets(seed, opts.nodes - (1 if "leave" in opts.membership else 0)) if buckets else (), bucket_workload=buckets)
         if mutation is not None:
             from .mutations import MUTATIONS
             opts = MUTATIONS[mutation].adjust(opts)
@@ -173,46 +174,6 @@ class Options:
         out["knobs"] = dict(self.knobs)
         out["faults"] = list(self.faults)
         return out
-
-
-BUCKET_SEEDS = 0.5
-"""Share of seeds with named buckets. Drawn from their own stream, after every other option:
-a seed without buckets expands (and runs) exactly as before buckets were simulated, so the
-corpus seeds found earlier replay as they were found."""
-
-
-def draw_buckets(seed: int, opts: Options, share: float = BUCKET_SEEDS) -> tuple[tuple[str, int, int, int, str], ...]:
-    """1-3 named buckets with n of 1, 3 or 5 (at most the members left after a leave),
-    random quorums and either conflict policy; none for a share ``1 - share`` of seeds."""
-    import random
-
-    rng = random.Random(hashlib.blake2b(f"buckets:{seed}".encode(), digest_size=8).digest())
-    if rng.random() >= share:
-        return ()
-    members = opts.nodes - (1 if "leave" in opts.membership else 0)
-    ns = [n for n in (1, 3, 5) if n <= members]
-    out = []
-    for i in range(rng.randint(1, 3)):
-        n = rng.choice(ns)
-        conflict = rng.choice(("siblings", "lww"))
-        out.append((f"{conflict}{n}-{i}", n, rng.randint(1, n), rng.randint(1, n), conflict))
-    return tuple(out)
-
-
-def history_key(bucket: str, key: str) -> str:
-    """The history's name of a key: ``key`` in the default bucket, ``bucket/key`` in a named one."""
-    return key if bucket == b.DEFAULT else f"{bucket}/{key}"
-
-
-def storage_key_of(hkey: str) -> bytes:
-    """The storage key (what the nodes' databases hold) of a history key."""
-    bucket, _, key = hkey.rpartition("/")
-    return b.storage_key(bucket or b.DEFAULT, key.encode())
-
-
-def history_key_of(skey: bytes) -> str:
-    bucket, key = b.split(skey)
-    return history_key(bucket, key.decode(errors="replace"))
 
 
 @dataclass
