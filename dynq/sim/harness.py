@@ -163,7 +163,8 @@ class Options:
             read_fanout=rng.choice(("quorum", "quorum", "all")),
             coordination=rng.choice(("client", "client", "server")),
         )
-        opts = dataclasses.replace(opts, buckets=draw_buckets(seed, opts.nodes - (1 if "leave" in opts.membership else 0)) if buckets else (), bucket_workload=buckets)
+        members = opts.nodes - (1 if "leave" in opts.membership else 0)  # a bucket's n fits after a leave
+        opts = dataclasses.replace(opts, buckets=draw_buckets(seed, members) if buckets else (), bucket_workload=buckets)
         if mutation is not None:
             from .mutations import MUTATIONS
             opts = MUTATIONS[mutation].adjust(opts)
