@@ -115,7 +115,7 @@ class Options:
     read_fanout: str = "quorum"  # the clients' reads: quorum (R of N, hedged) or all N
     coordination: str = "client"  # who coordinates reads: the client or a replica
     buckets: tuple[BucketSpec, ...] = ()  # named buckets: (name, n, r, w, conflict)
-    bucket_workload: bool = True  # False: no buckets drawn (``--no-buckets``: seeds found before buckets were simulated)
+    bucket_workload: bool = True  # False: none drawn (--no-buckets: seeds found before the buckets workload)
     mutation: str | None = None
 
     @classmethod
@@ -164,7 +164,8 @@ class Options:
             coordination=rng.choice(("client", "client", "server")),
         )
         members = opts.nodes - (1 if "leave" in opts.membership else 0)  # a bucket's n fits after a leave
-        opts = dataclasses.replace(opts, buckets=draw_buckets(seed, members) if buckets else (), bucket_workload=buckets)
+        opts = dataclasses.replace(opts, buckets=draw_buckets(seed, members) if buckets else (),
+                                   bucket_workload=buckets)
         if mutation is not None:
             from .mutations import MUTATIONS
             opts = MUTATIONS[mutation].adjust(opts)
