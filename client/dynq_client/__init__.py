@@ -32,6 +32,7 @@ from .errors import (
     UnknownBucket,
     UnknownOp,
     ValueTooLarge,
+    WrongDataType,
 )
 from .listing import KeyPage
 from .security import CurveKeys
@@ -67,4 +68,5 @@ __all__ = [
     "UnknownBucket",
     "UnknownOp",
     "ValueTooLarge",
+    "WrongDataType",
 ]

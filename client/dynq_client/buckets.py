@@ -49,11 +49,15 @@ MAX_STORAGE_KEY_EXTRA = len(MARK) + 1 + MAX_NAME
 """A storage key is at most this much longer than the key a client gave."""
 
 PROPS = ("n", "r", "w", "pw", "conflict", "max_siblings", "ttl", "datatype")
-"""Properties an operator may set (``n`` only at creation). ``ttl``: seconds a put lives
+"""Properties an operator may set (``n`` and ``datatype`` only at creation). ``ttl``: seconds a put lives
 when it gives no ttl of its own (set 0 to remove the default)."""
 
 MAX_TTL_S = 10 * 365 * 86400
 """The longest time to live, of a bucket's default or of one put (ten years)."""
+
+DATATYPES = ("counter", "set", "map", "register", "flag", "none")
+"""``datatype``: the keys hold that convergent type's state (dynq_client.crdt), merged by
+the cluster; ``none`` (or unset): plain values with siblings."""
 
 
 class BucketError(InvalidRequest):
@@ -73,7 +77,7 @@ class BucketProps:
     conflict: str = "siblings"
     max_siblings: int | None = None  # None: the node's limits.max_siblings
     ttl: int | None = None  # default time to live of its puts (seconds); None: never expire
-    datatype: str | None = None  # reserved
+    datatype: str | None = None  # one of DATATYPES: the keys' convergent type (None/none: plain)
     extra: tuple[tuple[str, Any], ...] = field(default=(), compare=True)
 
     @property
@@ -133,8 +137,12 @@ class BucketProps:
             integer("max_siblings", self.max_siblings, 1, max_siblings)
         if self.ttl is not None:
             integer("ttl", self.ttl, 1, MAX_TTL_S)
-        if self.datatype is not None and not isinstance(self.datatype, str):
-            raise BucketError(f"bucket {self.name!r}: datatype must be a string")
+        if self.datatype is not None and self.datatype not in DATATYPES:
+            raise BucketError(f"bucket {self.name!r}: datatype must be one of {', '.join(DATATYPES)}, "
+                              f"got {short_repr(self.datatype)}")
+        if self.ttl is not None and self.datatype not in (None, "none"):
+            raise BucketError(f"bucket {self.name!r}: a {self.datatype} bucket takes no ttl (typed keys do not "
+                              "expire yet: a reaped state would lose the causal context its removals rely on)")
 
 
 def check_name(name: object, *, error: type[InvalidRequest | ProtocolError] = BucketError) -> str:
@@ -162,6 +170,9 @@ def changed(props: BucketProps, changes: Mapping[str, Any], *, limit_siblings: i
     if "n" in changes and changes["n"] != props.n:
         raise BucketError(f"bucket {props.name!r}: n cannot change after creation (it is {props.n}): "
                           "create a new bucket and copy the keys (dynq export / import)")
+    if "datatype" in changes and changes["datatype"] != props.datatype:
+        raise BucketError(f"bucket {props.name!r}: datatype cannot change after creation (it is "
+                          f"{props.datatype or 'none'}): its keys hold that type's state")
     unknown = [k for k in changes if k not in PROPS]
     if unknown:
         raise BucketError(f"unknown bucket properties: {', '.join(sorted(unknown))} (known: {', '.join(PROPS)})")

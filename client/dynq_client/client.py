@@ -49,9 +49,11 @@ from .errors import (
     Unavailable,
     UnknownBucket,
     ValueTooLarge,
+    WrongDataType,
     error_from_wire,
 )
 from . import buckets as _b
+from . import typed
 from .buckets import MAX_TTL_S, BucketProps
 from .protocol import (
     DEFAULT_LIMITS,
@@ -453,6 +455,22 @@ class AsyncClient:
         _b.check_name(name, error=InvalidRequest)
         return AsyncBucket(self, name)
 
+    # data types (dynq_client.typed): handles on keys of typed buckets
+    def counter(self, bucket: str, key: KeyLike) -> typed.AsyncCounter:
+        return typed.AsyncCounter(self, bucket, key)
+
+    def set(self, bucket: str, key: KeyLike) -> typed.AsyncSet:
+        return typed.AsyncSet(self, bucket, key)
+
+    def map(self, bucket: str, key: KeyLike) -> typed.AsyncMap:
+        return typed.AsyncMap(self, bucket, key)
+
+    def register(self, bucket: str, key: KeyLike) -> typed.AsyncRegister:
+        return typed.AsyncRegister(self, bucket, key)
+
+    def flag(self, bucket: str, key: KeyLike) -> typed.AsyncFlag:
+        return typed.AsyncFlag(self, bucket, key)
+
     def _quorum(self, value: int | None, default: int, n: int, name: str) -> int:
         if value is None:
             return min(default, n)
@@ -530,6 +548,9 @@ class AsyncClient:
             n, default_r, skey = table.ring.n, table.r, key
             body: dict[str, Any] = {"k": key, "local": True}
         else:
+            if props.datatype not in (None, "none"):
+                raise WrongDataType(f"bucket {props.name!r} holds {props.datatype}s: read with "
+                                    f"db.{props.datatype}({props.name!r}, key), not get")
             n, default_r, skey = props.n, props.r, _b.storage_key(props.name, key)
             body = {"k": key, "local": True, "bk": props.name}
         if self.coordination == "server":
@@ -847,6 +868,12 @@ class AsyncClient:
         raw = self._check_key(key)
         table = self.table
         assert table is not None
+        if props is not None and props.datatype not in (None, "none"):  # a typed bucket
+            if op != OP_DELETE:
+                raise WrongDataType(f"bucket {props.name!r} holds {props.datatype}s: write with "
+                                    f"db.{props.datatype}({props.name!r}, key), not a plain value")
+            await typed.handle(self, props.datatype, props.name, key).delete(w)  # the key's clear, as the node does
+            return
         if context is not None and not isinstance(context, bytes):
             raise InvalidRequest(f"context must be bytes from a get, got {type(context).__name__}")
         if props is None:
@@ -1063,6 +1090,22 @@ class Client:
         """A handle on bucket ``name`` (see :class:`AsyncBucket`)."""
         _b.check_name(name, error=InvalidRequest)
         return Bucket(self, name)
+
+    # data types: the async handles' verbs, run on this client's loop (see dynq_client.typed)
+    def counter(self, bucket: str, key: KeyLike) -> typed.Counter:
+        return typed.Counter(self._async.counter(bucket, key), self._run)
+
+    def set(self, bucket: str, key: KeyLike) -> typed.Set:
+        return typed.Set(self._async.set(bucket, key), self._run)
+
+    def map(self, bucket: str, key: KeyLike) -> typed.Map:
+        return typed.Map(self._async.map(bucket, key), self._run)
+
+    def register(self, bucket: str, key: KeyLike) -> typed.Register:
+        return typed.Register(self._async.register(bucket, key), self._run)
+
+    def flag(self, bucket: str, key: KeyLike) -> typed.Flag:
+        return typed.Flag(self._async.flag(bucket, key), self._run)
 
     def get(self, key: KeyLike, r: int | None = None, *, bucket: str | None = None) -> GetResult:
         return self._run(self._async.get(key, r, bucket=bucket))

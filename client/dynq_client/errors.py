@@ -9,7 +9,8 @@ rebuilds the most specific exception from it with :func:`error_from_wire`::
     │   ├── KeyTooLarge         code "key_too_large"
     │   ├── ValueTooLarge       code "value_too_large"
     │   ├── InvalidContext      code "bad_context": a context that is not one dynq made
-    │   └── UnknownBucket       code "unknown_bucket": no bucket of that name (dynq bucket create)
+    │   ├── UnknownBucket       code "unknown_bucket": no bucket of that name (dynq bucket create)
+    │   └── WrongDataType       code "wrong_datatype": a plain op on a typed bucket, or the reverse
     ├── UnknownOp               code "unknown_op"
     ├── ProtocolError           code "protocol": malformed frame, wrong protocol version
     ├── TooManySiblings         code "siblings": the key has too many concurrent versions
@@ -274,3 +275,14 @@ def _short_repr(value: object) -> str:
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else _short_repr(value)
+
+
+class WrongDataType(InvalidRequest):
+    """A plain put or get on a key of a typed bucket (use the bucket's data type handle), a
+    data type operation on a bucket without ``datatype`` (or of another type), or a state
+    of one type joined with another."""
+
+    code = "wrong_datatype"
+
+
+ERROR_CODES[WrongDataType.code] = WrongDataType

@@ -299,3 +299,10 @@ def get_int(
     if not lo <= value <= hi:
         raise InvalidRequest(f"field '{name}' must be between {lo} and {hi}, got {value}")
     return value
+
+# Data types (dynq_client.crdt), appended: an op on a typed key (coordinated by a primary,
+# which replicates its delta with replica_put), a read of one, and a replica's view of one.
+OP_DT_UPDATE = "dt_update"
+OP_DT_GET = "dt_get"
+OP_DT_REPLICA_GET = "dt_replica_get"
+OP_DT_STATS = "dt_stats"  # a node's data type counters (admin, benchmarks)

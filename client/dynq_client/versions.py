@@ -157,7 +157,8 @@ def update(
     """
     base = local or EMPTY
     counter = max(base.clock.get(actor, 0), context.get(actor, 0)) + 1
-    kept = [s for s in base.siblings if not covers(context, s.actor, s.counter) and not s.expired(now_ms)]
+    kept = [s for s in base.siblings
+            if context.get(s.actor, 0) < s.counter and not 0 < s.expires_ms <= now_ms]
     kept.append(Sibling(actor, counter, now_ms, value, expires_ms if value is not None else 0))
     clock = merge_clocks(base.clock, context)
     clock[actor] = counter

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from . import bench, buckets, cluster, console, data, keys, nodes, ops, sim
+from . import bench, buckets, cluster, console, data, datatypes, keys, nodes, ops, sim
 from .common import CURVE_KEYS, load_curve
 
 
@@ -28,4 +28,6 @@ def main(key: str | None, server_key: str | None, keys: str | None) -> None:
 for command in (keys.keys_group, nodes.node, nodes.config_group, nodes.up, data.get, data.put, data.delete,
                 data.ring, data.stats, data.inspect, data.backup, cluster.cluster, ops.repair, bench.bench,
                 buckets.bucket, buckets.export, buckets.import_, console.console, sim.sim):
+    main.add_command(command)
+for command in datatypes.COMMANDS:
     main.add_command(command)

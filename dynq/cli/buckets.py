@@ -30,6 +30,7 @@ from dynq_client.client import AsyncClient
 from dynq_client.errors import DynqError
 from dynq_client.versions import Sibling, VersionedObject
 
+from . import datatypes
 from .common import CURVE_KEYS, connect, fail, seed_option, seeds_of, timeout_option
 
 EXPORT_FORMAT = "dynq-export"
@@ -84,13 +85,17 @@ def _default_props(db: Any) -> dict[str, Any]:
 @click.option("--max-siblings", type=int, default=None, help="Refuse writes past this many siblings.")
 @click.option("--ttl", type=int, default=None, metavar="SECONDS",
               help="Puts that give no --ttl of their own expire after this many seconds (default: never).")
+@click.option("--datatype", type=click.Choice(b.DATATYPES), default=None,
+              help="Keys hold this convergent type, merged by the cluster (dynq counter|set|map|register|flag).")
 @seed_option
 @timeout_option
 def create(name: str, n: int | None, r: int | None, w: int | None, pw: int | None, conflict: str | None,
-           max_siblings: int | None, ttl: int | None, seed: tuple[str, ...], timeout: float) -> None:
+           max_siblings: int | None, ttl: int | None, datatype: str | None, seed: tuple[str, ...],
+           timeout: float) -> None:
     """Create bucket NAME (at once: every node and client learns it with the cluster state)."""
     props = {k: v for k, v in (("n", n), ("r", r), ("w", w), ("pw", pw), ("conflict", conflict),
-                               ("max_siblings", max_siblings), ("ttl", ttl)) if v is not None}
+                               ("max_siblings", max_siblings), ("ttl", ttl), ("datatype", datatype))
+             if v is not None}
     body = _admin(seed, timeout, "bucket_create", {"name": name, "props": props})
     click.echo(("created " if body.get("changed") else "exists: ") + _show(body["bucket"]))
 
@@ -210,8 +215,11 @@ async def _export(name: str, out: IO[str], seed: tuple[str, ...], timeout: float
     count = 0
     async with _client(seed, timeout) as db:
         handle = db.bucket(name)
-        await handle.props()
-        out.write(json.dumps({"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "bucket": name}) + "\n")
+        props = await handle.props()
+        header = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "bucket": name}
+        if props is not None and props.datatype not in (None, "none"):  # states, not objects
+            return await datatypes.export_typed(db, props, out, concurrency, header)
+        out.write(json.dumps(header) + "\n")
         limit = asyncio.Semaphore(concurrency)
         with click.progressbar(length=0, label=f"exporting {name}", file=sys.stderr,
                                show_pos=True, show_percent=False) as bar:
@@ -263,6 +271,9 @@ async def _import(path: str, bucket_name: str | None, seed: tuple[str, ...], tim
             except (ValueError, AttributeError) as exc:
                 raise click.ClickException(f"{path}: line 1: {exc}") from exc
             target = bucket_name or str(header.get("bucket", b.DEFAULT))
+            if header.get("datatype") not in (None, "none"):  # a typed bucket's states: joined
+                done, failed = await datatypes.import_typed(db, f, target, str(header["datatype"]), concurrency)
+                return done, failed, target
             handle = db.bucket(target)
             await handle.props()
             limit = asyncio.Semaphore(concurrency)

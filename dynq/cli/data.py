@@ -218,6 +218,8 @@ def inspect(key: str, as_json: bool, bucket: str | None, seed: tuple[str, ...], 
     from dynq_client import buckets
     from dynq_client.versions import decode_reply_object
 
+    from .datatypes import describe_state
+
     rows: list[dict[str, Any]] = []
     try:
         with connect(seed, timeout) as db:
@@ -233,6 +235,11 @@ def inspect(key: str, as_json: bool, bucket: str | None, seed: tuple[str, ...], 
                 row: dict[str, Any] = {"node": name, "role": "primary" if name in plist.primaries else "fallback"}
                 try:
                     body = db.call(name, "inspect", request, retry=False)
+                    if describe_state(body.get("ob")) is not None:  # a data type's state, not an object
+                        row["hints"] = body.get("hints", [])
+                        row["object"] = describe_state(body.get("ob"))
+                        rows.append(row)
+                        continue
                     obj = decode_reply_object(body)
                     row["hints"] = body.get("hints", [])
                     row["object"] = None if obj is None else {
@@ -266,6 +273,12 @@ def inspect(key: str, as_json: bool, bucket: str | None, seed: tuple[str, ...], 
             obj = r["object"]
             if obj is None:
                 click.echo(f"{head} (nothing){hints}")
+                continue
+            if "datatype" in obj:  # a data type's state
+                vv = ", ".join(f"{a}:{c}" for a, c in sorted(obj["context"]["vv"].items()))
+                click.echo(f"{head} {obj['datatype']} context [{vv}] +{len(obj['context']['cloud'])} "
+                           f"{obj['dots']} dots{hints}")
+                click.echo(f"{'':22}{obj['value']!r:.200}")
                 continue
             clock = ", ".join(f"{a}:{c}" for a, c in sorted(obj["clock"].items()))
             click.echo(f"{head} clock [{clock}]{hints}")

@@ -37,6 +37,7 @@ from ..env import SYSTEM
 from ..server.ports import ClusterView, Handler
 from ..server.responder import Responder
 from ..store.storage import Storage
+from .typed_store import is_typed, typed_live
 
 MAX_PAGE = 10_000  # keys per reply at most
 MAX_SCAN = 2_000  # rows read per request at most (tombstones and other partitions' rows count)
@@ -135,7 +136,8 @@ class KeyLister:
                         nbytes += len(blob)
                         start = last = skey
                         try:
-                            live = decode_object(blob, self.config.limits).live(now_ms).found
+                            live = (typed_live(blob) if is_typed(blob)
+                                    else decode_object(blob, self.config.limits).live(now_ms).found)
                         except ProtocolError:
                             live = True  # list what we cannot read: a get will say what is wrong
                         if live:

@@ -18,6 +18,7 @@ from dynq_client.versions import VersionedObject, encode_object, merge
 from ..server.ports import ClusterView, CommitCallback, CommitListener
 from ..server.stats import Stats
 from ..store.storage import Storage
+from .typed_store import TypedStore, is_typed
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class LocalReplica:
         self._watchers: dict[int, list[CommitListener]] = {}  # partition -> who hears of its commits
         self.read_local = storage.get_blob
         self.current = storage.current  # the merge base: staged writes included
+        self.typed = TypedStore(storage, self, storage.limits)  # typed keys, joined by their type
 
     def stage_local(self, key: bytes, obj: VersionedObject, blob: bytes, done: CommitCallback,
                     hint_for: str | None = None) -> None:
@@ -76,6 +78,13 @@ class LocalReplica:
                 self._watchers.pop(partition, None)
 
         return unwatch
+
+    def typed_exchange(self, key: bytes, theirs: bytes | None) -> tuple[
+            asyncio.Future[StorageError | None] | None, bytes | None] | None:
+        """Anti-entropy of a typed key through its join (None: a plain key, merged as objects)."""
+        if is_typed(theirs) or (theirs is None and is_typed(self.storage.dt_raw(key))):
+            return self.typed.exchange(key, theirs)
+        return None
 
     def repair(self, key: bytes, merged: VersionedObject) -> None:
         """Read repair of this node's own copy: merge with what is here *now* (a write may

@@ -25,6 +25,7 @@ from dynq_client.health import sloppy_targets
 from dynq_client.protocol import Limits, Reply, Request, reply_error
 from dynq_client.ring import PreferenceList
 from dynq_client.buckets import MARK, MAX_TTL_S, BucketProps
+from dynq_client.crdt import STATE_PREFIX
 from dynq_client.versions import (
     VersionedObject,
     decode_context,
@@ -46,12 +47,14 @@ from ..server.stats import Stats
 from ..store.storage import Storage
 from .conditions import Condition, KeyQueue, Release, check
 from .coordinator import GetCoordinator, PutCoordinator, not_executed
+from . import datatypes
+from .datatypes import DataTypeService, refuse_plain
 from .local import LocalReplica
 from .write_plan import actor_for, choose_targets, plan_write
 
 log = logging.getLogger(__name__)
 
-CLIENT_OPS = frozenset({p.OP_GET, p.OP_PUT, p.OP_DELETE, p.OP_READ_REPAIR})
+CLIENT_OPS = frozenset({p.OP_GET, p.OP_PUT, p.OP_DELETE, p.OP_READ_REPAIR}) | datatypes.CLIENT_OPS
 """Of this service's ops, what a client key may ask for under CURVE."""
 
 
@@ -80,6 +83,7 @@ class KvService:
         self.call_later = loop.call_later
         self.is_up = peers.is_up
         self._limits_of: dict[int, Limits] = {}  # a bucket's max_siblings -> its Limits, made once
+        self.datatypes = DataTypeService(self)  # typed buckets: ops, reads, replica joins
         self._conditions = KeyQueue()  # conditional puts coordinated here, one at a time per key
 
     def handlers(self) -> dict[str, Handler]:
@@ -91,6 +95,7 @@ class KvService:
             p.OP_REPLICA_PUT: self.handle_replica_put,
             p.OP_READ_REPAIR: self.handle_replica_put,
             p.OP_REPLICA_PUT_BATCH: self.handle_replica_put_batch,
+            **self.datatypes.handlers(),
         }
 
     # --- Replicas: what the coordinators call besides the bound verbs ---------------------------
@@ -119,6 +124,7 @@ class KvService:
 
     def handle_get(self, responder: Responder, req: Request) -> None:
         key, props = fields.bucket_key(req.body, self.limits, self.cluster.state.buckets)
+        refuse_plain(props, "read")
         if req.body.get("local") is True:  # a client coordinating the read itself
             responder.ok({"ob": self.storage.get_blob(key)})
             return
@@ -153,6 +159,7 @@ class KvService:
 
     def handle_put(self, responder: Responder, req: Request) -> None:
         key, props = fields.bucket_key(req.body, self.limits, self.cluster.state.buckets)
+        refuse_plain(props, "write")
         value = p.get_bytes(req.body, "v")
         assert value is not None
         if len(value) > self.limits.max_value_bytes:
@@ -179,6 +186,9 @@ class KvService:
 
     def handle_delete(self, responder: Responder, req: Request) -> None:
         key, props = fields.bucket_key(req.body, self.limits, self.cluster.state.buckets)
+        if props is not None and props.datatype not in (None, "none"):
+            self.datatypes.handle_delete(responder, req, key, props)
+            return
         raw_context = p.get_bytes(req.body, "ctx", required=False)
         if raw_context:
             self._write(responder, req, key, None, decode_context(raw_context, self.limits), props)
@@ -404,6 +414,9 @@ class KvService:
                 # fallback's write, to the key's replicas as this node knows them.
                 self.stats.stray_writes += 1
                 hint_for = cluster.ring.preference_list(partition, n).primaries[0]
+        if blob[:4] == STATE_PREFIX:  # a data type's state or delta: the type's join
+            self.datatypes.apply_replica(key, blob, done, hint_for)
+            return
         incoming = decode_object(blob, self.limits)
         merged = merge(self.storage.current(key), incoming)
         if props is not None and props.lww:

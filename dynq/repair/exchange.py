@@ -150,6 +150,15 @@ class Exchanger:
             pushes: list[tuple[bytes, bytes]] = []
             for key in chunk:
                 blob = theirs_blobs.get(key)
+                typed = local.typed_exchange(key, blob)
+                if typed is not None:  # a data type's key: its join
+                    typed_commit, typed_push = typed
+                    if typed_commit is not None:
+                        waits.append(typed_commit)
+                        st.keys_received += 1
+                    if typed_push is not None:
+                        pushes.append((key, typed_push))
+                    continue
                 theirs = decode_object(blob, self.limits) if blob is not None else None
                 mine = local.current(key)
                 if mine is None and theirs is None:

@@ -113,6 +113,8 @@ def leaf_times(obj: VersionedObject) -> tuple[int, int]:
 def leaf_times_of_blob(blob: bytes) -> tuple[int, int]:
     """:func:`leaf_times` of a stored object from its plain form (a sibling is
     ``[actor, counter, ts, value(, expires)]``); (0, 0) for a row that does not decode."""
+    if blob[:3] == b"\x95\xa2d":  # a data type's state (dynq.kv.typed_store): never reaped
+        return 0, 0
     try:
         siblings = msgpack.unpackb(blob)[2]
         if not siblings:

@@ -37,12 +37,16 @@ from typing import Callable, Iterator
 
 import apsw
 
+from . import set_rows
 from .checkpointer import Checkpointer
 from dynq_client.errors import StorageError
 from dynq_client.protocol import DEFAULT_LIMITS, Limits
 from dynq_client.versions import VersionedObject, decode_object
 
 log = logging.getLogger(__name__)
+
+_TYPED = VersionedObject({}, ())
+"""What :meth:`Storage.current` says of a typed key: held, but no plain object."""
 
 CommitCallback = Callable[[StorageError | None], None]
 
@@ -53,6 +57,22 @@ KEY_COUNT_EXACT_BELOW = 100_000
 the count is a tally refreshed one partition at a time by :meth:`Storage.count_step`: a
 ``count(*)`` of 10M rows holds the event loop for ~0.2 s, and stats (the CLI, the console
 every few seconds, metrics) ask for it."""
+
+DT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dt_elements (
+    key BLOB NOT NULL,
+    elem BLOB NOT NULL,
+    dots BLOB NOT NULL,
+    PRIMARY KEY (key, elem)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS dt_elements_follow AFTER DELETE ON objects
+BEGIN DELETE FROM dt_elements WHERE key = old.key; END;
+"""
+"""A set's elements, one row each, beside its header in ``objects`` (dynq.kv.typed_store);
+the rows go wherever the header goes away (handed off, dropped)."""
+
+SET_HEADER_PREFIX = b"\x95\xa2dh"  # msgpack of ["dh", ...]: a set's header, its elements in dt_elements
+TYPED_PREFIX = b"\x95\xa2d"  # a typed state or a set's header: not a plain versioned object
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -70,7 +90,7 @@ CREATE TABLE IF NOT EXISTS hints (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS hints_by_key ON hints(key);
 CREATE TABLE IF NOT EXISTS forgotten (key BLOB PRIMARY KEY) WITHOUT ROWID;
-"""
+""" + DT_SCHEMA
 
 
 class Storage:
@@ -91,6 +111,7 @@ class Storage:
         self.conn.execute(_SCHEMA)
         self._staged: dict[bytes, tuple[int, VersionedObject, bytes]] = {}  # key -> (partition, obj, blob)
         self._staged_hints: set[tuple[str, bytes]] = set()  # (target, key) hints to write with them
+        self._dt_rows: dict[bytes, dict[bytes, bytes | None]] = {}  # set key -> element -> dots (None: gone)
         self._hint_seq = self._max_hint_seq()  # last seq handed out
         self.hints_pending: dict[str, int] = self._count_hints()  # target -> hints stored for it
         self._callbacks: list[CommitCallback] = []  # waiting for the next commit
@@ -218,10 +239,15 @@ class Storage:
         """Forget a hint once ``target`` acknowledged ``blob``; with ``drop_copy`` also drop
         this node's copy if nothing newer arrived and no other hint needs it. Returns True
         if the hint was removed (False: the key was hinted again meanwhile)."""
+        if blob[:3] == TYPED_PREFIX:
+            blob = self.dt_stored_form(blob)
         with self.conn:
             self.conn.execute("DELETE FROM hints WHERE target = ? AND key = ? AND seq = ?", (target, key, seq))
             removed = self.conn.changes() > 0
-            if removed and drop_copy:
+            # A copy with a write staged is not stale, and a set's staged header and rows
+            # were computed on top of the committed rows: dropping those now would commit
+            # a header claiming elements it no longer holds (as removed, wherever joined).
+            if removed and drop_copy and key not in self._staged:
                 self.conn.execute(
                     "DELETE FROM objects WHERE key = ? AND obj = ? "
                     "AND NOT EXISTS (SELECT 1 FROM hints WHERE key = ?)",
@@ -240,6 +266,8 @@ class Storage:
     def get_blob(self, key: bytes) -> bytes | None:
         """The committed encoded object for ``key``, or None."""
         for (blob,) in self.conn.execute("SELECT obj FROM objects WHERE key = ?", (key,)):
+            if blob[:4] == SET_HEADER_PREFIX:  # a set: its header and its element rows, as one state
+                return self.dt_assemble(key, bytes(blob))
             return bytes(blob)
         return None
 
@@ -248,7 +276,9 @@ class Storage:
         staged = self._staged.get(key)
         if staged is not None:
             return staged[1]
-        blob = self.get_blob(key)
+        blob = self.dt_raw(key, staged=False)
+        if blob is not None and blob[:3] == TYPED_PREFIX:  # typed keys join in dynq.kv.typed_store
+            return _TYPED
         return None if blob is None else decode_object(blob, self.limits)
 
     def partition_count(self, partition: int) -> int:
@@ -265,6 +295,8 @@ class Storage:
             "SELECT key, obj FROM objects WHERE partition = ? AND key > ? ORDER BY key LIMIT ?",
             (partition, after, limit),
         ):
+            if blob[:4] == SET_HEADER_PREFIX:
+                blob = self.dt_assemble(bytes(key), bytes(blob))
             size += len(key) + len(blob)
             if rows and size > max_bytes:
                 break
@@ -295,6 +327,7 @@ class Storage:
             keys = [bytes(k) for (k,) in self.conn.execute(
                 "SELECT o.key FROM objects o WHERE o.partition = ? "
                 "AND NOT EXISTS (SELECT 1 FROM hints h WHERE h.key = o.key) LIMIT ?", (partition, limit))]
+            keys = [key for key in keys if key not in self._staged]  # see hint_delivered
             for key in keys:
                 self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
                 self.forget(key)
@@ -313,7 +346,7 @@ class Storage:
                 (partition, after, limit))]
             dropped = 0
             for key in rows:
-                if drop(key):
+                if key not in self._staged and drop(key):  # see hint_delivered
                     self.conn.execute("DELETE FROM objects WHERE key = ?", (key,))
                     self.forget(key)
                     dropped += 1
@@ -404,6 +437,7 @@ class Storage:
         self._flush_scheduled = False
         staged, callbacks, hints = self._staged, self._callbacks, self._staged_hints
         self._staged, self._callbacks, self._staged_hints = {}, [], set()
+        dt_rows, self._dt_rows = self._dt_rows, {}
         if not staged:
             for cb in callbacks:
                 cb(None)
@@ -417,6 +451,8 @@ class Storage:
                     "ON CONFLICT(key) DO UPDATE SET obj = excluded.obj",
                     [(key, partition, blob) for key, (partition, _obj, blob) in staged.items()],
                 )
+                if dt_rows:
+                    self._dt_write_rows(dt_rows)
                 if self.observer is not None:
                     after_commit = self.observer(self.conn, staged)
                 if hints:
@@ -478,3 +514,61 @@ class Storage:
                 self.checkpointer.stop()
                 self.checkpointer = None
             self.conn.close()  # the last connection to close checkpoints and removes the WAL
+
+    # --- data types: typed states, and sets as one row per element (dynq.kv.typed_store) ----------
+
+    def dt_raw(self, key: bytes, staged: bool = True) -> bytes | None:
+        """The stored blob of a typed key as it is in ``objects`` (a set: its header only),
+        staged writes included unless ``staged`` is False."""
+        if staged:
+            entry = self._staged.get(key)
+            if entry is not None:
+                return entry[2]
+        for (blob,) in self.conn.execute("SELECT obj FROM objects WHERE key = ?", (key,)):
+            return bytes(blob)
+        return None
+
+    def dt_row(self, key: bytes, elem: bytes, staged: bool = True) -> bytes | None:
+        """One set element's dots row (staged changes included unless ``staged`` is False)."""
+        if staged:
+            rows = self._dt_rows.get(key)
+            if rows is not None and elem in rows:
+                return rows[elem]
+        for (dots,) in self.conn.execute("SELECT dots FROM dt_elements WHERE key = ? AND elem = ?", (key, elem)):
+            return bytes(dots)
+        return None
+
+    def dt_rows(self, key: bytes, staged: bool = True) -> dict[bytes, bytes]:
+        """Every element row of a set (a full scan: joins of whole states, whole reads)."""
+        rows = {bytes(e): bytes(d) for e, d in self.conn.execute(
+            "SELECT elem, dots FROM dt_elements WHERE key = ? ORDER BY elem", (key,))}
+        if staged:
+            for elem, dots in self._dt_rows.get(key, {}).items():
+                if dots is None:
+                    rows.pop(elem, None)
+                else:
+                    rows[elem] = dots
+        return rows
+
+    def dt_stage_rows(self, key: bytes, rows: dict[bytes, bytes | None]) -> None:
+        """Element rows to write with the next commit, beside the set's header (which the
+        caller stages next, through the usual :meth:`stage`)."""
+        if rows:
+            self._dt_rows.setdefault(key, {}).update(rows)
+
+    def _dt_write_rows(self, staged: dict[bytes, dict[bytes, bytes | None]]) -> None:
+        upserts = [(key, e, d) for key, rows in staged.items() for e, d in rows.items() if d is not None]
+        deletes = [(key, e) for key, rows in staged.items() for e, d in rows.items() if d is None]
+        if upserts:
+            self.conn.executemany("INSERT INTO dt_elements(key, elem, dots) VALUES(?, ?, ?) "
+                                  "ON CONFLICT(key, elem) DO UPDATE SET dots = excluded.dots", upserts)
+        if deletes:
+            self.conn.executemany("DELETE FROM dt_elements WHERE key = ? AND elem = ?", deletes)
+
+    def dt_assemble(self, key: bytes, header: bytes) -> bytes:
+        """A set's committed header and rows as one state blob (what replicas exchange)."""
+        return set_rows.assemble(header, self.dt_rows(key, staged=False), self.limits)
+
+    def dt_stored_form(self, blob: bytes) -> bytes:
+        """What ``objects`` holds for a typed state blob (a set's header, else the blob)."""
+        return set_rows.stored_form(blob, self.limits)

@@ -26,6 +26,7 @@ from dynq_client.errors import (
     DynqError,
     InvalidRequest,
     NotEnoughReplicas,
+    PreconditionFailed,
     QuorumError,
     StorageError,
     Timeout,
@@ -40,7 +41,8 @@ def classify(exc: BaseException) -> str:
 
     * ``Unavailable`` (not a timeout): the client tried every node and none took the write,
       or the node refused it before executing (shutting down).
-    * ``InvalidRequest``, ``TooManySiblings``: refused before anything was staged.
+    * ``InvalidRequest``, ``TooManySiblings``, ``PreconditionFailed``: refused before
+      anything was staged.
     * ``StorageError`` as the whole answer: the coordinator's own commit failed, and it
       never shows a dot to other replicas before it is durable locally.
     * ``NotEnoughReplicas``: a coordinator refused before writing (too few replicas
@@ -49,7 +51,8 @@ def classify(exc: BaseException) -> str:
     """
     if isinstance(exc, Timeout):  # includes QuorumTimeout
         return UNKNOWN
-    if isinstance(exc, (Unavailable, InvalidRequest, TooManySiblings, StorageError, NotEnoughReplicas)):
+    if isinstance(exc, (Unavailable, InvalidRequest, TooManySiblings, PreconditionFailed, StorageError,
+                        NotEnoughReplicas)):
         return FAIL
     if isinstance(exc, QuorumError):
         return UNKNOWN

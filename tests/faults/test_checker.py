@@ -232,3 +232,35 @@ def test_ttl_gives_an_unknown_put_the_slack_of_a_late_coordinator() -> None:
     op.invoke_wall, op.complete_wall = 99.0, 100.0
     read(h, "k", {"late"}, at=102.0)  # it may have been minted up to the slack later
     assert check_ttl(h, {"k": set()}, checked_at=200.0).ok
+
+
+def ops(*entries: tuple[str, str, int, str]) -> History:
+    h = History()
+    for f, key, value, outcome in entries:
+        h.complete(h.invoke(0, f, key, value), outcome)
+    return h
+
+
+def test_counters_are_acknowledged_plus_a_subset_of_unknowns() -> None:
+    """Final = acknowledged sum + any subset sum of the unknown increments; less, or a sum
+    no subset gives, or counting a failed increment, is caught."""
+    from tests.faults.checker import check_counters
+    h = ops(("incr", "ctr/a", 2, OK), ("incr", "ctr/a", 3, UNKNOWN), ("incr", "ctr/a", 5, UNKNOWN),
+            ("incr", "ctr/a", 7, FAIL))
+    for final in (2, 5, 7, 10):
+        assert check_counters(h, {"ctr/a": final}).ok, final
+    for final in (1, 4, 9, 17):
+        assert not check_counters(h, {"ctr/a": final}).ok, final
+
+
+def test_or_sets_keep_unremoved_adds_and_removes_stick() -> None:
+    """An acknowledged add not removed must be there, a removed one may be gone; an
+    element no add wrote, or an acknowledged remove undone, is caught."""
+    from tests.faults.checker import check_or_sets
+    h = ops(("add", "st/a", 1, OK), ("add", "st/a", 2, OK), ("add", "st/a", 3, UNKNOWN),
+            ("remove", "st/a", 2, UNKNOWN), ("add", "st/a", 4, OK), ("remove", "st/a", 4, OK))
+    assert check_or_sets(h, {"st/a": {1, 2, 3}}).ok
+    assert check_or_sets(h, {"st/a": {1}}).ok
+    assert not check_or_sets(h, {"st/a": {2, 3}}).ok  # 1 lost
+    assert not check_or_sets(h, {"st/a": {1, 9}}).ok  # 9 never added
+    assert not check_or_sets(h, {"st/a": {1, 4}}).ok  # an acknowledged remove undone

@@ -9,6 +9,8 @@ loop in a driver thread) writing to a few dozen keys and recording every operati
   which supersedes what the read returned (and keeps the sibling count bounded).
 * ``cycle``: read, then write a new value or delete with the read's context: write /
   delete / rewrite cycles on every key.
+* ``crdt``: a counter bucket and a set bucket (data types): increments by 1-5, adds of
+  unique elements, and removes of an element a read just saw (with that read's context).
 * ``ttl``: like ``siblings`` (blind writes, and read-then-write with the context), each
   write with a short ttl (1-3 s), a long one (an hour) or none, and reads in between:
   expired values must never be read, unexpired acknowledged ones never lost.
@@ -21,6 +23,7 @@ history (each bucket has its own n, quorums and replicas).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import random
 import threading
@@ -99,7 +102,8 @@ class Workload:
         await asyncio.gather(*(self._worker(p, random.Random(s), deadline) for p, s in enumerate(seeds)))
 
     async def _worker(self, process: int, rng: random.Random, deadline: float) -> None:
-        step = {"set-add": self._add, "siblings": self._sibling, "cycle": self._cycle, "ttl": self._ttl}[self.kind]
+        step = {"set-add": self._add, "siblings": self._sibling, "cycle": self._cycle, "ttl": self._ttl,
+                "crdt": functools.partial(crdt_step, self)}[self.kind]
         db = AsyncClient(self.seeds, timeout=self.timeout)
         try:
             for n in range(self.max_ops):
@@ -199,3 +203,53 @@ class Workload:
 
 TTL_LONG = 3600
 """The ttl workload's long ttl: unexpired at every check (such values must never be lost)."""
+
+
+CRDT_BUCKETS = {"ctr": {"n": 3, "datatype": "counter"}, "st": {"n": 3, "datatype": "set"}}
+"""The crdt workload's buckets (made by the scenario before it starts)."""
+
+
+async def crdt_step(self: Workload, db: AsyncClient, process: int, rng: random.Random, n: int) -> None:
+    """One op of the crdt workload: half on counters, half on sets (adds twice as often as removes)."""
+    key = rng.choice(self.key_names)
+    bucket, name = split_key(key)
+    assert bucket is not None
+    if bucket == "ctr":
+        amount = rng.randint(1, 5)
+        op = self.history.invoke(process, "incr", key, amount)
+        try:
+            await db.counter(bucket, name).increment(amount)
+        except DynqError as exc:
+            self.history.fail_or_unknown(op, exc)
+            return
+        self.history.complete(op, OK)
+        return
+    handle = db.set(bucket, name)
+    if rng.random() < 0.67:
+        element = next(self._elements)
+        op = self.history.invoke(process, "add", key, element)
+        try:
+            await handle.add(str(element))
+        except DynqError as exc:
+            self.history.fail_or_unknown(op, exc)
+            return
+        self.history.complete(op, OK)
+        return
+    read = self.history.invoke(process, "read", key)
+    try:
+        seen = {int(x) for x in await handle.value()}
+    except DynqError as exc:
+        self.history.complete(read, FAIL, error=str(exc)[:300])
+        return
+    self.history.complete(read, OK, result=frozenset(seen))
+    if not seen:
+        return
+    element = rng.choice(sorted(seen))
+    op = self.history.invoke(process, "remove", key, element)
+    try:
+        await handle.remove(str(element))  # with the read's context: removes the add it saw
+    except DynqError as exc:
+        self.history.fail_or_unknown(op, exc)
+        return
+    self.history.complete(op, OK)
+

@@ -136,8 +136,12 @@ def start_new_node(cluster: LocalCluster, name: str) -> str:
     address = f"tcp://127.0.0.1:{free_ports(1)[0]}"
     cluster.add_node(name, address)
     cluster.start(name)
-    with Client([address], timeout=2.0) as client:
-        wait_for(f"{name} to answer", lambda: client.call_address(address, "ping", {}), timeout=30)
+
+    def answers() -> bool:  # connecting is part of the wait: a loaded machine starts nodes slowly
+        with Client([address], timeout=2.0) as client:
+            return bool(client.call_address(address, "ping", {}))
+
+    wait_for(f"{name} to answer", answers, timeout=60)
     return address
 
 

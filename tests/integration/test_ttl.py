@@ -72,6 +72,12 @@ def roots(db: Client, name: str) -> dict[int, bytes]:
     return {p: root for p, root, _, _ in db.call(name, "ae_tree", {}, retry=False)["partitions"]}
 
 
+def read_clock(result: Any) -> dict[str, int]:
+    from dynq_client.versions import decode_context
+
+    return decode_context(result.context)
+
+
 def stats(db: Client, name: str) -> dict[str, Any]:
     return db.call(name, "stats", {}, retry=False)
 
@@ -243,41 +249,63 @@ def test_a_replica_down_through_the_expiry_never_brings_anything_back(cluster_fa
         assert obj is not None
         sleep_until(obj.siblings[0].expires_ms)
         time.sleep(1.0)  # several reclamation rounds: none may delete while n3 is away
-        up = [n for n in c.nodes if n != down]
         assert any(replica_object(db, n, key) is not None for n in primaries if n != down), \
             "reclaimed while a primary holding an older copy was down"
         c.start(down)
         wait_for(f"{down} back", lambda: db.call(down, "ping", {}, retry=False))
-        seen: list[list[bytes]] = []
+        seen: list[tuple[int, list[bytes]]] = []
+
+        def reads() -> None:
+            seen.append((2, db.get(key, r=2).values))
+            seen.append((1, db.get(key, r=1).values))
+
+        # Until the returning replica is repaired, an R=1 read may reach it alone and see the
+        # old value it holds (a stale read of a replica that missed a write, as for any
+        # write: R + W > N reads never are); the expired value never, at any R.
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # reads during convergence: every one not found
-            seen.append(db.get(key, r=2).values)
-            seen.append(db.get(key, r=1).values)
+        while time.monotonic() < deadline:
+            reads()
+            mine = replica_object(db, down, key)
+            if mine is None or mine.clock != read_clock(read):
+                break  # repaired (by handoff, read repair or anti-entropy) or already reclaimed
+            time.sleep(0.1)
+        # From then on, nothing at any R, until every replica dropped the key.
+        repaired_at = len(seen)
+        while time.monotonic() < deadline:
+            reads()
             if all(replica_object(db, n, key) is None for n in c.nodes):
                 break
             time.sleep(0.1)
-        assert all(values == [] for values in seen), f"an expired or superseded value came back: {seen}"
+        assert all(b"expiring" not in values for _, values in seen), f"the expired value came back: {seen}"
+        assert all(values == [] for r, values in seen if r == 2), f"a quorum read saw a value: {seen}"
+        assert all(values == [] for _, values in seen[repaired_at:]), \
+            f"a value came back after the replica was repaired: {seen[repaired_at:]}"
         assert all(replica_object(db, n, key) is None for n in c.nodes), "not reclaimed after the replica returned"
         assert not db.get(key, r=3).found
-        assert up  # (the other nodes served throughout)
 
 
 def test_conditional_puts_after_the_coordinator_was_down_can_both_succeed_as_siblings(
         cluster_factory: Any) -> None:
-    """The documented weaker case: the first primary misses a conditional put made while
+    """The documented weaker case: the first primary misses conditional puts made while
     it was down (no fallback to keep a hint in a 3-node cluster, anti-entropy off). Back,
-    it coordinates again: a check with R=2 still sees the write (R + W > N) and refuses;
-    a check with R=1 sees only its own copy and succeeds. Both puts are then siblings:
-    neither is lost."""
+    it coordinates again: a check with R=2 still sees such a write (R + W > N) and
+    refuses; a check with R=1 sees only its own copy and succeeds, and the two puts are
+    then siblings: neither is lost."""
     c: LocalCluster = cluster_factory(3, extra_config=NO_AE)
     with c.client(timeout=5.0) as db:
-        key = b"weak"
-        first = db.table.ring.preference_list_for(key).primaries[0]  # type: ignore[union-attr]
+        assert db.table is not None
+        ring = db.table.ring
+        weak = b"weak"
+        first = ring.preference_list_for(weak).primaries[0]
+        strong = next(k for k in (b"strong-%d" % i for i in range(1000))
+                      if ring.preference_list_for(k).primaries[0] == first)
         c.kill(first)
         wait_known_down(db, [n for n in c.nodes if n != first], first)
-        db.put(key, b"while-down", if_none_match=True)  # coordinated by the next primary
+        db.put(weak, b"while-down", if_none_match=True)  # coordinated by the next primary
+        db.put(strong, b"while-down", if_none_match=True)
         c.start(first)
         wait_for(f"{first} back", lambda: db.call(first, "ping", {}, retry=False))
+
         def seen_up() -> bool:
             for n in c.nodes:
                 if n != first:
@@ -285,8 +313,33 @@ def test_conditional_puts_after_the_coordinator_was_down_can_both_succeed_as_sib
             return all(db.call(n, "stats")["peers"].get(first) != "down" for n in c.nodes if n != first)
 
         wait_for(f"{first} seen up", seen_up)
-        with pytest.raises(PreconditionFailed):
-            db.put(key, b"strong-check", if_none_match=True)  # R=2 reaches a replica holding it
-        assert replica_object(db, first, key) is None  # the refused put wrote nothing, anywhere
-        db.put(key, b"weak-check", if_none_match=True, r=1)
-        assert sorted(db.get(key, r=3).values) == [b"weak-check", b"while-down"]
+        # (nothing has read either key since: no read repair has given them to the first primary)
+        assert replica_object(db, first, weak) is None and replica_object(db, first, strong) is None
+        db.put(weak, b"weak-check", if_none_match=True, r=1)  # its check reads its own copy only
+        with pytest.raises(PreconditionFailed) as info:
+            db.put(strong, b"strong-check", if_none_match=True)  # R=2 reaches a replica holding it
+        assert info.value.values == [b"while-down"]
+        assert sorted(db.get(weak, r=3).values) == [b"weak-check", b"while-down"]  # siblings, none lost
+        assert db.get(strong, r=3).values == [b"while-down"]
+
+
+def test_bad_ttl_and_condition_fields_get_clear_errors(cluster: LocalCluster, db: Client) -> None:
+    """Raw requests (as another client library might send them): each refused with a
+    message naming the field, nothing written; the client library refuses them before
+    sending."""
+    from dynq_client import InvalidRequest
+    from dynq_client.errors import InvalidContext
+
+    primary = db.table.ring.preference_list_for(b"bad").primaries[0]  # type: ignore[union-attr]
+    for extra, needle in (({"ttl": -1}, "ttl"), ({"ttl": "soon"}, "ttl"), ({"ttl": 10**10}, "ttl"),
+                          ({"inm": 1}, "inm"), ({"im": "ctx"}, "im"), ({"inm": True, "im": b""}, "combined")):
+        with pytest.raises(InvalidRequest) as info:
+            db.call(primary, "put", {"k": b"bad", "v": b"x", **extra}, retry=False)
+        assert needle in info.value.message, (extra, info.value.message)
+    with pytest.raises(InvalidContext):
+        db.call(primary, "put", {"k": b"bad", "v": b"x", "im": b"not a context"}, retry=False)
+    assert not db.get(b"bad", r=3).found
+    for kwargs in ({"ttl": -5}, {"ttl": True}, {"if_none_match": "yes"}, {"if_match": "ctx"},
+                   {"if_none_match": True, "if_match": b""}, {"r": 2}):
+        with pytest.raises(InvalidRequest):
+            db.put(b"bad", b"x", **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,63 @@
+"""A large set stored as a small header plus one row per element (pure encoding).
+
+An add to a set of 100,000 elements must not rewrite the whole set, so a node keeps a
+set key as::
+
+    objects:      key -> ["dh", "set", context, count, digest]     # the header
+    dt_elements:  (key, element) -> dots of the adds that put it there
+
+The digest is the XOR of :func:`dynq_client.crdt.element_hash` over the rows: updated in
+O(1) per changed element, and part of the header, so the anti-entropy leaf (a hash of
+the ``objects`` row) changes whenever any element does, and two replicas holding the same
+set hold byte-identical headers. Replicas still exchange whole states (anti-entropy,
+hints, transfers, read repair): :func:`assemble` builds one from the header and rows.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from dynq_client import crdt
+from dynq_client.errors import ProtocolError
+from dynq_client.protocol import DEFAULT_LIMITS, Limits, packb, unpackb
+
+HEADER_TAG = "dh"
+
+
+def encode_header(ctx: crdt.Context, count: int, digest: int) -> bytes:
+    return packb([HEADER_TAG, crdt.SET, crdt.context_to_wire(ctx), count, digest.to_bytes(16, "big")])
+
+
+def decode_header(blob: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[crdt.Context, int, int]:
+    """(context, element count, digest) of a stored header; raises ProtocolError."""
+    try:
+        data = unpackb(blob, limits)
+        if not isinstance(data, list) or len(data) != 5 or data[0] != HEADER_TAG or type(data[3]) is not int \
+                or not isinstance(data[4], bytes):
+            raise ValueError("not a set header")
+        return crdt.context_from_wire(data[2], limits), data[3], int.from_bytes(data[4], "big")
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"invalid set header: {exc}") from exc
+
+
+def assemble(header: bytes, rows: Mapping[bytes, bytes], limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The whole state of a stored set, as replicas exchange it."""
+    ctx, _, _ = decode_header(header, limits)
+    store = {elem: crdt.element_from_row(row) for elem, row in rows.items()}
+    return crdt.encode_state(crdt.State(crdt.SET, ctx, store))
+
+
+def header_of(state: crdt.State) -> bytes:
+    """The header a node stores for a whole set state (O(elements): whole states only)."""
+    digest = 0
+    for elem, dots in state.store.items():
+        digest ^= crdt.element_hash(elem, crdt.element_row(dots))
+    return encode_header(state.ctx, len(state.store), digest)
+
+
+def stored_form(blob: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """What ``objects`` holds for a typed state blob: a set's header, another type's blob."""
+    if not crdt.is_state_blob(blob):
+        return blob
+    state = crdt.decode_state(blob, limits)
+    return header_of(state) if state.kind == crdt.SET else blob
