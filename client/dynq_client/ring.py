@@ -67,8 +67,10 @@ def _check_q(q: object) -> int:
     return q
 
 
-def partition_of(key: bytes, q: int) -> int:
-    """The partition holding ``key``: the top ``log2(q)`` bits of its hash.
+def partition_of(key: bytes, q: object) -> int:
+    """The partition holding ``key``: the top ``log2(q)`` bits of its hash (``q`` is
+    ``object``, not ``int``: compiled by mypyc, an ``int`` parameter turns True into 1
+    before the check could refuse it).
 
     Using the top bits makes partition ``p`` the contiguous arc ``[p, p + 1) * 2**128 / q``,
     so partitions are ordered clockwise like the hash space itself.
@@ -360,7 +362,7 @@ class Ring:
         members = _check_members(self.members)
         if not isinstance(self.owners, (tuple, list)):
             raise RingError(f"owners must be a sequence of names, got {type(self.owners).__name__}")
-        owners = tuple(self.owners)
+        owners: tuple[object, ...] = tuple(self.owners)  # unchecked yet (compiled: no str cast)
         if len(owners) != self.q:
             raise RingError(f"owners has {len(owners)} entries, expected q = {self.q}")
         by_name = {m.name: m for m in members}
@@ -471,12 +473,13 @@ class Ring:
         """Parse :meth:`to_wire` output from an untrusted peer; RingError on anything wrong."""
         if not isinstance(data, dict):
             raise RingError(f"ring must be a map, got {type(data).__name__}")
-        for name in ("epoch", "q", "n", "members", "owners"):
-            if name not in data:
-                raise RingError(f"ring has no '{name}'")
-        for name in ("epoch", "q", "n"):
-            if not _is_int(data[name]):
-                raise RingError(f"ring '{name}' must be an integer, got {short_repr(data[name])}")
+        # fname, not name: below, name holds unchecked wire data (compiled, a variable has one type)
+        for fname in ("epoch", "q", "n", "members", "owners"):
+            if fname not in data:
+                raise RingError(f"ring has no '{fname}'")
+        for fname in ("epoch", "q", "n"):
+            if not _is_int(data[fname]):
+                raise RingError(f"ring '{fname}' must be an integer, got {short_repr(data[fname])}")
         raw_members = data["members"]
         if not isinstance(raw_members, (list, tuple)):
             raise RingError(f"ring 'members' must be a list, got {type(raw_members).__name__}")

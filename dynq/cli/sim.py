@@ -14,10 +14,10 @@ import click
 PROFILES = ("ci", "soak")
 
 
-def _run(seed: int, profile: str, mutation: str | None) -> dict[str, Any]:
+def _run(seed: int, profile: str, mutation: str | None, buckets: bool = True) -> dict[str, Any]:
     from dynq.sim.harness import run_seed
 
-    return run_seed(seed, profile, mutation).summary()
+    return run_seed(seed, profile, mutation, buckets).summary()
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -27,6 +27,8 @@ def _line(s: dict[str, Any]) -> str:
     opts = (f"  nodes={o['nodes']} n={o['n']} r={o['r']} w={o['w']} q={o['q']} clients={o['clients']} "
             f"keys={o['keys']} faults={','.join(o['faults'])} injected={s['faults']} knobs={o['knobs']}")
     lines = [head, opts]
+    if o.get("buckets"):
+        lines.append("  buckets: " + " ".join(f"{name}(n={n} r={r} w={w})" for name, n, r, w, _ in o["buckets"]))
     if s["error"]:
         lines.append(f"  error: {s['error']}")
     for name, v in s["verdicts"].items():
@@ -45,15 +47,19 @@ def _line(s: dict[str, Any]) -> str:
 @click.option("--profile", type=click.Choice(PROFILES), default="ci", show_default=True,
               help="ci: 15-30 s of faults per seed; soak: 1-4 minutes, whole-cluster power loss too.")
 @click.option("--mutation", default=None, help="Run with a planted bug (see dynq.sim.mutations); it must fail.")
+@click.option("--no-buckets", "no_buckets", is_flag=True,
+              help="Without the buckets workload (replays seeds found before it existed).")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Seeds run in parallel processes.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per seed.")
 @click.option("--trace-hash", "trace_only", is_flag=True, help="Print only each seed's trace hash.")
-def sim(count: int | None, one: int | None, base: int, profile: str, mutation: str | None, jobs: int,
-        as_json: bool, trace_only: bool) -> None:
+def sim(count: int | None, one: int | None, base: int, profile: str, mutation: str | None, no_buckets: bool,
+        jobs: int, as_json: bool, trace_only: bool) -> None:
     """Simulate a cluster of real nodes and clients on one virtual-time loop under seeded
     faults (crashes, power loss, partitions, clogs, slow links, full disks, failed fsyncs),
-    then check that no acknowledged write was lost, no value appeared from nowhere, one dot
-    carries one value, and the replicas converged after heal. Exit code 0: every seed
+    half the seeds with named buckets (n 1/3/5, siblings or lww), then check that no
+    acknowledged write was lost (lww buckets excepted), no value appeared from nowhere, one
+    dot carries one value, lww copies hold one sibling, and after heal the replicas
+    converged and every key is stored on exactly its bucket's n primaries. Exit code 0: every seed
     passed; 1: some failed (each failure prints its seed and a reproduction command)."""
     from dynq.sim.mutations import MUTATIONS
 
@@ -84,11 +90,12 @@ def sim(count: int | None, one: int | None, base: int, profile: str, mutation: s
     if jobs > 1 and len(seeds) > 1:
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            for s in pool.map(_run, seeds, [profile] * len(seeds), [mutation] * len(seeds)):
+            for s in pool.map(_run, seeds, [profile] * len(seeds), [mutation] * len(seeds),
+                              [not no_buckets] * len(seeds)):
                 report(s)
     else:
         for seed in seeds:
-            report(_run(seed, profile, mutation))
+            report(_run(seed, profile, mutation, not no_buckets))
     wall = time.perf_counter() - started
     if not trace_only:
         summary = {"seeds": len(seeds), "failed": failed, "wall_s": round(wall, 2),

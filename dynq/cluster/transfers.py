@@ -15,6 +15,14 @@ For each transfer the cluster state assigns to this node as source (see
    and clients still routing by the old ring have caught up), send what was noted since
    the report, and drop the partition's rows if this node no longer replicates it. A node
    that left the cluster keeps its copy on disk; it just stops serving.
+5. the grace of step 4 lives in memory: a source killed between its report and the drop
+   comes back owning rows of partitions it no longer replicates, and no transfer is left
+   to drop them (found by ``dynq sim``: the copies stayed forever, and would have brought
+   back reaped deletes had the node become a replica again). So once per life, when the
+   cluster has been idle (no transition) for the grace, the node hands every such row on
+   as a hint to the key's first primary: hinted handoff delivers it (the final delta the
+   crash lost) and then drops the copy. It looks again after every transition; a drop
+   that fails (a full disk) is retried at the next pass of step 4.
 
 Writes made during the transition also go straight to the incoming replicas (see
 ``ClusterState.pending_replicas``), so the delta passes are small; they cover writes
@@ -29,8 +37,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from dynq_client import protocol as p
-from dynq_client.errors import DynqError
+from dynq_client.errors import DynqError, StorageError
 from dynq_client.protocol import Request
+from dynq_client.versions import encode_object
 
 from ..config import NodeConfig
 from ..env import SYSTEM, Env
@@ -73,6 +82,11 @@ class Progress:
         self.last_error, self.last_error_at = str(error), now
 
 
+def _ignore_commit(error: StorageError | None) -> None:
+    """A hint nobody waits for: a failed commit (hint store full, disk full) leaves the row
+    as it was, and the next life tries again (storage counts and logs the failure)."""
+
+
 class TransferFailed(Exception):
     """A chunk could not be delivered; the transfer is retried later from where it stopped."""
 
@@ -96,6 +110,9 @@ class PartitionTransfers:
         self.progress: dict[Transfer, Progress] = {}
         self._cursor: dict[Transfer, bytes] = {}  # last key the target acknowledged
         self._reported: dict[Transfer, float | None] = {}  # -> when the switch was first seen
+        self._idle_since: float | None = None  # when this life first saw the cluster without a transition
+        self._swept = False  # handed on the rows it no longer replicates since the last transition (step 5)
+        self.orphans_handed_on = 0  # such rows made hints, over this life
         self.keys_sent = 0
         self.bytes_sent = 0
         self.completed = 0
@@ -192,6 +209,7 @@ class PartitionTransfers:
                 await self._transfer(transfer)
                 return  # one at a time; the state may have changed meanwhile
         await self._finish_reported()
+        await self._sweep_when_idle()
 
     async def _transfer(self, transfer: Transfer) -> None:
         storage = self.store
@@ -318,21 +336,73 @@ class PartitionTransfers:
             while await self._delta(transfer, progress):
                 pass
             self._untrack(transfer)
-            del self._reported[transfer]
-            progress.state = "done"
-            progress.finished = self.env.wall()
-            self.completed += 1
             if self.cluster.is_member and not self.cluster.state.is_replica(
                     self.name, transfer.partition, transfer.n or None) and (
                     # with buckets a drop takes only this transfer's n: other transfers of the
                     # partition (other n) carry disjoint keys
                     self.cluster.state.buckets or not self.tracking(transfer.partition)):
+                # Forgotten only once dropped: a drop that fails (a full disk: found by dynq
+                # sim --seed 133) is tried again on the next pass, not never.
                 dropped = await self._drop_partition(transfer)
                 log.info("partition %d handed off to %s; dropped %d local objects",
                          transfer.partition, transfer.target, dropped)
+            del self._reported[transfer]
+            progress.state = "done"
+            progress.finished = self.env.wall()
+            self.completed += 1
         # a transfer reported but forgotten by a newer state (re-planned): report again
         for transfer in [t for t in self._reported if t in state.transfers and t.source == self.name]:
             await self._report(transfer)
+
+    async def _sweep_when_idle(self) -> None:
+        """Step 5 of the module docstring: after the grace without a transition, once per
+        life and again after every transition (whatever cut its handoff short)."""
+        state = self.cluster.state
+        if state.next_ring is not None or state.transfers or self._reported or not self.cluster.is_member:
+            self._idle_since = None
+            self._swept = False  # look again once this transition is over
+            return
+        if self._swept:
+            return
+        now = self.env.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        if now - self._idle_since < self.config.transfer_cleanup_delay_ms / 1000:
+            return
+        self._swept = True
+        handed = await self._hand_on_orphans()
+        if handed:
+            log.warning("%d objects of partitions this node no longer replicates (a handoff cut short by a "
+                        "restart) handed on as hints to their replicas", handed)
+
+    async def _hand_on_orphans(self) -> int:
+        """Make a hint of every row whose key this node does not replicate (for its
+        bucket's n) and that no hint holds yet; returns how many."""
+        handed = 0
+        limit = self.config.limits.max_message_bytes // 2
+        for partition in range(self.cluster.state.ring.q):
+            state = self.cluster.state
+            if state.next_ring is not None or state.transfers:
+                return handed  # a transition began meanwhile: its transfers move these rows
+            foreign = {n for n in state.n_values() if not state.is_replica(self.name, partition, n)}
+            if not foreign:
+                continue
+            after = b""
+            while rows := self.store.partition_chunk(partition, after, self.config.transfer_batch, limit):
+                for key, _blob in rows:
+                    n = state.buckets.n_of(key, state.ring.n)
+                    if n not in foreign or self.store.hints_for_key(key):
+                        continue  # ours, a bucket not heard of yet (None), or already a hint
+                    obj = self.local.current(key)  # staged writes included
+                    if obj is None:
+                        continue
+                    target = state.ring.preference_list(partition, n).primaries[0]
+                    self.local.stage_local(key, obj, encode_object(obj), _ignore_commit, hint_for=target)
+                    handed += 1
+                    self.orphans_handed_on += 1
+                after = rows[-1][0]
+                await asyncio.sleep(0)  # let requests through between chunks
+        return handed
 
     def _gone(self, transfer: Transfer, key: bytes) -> bool:
         """A key of the handed-off partition this node no longer replicates (for its n)."""

@@ -143,6 +143,8 @@ class PartitionStore(Protocol):
 
     def get_blob(self, key: bytes) -> bytes | None: ...
 
+    def hints_for_key(self, key: bytes) -> list[str]: ...  # targets of the key's hints
+
 
 class MetaStore(Protocol):
     """Named blobs in storage (the cluster state, staged changes): ClusterManager's need."""

@@ -9,6 +9,7 @@
 - :mod:`dynq.sim.harness`: real nodes and clients on those, a seeded nemesis, the phases
   (safety, heal, liveness) and the run's :class:`~dynq.sim.harness.Result`; ``dynq sim``.
 - :mod:`dynq.sim.history`, :mod:`dynq.sim.checker`: what the clients did, and the verdicts.
+- :mod:`dynq.sim.buckets`: the buckets workload (which buckets a seed creates, key names).
 - :mod:`dynq.sim.mutations`: planted bugs the checkers must catch.
 
 The node takes its clocks, randomness, zmq context and VFS from :mod:`dynq.env`.

@@ -11,12 +11,19 @@
 * :func:`check_convergence` - after heal, every primary of a key holds the same canonical
   object.
 * :func:`check_hints_drained` - no node holds a hint after heal.
+* :func:`check_lww` - every copy of a key of a last-write-wins bucket holds one sibling.
+* :func:`check_placement` - after heal every key is stored on exactly the n primaries of
+  its bucket (the default bucket's n is the ring's), nowhere else.
+
+Keys are named as the history names them: ``key`` in the default bucket, ``bucket/key``
+in a named one; :func:`check_siblings` applies the same rules to both, except that a
+last-write-wins bucket may drop an acknowledged concurrent write (its documented price).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +48,11 @@ class Verdict:
         return "\n  ".join([head] + self.problems[:20] + more)
 
 
-def check_siblings(history: History, final: Mapping[str, set[str]]) -> Verdict:
-    """``final``: key -> the live sibling values after heal (merged over its primaries)."""
+def check_siblings(history: History, final: Mapping[str, set[str]], lww: Collection[str] = ()) -> Verdict:
+    """``final``: key -> the live sibling values after heal (merged over its primaries).
+    ``lww``: keys of last-write-wins buckets, where a concurrent write with a newer
+    timestamp drops an acknowledged one by design: every rule holds for them but "no
+    acknowledged write lost", and a read of one returns at most one value."""
     acked: dict[str, set[str]] = defaultdict(set)
     maybe: dict[str, set[str]] = defaultdict(set)
     covered_by_acked: dict[str, set[str]] = defaultdict(set)
@@ -71,7 +81,7 @@ def check_siblings(history: History, final: Mapping[str, set[str]]) -> Verdict:
     lost = phantom = resurrected = undeleted = 0
     for key in sorted(keys):
         got = final.get(key, set())
-        missing = acked[key] - covered_by_maybe[key] - got
+        missing = set() if key in lww else acked[key] - covered_by_maybe[key] - got
         lost += len(missing)
         if missing:
             v.problems.append(f"{key}: acknowledged writes lost (no later write covered them): {sorted(missing)[:10]}")
@@ -87,7 +97,12 @@ def check_siblings(history: History, final: Mapping[str, set[str]]) -> Verdict:
         if acked_deletes[key] and maybe[key] <= covered_by_acked[key] and got:
             undeleted += 1
             v.problems.append(f"{key}: deleted (every write covered by an acknowledged delete) but holds {sorted(got)[:5]}")
+    unresolved = 0
     for key, seen, index in reads:
+        if key in lww and len(seen) > 1:
+            unresolved += 1
+            v.problems.append(f"{key}: read {index} of a last-write-wins bucket returned {len(seen)} values: "
+                              f"{sorted(seen)[:5]}")
         extra = set(seen) - maybe[key]
         phantom += len(extra)
         if extra:
@@ -96,7 +111,45 @@ def check_siblings(history: History, final: Mapping[str, set[str]]) -> Verdict:
     c = history.counts()
     v.counts = {"ops": c["ops"], "acknowledged": c[OK], "failed": c[FAIL], "unknown": c["unknown"], "reads": c["reads"],
                 "lost": lost, "phantom": phantom, "resurrected": resurrected, "undeleted": undeleted,
-                "keys_with_siblings": sum(1 for values in final.values() if len(values) > 1)}
+                "keys_with_siblings": sum(1 for values in final.values() if len(values) > 1),
+                "lww_keys": sum(1 for key in keys if key in lww), "lww_unresolved_reads": unresolved}
+    return v
+
+
+def check_lww(copies: Iterable[tuple[str, str, VersionedObject]]) -> Verdict:
+    """``copies``: (node, key, object) for every stored copy of a key of a last-write-wins
+    bucket. Every replica resolves on write, merge and repair, so each holds one sibling
+    (a value or a tombstone), never several."""
+    v = Verdict("lww")
+    n = 0
+    for node, key, obj in copies:
+        n += 1
+        if len(obj.siblings) > 1:
+            v.problems.append(f"{key} on {node}: {len(obj.siblings)} siblings in a last-write-wins bucket: "
+                              f"{sorted(_short(s.value) for s in obj.siblings)[:5]}")
+    v.counts = {"copies": n}
+    return v
+
+
+def check_placement(placed: Mapping[str, tuple[int, Sequence[str], set[str]]]) -> Verdict:
+    """``placed``: key -> (its bucket's n, its primaries under the final ring, the nodes
+    whose database holds it). After heal a key is stored on exactly its n primaries (or
+    nowhere: never written, or reaped): no fallback or former owner keeps a copy, no
+    primary lacks one, and the ring gives a bucket n distinct primaries."""
+    v = Verdict("placement")
+    stored = 0
+    for key, (n, primaries, holders) in sorted(placed.items()):
+        if len(set(primaries)) != n:
+            v.problems.append(f"{key}: {len(set(primaries))} primaries for n={n}: {sorted(primaries)}")
+        if not holders:
+            continue
+        stored += 1
+        extra, missing = holders - set(primaries), set(primaries) - holders
+        if extra or missing:
+            v.problems.append(f"{key} (n={n}): held by {sorted(holders)}, primaries {sorted(primaries)}"
+                              + (f"; not a primary: {sorted(extra)}" if extra else "")
+                              + (f"; missing on: {sorted(missing)}" if missing else ""))
+    v.counts = {"keys": len(placed), "stored": stored}
     return v
 
 
@@ -157,4 +210,5 @@ def _short(data: bytes | None) -> str:
     return f"{len(data)}B:{data[:8].hex()}"
 
 
-__all__ = ["Verdict", "check_convergence", "check_dots", "check_hints_drained", "check_invariants", "check_siblings"]
+__all__ = ["Verdict", "check_convergence", "check_dots", "check_hints_drained", "check_invariants", "check_lww",
+           "check_placement", "check_siblings"]

@@ -38,12 +38,14 @@ import tempfile
 import time
 import traceback
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import apsw
 from dynq_client import AsyncClient
+from dynq_client import buckets as b
 from dynq_client.errors import DynqError, ProtocolError
 from dynq_client.ring import Member, Ring
 from dynq_client.versions import (
@@ -53,6 +55,7 @@ from dynq_client.versions import (
     merge_all,
 )
 
+from ..cluster.membership import ClusterState
 from ..config import NodeConfig
 from ..env import Env
 from ..node import Node
@@ -62,8 +65,11 @@ from .checker import (
     check_dots,
     check_hints_drained,
     check_invariants,
+    check_lww,
+    check_placement,
     check_siblings,
 )
+from .buckets import BucketSpec, draw_buckets, history_key, history_key_of, storage_key_of
 from .disk import SimDisk
 from .history import OK, History
 from .loop import _CURRENT, SimError, SimHost, SimLoop
@@ -108,10 +114,12 @@ class Options:
     membership: str = "none"  # none | join | leave | join+leave: changes staged and committed mid-run
     read_fanout: str = "quorum"  # the clients' reads: quorum (R of N, hedged) or all N
     coordination: str = "client"  # who coordinates reads: the client or a replica
+    buckets: tuple[BucketSpec, ...] = ()  # named buckets: (name, n, r, w, conflict)
+    bucket_workload: bool = True  # False: none drawn (--no-buckets: seeds found before the buckets workload)
     mutation: str | None = None
 
     @classmethod
-    def expand(cls, seed: int, profile: str = "ci", mutation: str | None = None) -> Options:
+    def expand(cls, seed: int, profile: str = "ci", mutation: str | None = None, buckets: bool = True) -> Options:
         import random
 
         rng = random.Random(hashlib.blake2b(f"options:{seed}".encode(), digest_size=8).digest())
@@ -155,6 +163,9 @@ class Options:
             read_fanout=rng.choice(("quorum", "quorum", "all")),
             coordination=rng.choice(("client", "client", "server")),
         )
+        members = opts.nodes - (1 if "leave" in opts.membership else 0)  # a bucket's n fits after a leave
+        opts = dataclasses.replace(opts, buckets=draw_buckets(seed, members) if buckets else (),
+                                   bucket_workload=buckets)
         if mutation is not None:
             from .mutations import MUTATIONS
             opts = MUTATIONS[mutation].adjust(opts)
@@ -190,6 +201,8 @@ class Result:
         cmd = f"dynq sim --seed {self.seed} --profile {self.options.profile}"
         if self.options.mutation:
             cmd += f" --mutation {self.options.mutation}"
+        if not self.options.bucket_workload:
+            cmd += " --no-buckets"
         return cmd
 
     def summary(self) -> dict[str, Any]:
@@ -307,6 +320,7 @@ class Simulation:
         self.fault_counts: dict[str, int] = {}
         self.coverage: dict[str, int] = {}  # what the nodes did, summed over their lives
         self.wipes = 0  # disks replaced so far
+        self.buckets_created: list[str] = []  # named buckets the claimant acknowledged
         self._graveyard: list[asyncio.Task[Any]] = []  # tasks of dead lives: never run, never destroyed mid-run
         self._tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], Any] = weakref.WeakKeyDictionary()
         self.loop.set_task_factory(self._task_factory)
@@ -348,7 +362,8 @@ class Simulation:
         if parts is not None:
             counts.update(hints_replayed=parts.handoff.replayed, ae_exchanges=parts.anti_entropy.exchanges,
                           ae_keys_repaired=parts.anti_entropy.keys_repaired,
-                          tombstones_reaped=parts.anti_entropy.reaped + parts.tree_server.reaped)
+                          tombstones_reaped=parts.anti_entropy.reaped + parts.tree_server.reaped,
+                          orphans_handed_on=parts.transfers.orphans_handed_on)
         for name, value in counts.items():
             self.coverage[name] = self.coverage.get(name, 0) + int(value)
 
@@ -418,6 +433,10 @@ class Simulation:
         clients = [self.loop.add_host(f"c{i + 1}") for i in range(opts.clients)]
         workers = [host.spawn(self._client(host, end), name=f"workload {host.name}") for host in clients]
         nemesis = self.loop.create_task(self._nemesis(end), context=self.loop.sim_context.copy())
+        buckets = None
+        if opts.buckets:
+            buckets_host = self.loop.add_host("buckets")
+            buckets = buckets_host.spawn(self._buckets(buckets_host, end), name="buckets")
         admin = None
         if self.options.membership != "none":
             admin_host = self.loop.add_host("admin")
@@ -425,6 +444,8 @@ class Simulation:
         await nemesis
         if admin is not None:
             await admin
+        if buckets is not None:
+            await buckets
         self._heal_all()
         for w in workers:
             try:
@@ -443,6 +464,9 @@ class Simulation:
     async def _client(self, host: SimHost, end: float) -> None:
         opts = self.options
         rng = self.loop.rng(f"client.{host.name}")
+        # Its own stream: a seed without buckets draws exactly what it drew before them.
+        pick_bucket = self.loop.rng(f"client.{host.name}.bucket")
+        buckets = [b.DEFAULT] + [name for name, *_ in opts.buckets]
         history = self.history
         client = AsyncClient(self.addresses, timeout=opts.client_timeout_s, keys=None,
                              context=self.net.context(host),  # type: ignore[arg-type]
@@ -461,13 +485,14 @@ class Simulation:
                     break
                 key = rng.choice(keys)
                 roll = rng.random()
+                bucket = pick_bucket.choice(buckets) if opts.buckets else b.DEFAULT
                 if roll < 0.35:
                     counter += 1
-                    await self._put(client, host.name, key, f"{host.name}-{counter}", None, frozenset())
+                    await self._put(client, host.name, bucket, key, f"{host.name}-{counter}", None, frozenset())
                 else:
-                    op = history.invoke(host.name, "read", key)
+                    op = history.invoke(host.name, "read", history_key(bucket, key))
                     try:
-                        got = await client.get(key)
+                        got = await client.get(key, bucket=None if bucket == b.DEFAULT else bucket)
                     except DynqError as exc:
                         history.fail_or_unknown(op, exc)
                         got = None
@@ -476,31 +501,70 @@ class Simulation:
                         history.complete(op, OK, result=seen)
                         if roll < 0.85:
                             counter += 1
-                            await self._put(client, host.name, key, f"{host.name}-{counter}", got.context, seen)
+                            await self._put(client, host.name, bucket, key, f"{host.name}-{counter}", got.context, seen)
                         elif roll < 0.95:
-                            await self._delete(client, host.name, key, got.context, seen)
+                            await self._delete(client, host.name, bucket, key, got.context, seen)
                 await asyncio.sleep(rng.expovariate(1 / opts.think_s))
         finally:
             await client.close()
 
-    async def _put(self, client: AsyncClient, process: str, key: str, value: str, context: bytes | None,
-                   covers: frozenset[str]) -> None:
-        op = self.history.invoke(process, "put", key, value, covers)
+    async def _put(self, client: AsyncClient, process: str, bucket: str, key: str, value: str,
+                   context: bytes | None, covers: frozenset[str]) -> None:
+        op = self.history.invoke(process, "put", history_key(bucket, key), value, covers)
         try:
-            await client.put(key, value.encode(), context=context)
+            await client.put(key, value.encode(), context=context, bucket=None if bucket == b.DEFAULT else bucket)
+        except DynqError as exc:
+            self.history.fail_or_unknown(op, exc)
+        else:
+            self.history.complete(op, OK)
+            if bucket != b.DEFAULT:
+                self.coverage["bucket_writes"] = self.coverage.get("bucket_writes", 0) + 1
+
+    async def _delete(self, client: AsyncClient, process: str, bucket: str, key: str, context: bytes,
+                      covers: frozenset[str]) -> None:
+        op = self.history.invoke(process, "delete", history_key(bucket, key), None, covers)
+        try:
+            await client.delete(key, context=context, bucket=None if bucket == b.DEFAULT else bucket)
         except DynqError as exc:
             self.history.fail_or_unknown(op, exc)
         else:
             self.history.complete(op, OK)
 
-    async def _delete(self, client: AsyncClient, process: str, key: str, context: bytes, covers: frozenset[str]) -> None:
-        op = self.history.invoke(process, "delete", key, None, covers)
+    # --- buckets --------------------------------------------------------------------------
+
+    async def _buckets(self, host: SimHost, end: float) -> None:
+        """Create the seed's buckets through the claimant ops (as `dynq bucket create`
+        does: any member forwards to the claimant) while the nemesis runs and the clients
+        already use them, then change one bucket's read quorum (`bucket set`) mid-run."""
+        opts = self.options
+        rng = self.loop.rng("buckets")
+        client = AsyncClient(self.addresses, timeout=5.0, keys=None, context=self.net.context(host),  # type: ignore[arg-type]
+                             rng=self.loop.rng("buckets.replicas"))
+
+        async def claimant_op(op: str, body: dict[str, Any]) -> bool:
+            for attempt in range(20):
+                address = self.addresses[attempt % len(self.addresses)]
+                try:
+                    await client.call_address(address, op, body)
+                    return True
+                except DynqError as exc:
+                    self.loop.trace("buckets", op, body["name"], "failed", type(exc).__name__)
+                    await asyncio.sleep(1.0)
+            return False
+
         try:
-            await client.delete(key, context=context)
-        except DynqError as exc:
-            self.history.fail_or_unknown(op, exc)
-        else:
-            self.history.complete(op, OK)
+            for name, n, r, w, conflict in opts.buckets:
+                if await claimant_op("bucket_create", {"name": name, "props": {"n": n, "r": r, "w": w,
+                                                                               "conflict": conflict}}):
+                    self.buckets_created.append(name)
+            await asyncio.sleep(rng.uniform(0.2, 0.6) * max(0.0, end - self.loop.time()))
+            if self.buckets_created:
+                name = rng.choice(self.buckets_created)
+                n = next(bn for bn_name, bn, *_ in opts.buckets if bn_name == name)
+                if await claimant_op("bucket_set", {"name": name, "props": {"r": rng.randint(1, n)}}):
+                    self.coverage["bucket_sets"] = self.coverage.get("bucket_sets", 0) + 1
+        finally:
+            await client.close()
 
     # --- membership -----------------------------------------------------------------------
 
@@ -577,7 +641,8 @@ class Simulation:
                     target.crash(power=kind == "power")
                     self.loop.sim_call_later(rng.uniform(0.1, 6.0), self._restart, target)
             elif kind == "wipe":
-                if target.host.alive and opts.w >= 2 and self.wipes < WIPES_PER_SEED and opts.membership == "none":
+                if (target.host.alive and opts.w >= 2 and all(w >= 2 for _, _, _, w, _ in opts.buckets)
+                        and self.wipes < WIPES_PER_SEED and opts.membership == "none"):
                     self.wipes += 1
                     target.wipe()
                     self.loop.sim_call_later(rng.uniform(0.1, 6.0), self._restart, target)
@@ -660,7 +725,8 @@ class Simulation:
                                                              or sn.node.cluster.state.transfers)
                                    for sn in serving):
             return False
-        return check_convergence(self._views()).ok
+        copies = self._copies()
+        return check_convergence(self._views(copies)).ok and check_placement(self._placed(copies)).ok
 
     async def _settle(self) -> None:
         deadline = self.loop.time() + self.options.settle_s
@@ -670,12 +736,16 @@ class Simulation:
                 self.loop.trace("settled")
                 return
 
-    def _ring(self) -> Ring | None:
-        """The ring of the newest cluster state any serving node holds."""
+    def _state(self) -> ClusterState | None:
+        """The newest cluster state any serving node holds (its ring and its buckets)."""
         nodes = [sn.node for sn in self._serving() if sn.node is not None]
         if not nodes:
             return None
-        return max(nodes, key=lambda n: n.cluster.state.version).ring
+        return max(nodes, key=lambda n: n.cluster.state.version).cluster.state
+
+    def _ring(self) -> Ring | None:
+        state = self._state()
+        return None if state is None else state.ring
 
     async def _liveness(self) -> None:
         """After heal, a write to all N replicas and a read of all N succeed (a few tries)."""
@@ -707,7 +777,7 @@ class Simulation:
             await client.close()
 
     def _copies(self) -> dict[str, dict[str, VersionedObject]]:
-        """node -> key -> the object it stores (committed state)."""
+        """node -> history key -> the object it stores (committed state)."""
         out: dict[str, dict[str, VersionedObject]] = {}
         for sn in sorted(self._serving(), key=lambda sn: sn.name):
             name = sn.name
@@ -715,36 +785,67 @@ class Simulation:
                 continue
             objs = out[name] = {}
             for k, o in sn.node.storage.conn.execute("SELECT key, obj FROM objects ORDER BY key"):
-                key = bytes(k).decode()
+                key = history_key_of(bytes(k))
                 try:
                     objs[key] = decode_object(bytes(o))
                 except (ValueError, ProtocolError) as exc:
                     self.undecodable.add(f"{key} on {name}: the stored object does not decode: {exc}")
         return out
 
-    def _views(self) -> dict[str, dict[str, bytes | None]]:
-        copies = self._copies()
-        ring = self._ring()
-        assert ring is not None
-        keys = sorted({op.key for op in self.history.ops if op.f != "read" or op.key != "connect"})
+    def _history_keys(self) -> list[str]:
+        return sorted({op.key for op in self.history.ops if op.f != "read" or op.key != "connect"})
+
+    def _placement(self, state: ClusterState, key: str) -> tuple[int, tuple[str, ...]]:
+        """(n, primaries) of a history key under ``state``: its bucket's n, the ring's for
+        the default bucket (and for a bucket ``state`` does not know)."""
+        skey = storage_key_of(key)
+        n = state.buckets.n_of(skey, state.ring.n) or state.ring.n
+        return n, tuple(state.ring.preference_list_for(skey, n).primaries)
+
+    def _views(self, copies: dict[str, dict[str, VersionedObject]] | None = None) -> dict[str, dict[str, bytes | None]]:
+        copies = self._copies() if copies is None else copies
+        state = self._state()
+        assert state is not None
         views: dict[str, dict[str, bytes | None]] = {}
-        for key in keys:
-            primaries = ring.preference_list_for(key.encode()).primaries
+        for key in self._history_keys():
+            _, primaries = self._placement(state, key)
             views[key] = {}
             for p in primaries:
                 obj = copies.get(p, {}).get(key)
                 views[key][p] = encode_object(obj) if obj is not None else None
         return views
 
+    def _placed(self, copies: dict[str, dict[str, VersionedObject]]) -> dict[str, tuple[int, tuple[str, ...], set[str]]]:
+        """Every key stored anywhere (and every key of the history): (n, primaries, holders)."""
+        state = self._state()
+        assert state is not None
+        holders: dict[str, set[str]] = {key: set() for key in self._history_keys()}
+        for node, objs in copies.items():
+            for key in objs:
+                holders.setdefault(key, set()).add(node)
+        return {key: (*self._placement(state, key), nodes) for key, nodes in holders.items()}
+
+    def _lww_keys(self, keys: Iterable[str]) -> set[str]:
+        state = self._state()
+        if state is None:
+            return set()
+        out = set()
+        for key in keys:
+            props = state.buckets.props_of(storage_key_of(key))
+            if props is not None and props.lww:
+                out.add(key)
+        return out
+
     def _check(self, handler: _ErrorLog) -> list[Verdict]:
         copies = self._copies()
-        ring = self._ring()
+        state = self._state()
         final: dict[str, set[str]] = {}
-        if ring is not None:
+        if state is not None:
             for key in sorted({op.key for op in self.history.ops if op.key != "connect"}):
-                primaries = ring.preference_list_for(key.encode()).primaries
+                _, primaries = self._placement(state, key)
                 merged = merge_all(copies.get(p, {}).get(key) for p in primaries)
                 final[key] = {v.decode() for v in merged.values} if merged is not None else set()
+        lww = self._lww_keys({op.key for op in self.history.ops} | {k for objs in copies.values() for k in objs})
         problems = list(self.problems) + sorted(self.undecodable)
         for ctx in self.loop.unhandled:
             exc = ctx.get("exception")
@@ -771,11 +872,16 @@ class Simulation:
         self.coverage["membership_changes"] = len(self.membership_done)
         if self.options.membership != "none" and not self.membership_done:
             self.coverage["membership_not_committed"] = 1
+        if self.options.buckets:
+            self.coverage["buckets_created"] = len(self.buckets_created)
+            self.coverage["lww_keys"] = sum(1 for key in lww if final.get(key))
         self.loop.trace("history", tuple((op.index, op.outcome) for op in self.history.ops))
         return [
-            check_siblings(self.history, final),
+            check_siblings(self.history, final, lww),
             check_dots((node, key, obj) for node, objs in copies.items() for key, obj in objs.items()),
-            check_convergence(self._views()) if ring is not None else Verdict("convergence", ["no node up"]),
+            check_convergence(self._views(copies)) if state is not None else Verdict("convergence", ["no node up"]),
+            check_lww((node, key, obj) for node, objs in copies.items() for key, obj in objs.items() if key in lww),
+            check_placement(self._placed(copies)) if state is not None else Verdict("placement", ["no node up"]),
             check_hints_drained({sn.name: sn.node.storage.hint_count for sn in self._serving()
                                  if sn.node is not None}),
             check_invariants(problems, {"warnings_logged": sum(1 for r in handler.records if r.levelno == logging.WARNING),
@@ -810,9 +916,9 @@ def _tmp_root() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def run_seed(seed: int, profile: str = "ci", mutation: str | None = None) -> Result:
-    """Expand ``seed`` and run it."""
-    return Simulation(Options.expand(seed, profile, mutation)).run()
+def run_seed(seed: int, profile: str = "ci", mutation: str | None = None, buckets: bool = True) -> Result:
+    """Expand ``seed`` and run it (``buckets=False``: without the buckets workload)."""
+    return Simulation(Options.expand(seed, profile, mutation, buckets)).run()
 
 
 __all__ = ["DEFAULT_FAULTS", "FAULTS", "Options", "Result", "SimNode", "Simulation", "run_seed"]

@@ -15,6 +15,10 @@ read-repair-overwrites   a read repair replaces the replica's siblings with the 
                          client-coordinated reads of all N, the path that repairs
 sync-normal              acknowledge commits that are not fsynced (``synchronous=normal``
                          as if it were safe), with whole-cluster power losses
+lww-unresolved           replicas of a last-write-wins bucket merge without resolving
+                         (concurrent writes stay siblings on disk and in the reads
+                         they coordinate); runs with one lww bucket of n=3, reads
+                         coordinated by the nodes
 =======================  ==============================================================
 """
 
@@ -113,6 +117,21 @@ def _read_repair_overwrites() -> list[tuple[Any, str, Any]]:
     return [(KvService, "handle_replica_put", handle_replica_put)]
 
 
+def _lww_unresolved() -> list[tuple[Any, str, Any]]:
+    from dynq.kv import service
+
+    def last_write_wins(obj: Any) -> Any:
+        return obj  # BUG: the node never resolves an lww bucket's siblings
+
+    return [(service, "last_write_wins", last_write_wins)]
+
+
+def _one_lww_bucket(o: Any) -> Any:
+    """One lww bucket of n=3 read from all 3, through the nodes (a client resolves lww reads itself)."""
+    return dataclasses.replace(o, buckets=(("lww3-0", 3, 3, min(o.w, 3), "lww"),), bucket_workload=True,
+                               coordination="server")
+
+
 def _client_reads_all(o: Any) -> Any:
     """Client-coordinated reads of all N: the path that sends read repairs."""
     return dataclasses.replace(o, read_fanout="all", coordination="client")
@@ -133,6 +152,8 @@ MUTATIONS: dict[str, Mutation] = {m.name: m for m in (
              _client_reads_all),
     Mutation("sync-normal", "acknowledge unsynced commits, then whole-cluster power loss", list,
              _sync_normal_options),
+    Mutation("lww-unresolved", "a last-write-wins bucket's replicas keep concurrent siblings", _lww_unresolved,
+             _one_lww_bucket),
 )}
 
 __all__ = ["MUTATIONS", "Mutation"]

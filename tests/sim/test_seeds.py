@@ -28,19 +28,22 @@ BUDGET_S = float(os.environ.get("DYNQ_SIM_BUDGET_S", "420"))
 JOBS = int(os.environ.get("DYNQ_SIM_JOBS", "2"))
 MIN_SEEDS = 20  # fewer in the budget: the simulator (or the machine) is too slow to trust the batch
 COVERED = ("hinted_writes", "hints_replayed", "read_repairs", "ae_keys_repaired", "commit_failures",
-           "tombstones_reaped", "membership_changes", "wipes")
+           "tombstones_reaped", "membership_changes", "wipes", "buckets_created", "bucket_writes", "lww_keys")
 """Node paths (and harness faults) that must fire somewhere in a batch of MIN_SEEDS or more."""
 
 pytestmark = pytest.mark.sim
 
 
-def corpus() -> list[tuple[int, str]]:
+def corpus() -> list[tuple[int, str, bool]]:
+    """(seed, profile, with the buckets workload): ``no-buckets`` marks seeds found before
+    buckets were simulated, so that they replay the run that found them."""
     out = []
     for line in CORPUS.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            seed, *profile = line.split()
-            out.append((int(seed), profile[0] if profile else "ci"))
+            seed, *rest = line.split()
+            profile = next((r for r in rest if r != "no-buckets"), "ci")
+            out.append((int(seed), profile, "no-buckets" not in rest))
     return out
 
 
@@ -55,8 +58,8 @@ def rotating_base() -> int:
     return 1_000_000 + int(head[:6] or "0", 16) * 1000
 
 
-def _run(seed: int, profile: str) -> dict[str, Any]:
-    return run_seed(seed, profile).summary()
+def _run(seed: int, profile: str, buckets: bool = True) -> dict[str, Any]:
+    return run_seed(seed, profile, buckets=buckets).summary()
 
 
 def _failure(s: dict[str, Any]) -> str:
@@ -67,7 +70,8 @@ def _failure(s: dict[str, Any]) -> str:
 @pytest.mark.timeout(1800)
 def test_corpus_seeds_pass() -> None:
     """Every seed that ever failed passes now (each was a bug, fixed)."""
-    failures = [_failure(s) for s in (_run(seed, profile) for seed, profile in corpus()) if not s["ok"]]
+    failures = [_failure(s) for s in (_run(seed, profile, buckets) for seed, profile, buckets in corpus())
+                if not s["ok"]]
     assert not failures, "\n".join(failures)
 
 

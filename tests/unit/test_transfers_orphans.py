@@ -1,0 +1,148 @@
+"""Rows a node no longer replicates after a handoff cut short (found by ``dynq sim``'s
+placement check): seed 4, the source reported its transfers done, was killed within the
+cleanup grace, and came back owning the partitions' rows with no transfer left to drop
+them; seed 133, the cleanup drop hit a full disk and the transfer was forgotten anyway.
+Real Storage and LocalReplica on disk; the network is the test's (FakePeers)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynq.cluster.membership import Transfer, initial_state
+from dynq.cluster.transfers import PartitionTransfers, Progress
+from dynq.config import parse_config
+from dynq.kv.local import LocalReplica
+from dynq.repair.hinted_handoff import HintedHandoff
+from dynq.server.stats import Stats
+from dynq.store.storage import Storage
+from dynq_client.versions import encode_object, update
+
+from .test_hinted_handoff import MEMBERS, FakePeers, MemoryCluster, a_key_not_replicated_by
+
+
+class NoClaimant:
+    """The sweep reports nothing: a claimant call is a bug here."""
+
+    async def transfer_done(self, transfer: Transfer) -> dict[str, Any]:
+        raise AssertionError("the sweep reports no transfer")
+
+
+def a_key_replicated_by(cluster: MemoryCluster, name: str) -> bytes:
+    for i in range(1000):
+        key = b"mine%d" % i
+        if name in cluster.ring.preference_list_for(key).primaries:
+            return key
+    raise AssertionError("no such key")
+
+
+def test_a_restarted_source_hands_on_rows_it_no_longer_replicates_then_drops_them(tmp_path: Path) -> None:
+    """Idle cluster, a row of a partition this node does not replicate and no hint for it:
+    the first transfers step after the grace makes it a hint for the key's first primary
+    (its own rows untouched); once the handoff is acknowledged the copy is gone."""
+    config = parse_config({"node": {"name": "n4", "listen": "tcp://127.0.0.1:7104", "data_dir": str(tmp_path)},
+                           "cluster": {"n": 3, "r": 2, "w": 2, "q": 8}}, base_dir=tmp_path)
+    config = dataclasses.replace(config, transfer_cleanup_delay_ms=0)
+    storage = Storage(tmp_path / "db", limits=config.limits)
+    cluster = MemoryCluster("n4", initial_state(MEMBERS, 8, 3))
+    peers = FakePeers("n4")
+    orphan, primary = a_key_not_replicated_by(cluster, "n4")
+    mine = a_key_replicated_by(cluster, "n4")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        local = LocalReplica(loop, storage, cluster, Stats(), max_hints=100)
+        for key in (orphan, mine):  # committed without a hint: what the killed source left behind
+            obj = update(None, {}, "n9", b"v", 1)
+            done: asyncio.Future[object] = loop.create_future()
+            storage.stage(key, cluster.ring.partition_for(key), obj, encode_object(obj), done.set_result, loop)
+            assert await done is None
+        transfers = PartitionTransfers(storage, peers, cluster, NoClaimant(), local, config)
+        await transfers._step()
+        await asyncio.sleep(0.01)  # the group commit of the hint
+        assert storage.hints_for_key(orphan) == [primary] and storage.hints_for_key(mine) == []
+        assert transfers.orphans_handed_on == 1
+        await transfers._step()  # once per life
+        assert transfers.orphans_handed_on == 1
+        handoff = HintedHandoff(storage, peers, cluster, config)
+        replay = loop.create_task(handoff.replay_batch(primary))
+        await asyncio.sleep(0.01)
+        assert [(peer, key) for peer, key, _ in peers.sent] == [(primary, orphan)]
+        peers.answer(primary)
+        assert await replay == 1
+        assert storage.get_blob(orphan) is None and storage.get_blob(mine) is not None
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        storage.close()
+
+
+def test_no_sweep_while_a_transition_runs(tmp_path: Path) -> None:
+    """During a transition the transfers themselves move the rows: the sweep waits."""
+    config = parse_config({"node": {"name": "n4", "listen": "tcp://127.0.0.1:7104", "data_dir": str(tmp_path)},
+                           "cluster": {"n": 3, "r": 2, "w": 2, "q": 8}}, base_dir=tmp_path)
+    config = dataclasses.replace(config, transfer_cleanup_delay_ms=0)
+    storage = Storage(tmp_path / "db", limits=config.limits)
+    cluster = MemoryCluster("n4", initial_state(MEMBERS, 8, 3))
+    cluster.state = dataclasses.replace(cluster.state, next_ring=cluster.state.ring)
+
+    async def scenario() -> None:
+        local = LocalReplica(asyncio.get_running_loop(), storage, cluster, Stats(), max_hints=100)
+        transfers = PartitionTransfers(storage, FakePeers("n4"), cluster, NoClaimant(), local, config)
+        await transfers._sweep_when_idle()
+        assert not transfers._swept
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        storage.close()
+
+
+def test_a_cleanup_drop_that_fails_is_retried_not_forgotten(tmp_path: Path) -> None:
+    """A reported transfer whose drop fails (a full disk, dynq sim --seed 133) stays
+    reported: the next pass drops the rows (before, it was forgotten and the rows stayed)."""
+    config = parse_config({"node": {"name": "n4", "listen": "tcp://127.0.0.1:7104", "data_dir": str(tmp_path)},
+                           "cluster": {"n": 3, "r": 2, "w": 2, "q": 8}}, base_dir=tmp_path)
+    config = dataclasses.replace(config, transfer_cleanup_delay_ms=0)
+    storage = Storage(tmp_path / "db", limits=config.limits)
+    cluster = MemoryCluster("n4", initial_state(MEMBERS, 8, 3))
+    key, primary = a_key_not_replicated_by(cluster, "n4")
+    partition = cluster.ring.partition_for(key)
+    transfer = Transfer(partition, "n4", primary)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        local = LocalReplica(loop, storage, cluster, Stats(), max_hints=100)
+        obj = update(None, {}, "n9", b"v", 1)
+        done: asyncio.Future[object] = loop.create_future()
+        storage.stage(key, partition, obj, encode_object(obj), done.set_result, loop)
+        assert await done is None
+        transfers = PartitionTransfers(storage, FakePeers("n4"), cluster, NoClaimant(), local, config)
+        transfers.progress[transfer] = Progress(transfer, 1, state="reported")
+        transfers._reported[transfer] = 0.0  # the switch was seen long ago
+        real = storage.drop_partition_rows
+        calls: list[int] = []
+
+        def full_once(p: int, limit: int) -> int:
+            calls.append(p)
+            if len(calls) == 1:
+                raise OSError("database or disk is full")
+            return real(p, limit)
+
+        storage.drop_partition_rows = full_once  # type: ignore[method-assign,assignment]
+        with pytest.raises(OSError):
+            await transfers._finish_reported()
+        assert transfer in transfers._reported and storage.get_blob(key) is not None
+        await transfers._finish_reported()
+        assert transfer not in transfers._reported and storage.get_blob(key) is None
+        assert transfers.progress[transfer].state == "done" and transfers.completed == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        storage.close()
