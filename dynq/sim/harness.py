@@ -470,7 +470,7 @@ class Simulation:
         history = self.history
         client = AsyncClient(self.addresses, timeout=opts.client_timeout_s, keys=None,
                              context=self.net.context(host),  # type: ignore[arg-type]
-                             rng=self.loop.rng(f"client.{host.name}.replicas"),
+                             wall_ms=self._client_wall_ms, rng=self.loop.rng(f"client.{host.name}.replicas"),
                              read_fanout=opts.read_fanout, coordination=opts.coordination)  # type: ignore[arg-type]
         keys = [f"k{i}" for i in range(opts.keys)]
         counter = 0
@@ -539,7 +539,7 @@ class Simulation:
         opts = self.options
         rng = self.loop.rng("buckets")
         client = AsyncClient(self.addresses, timeout=5.0, keys=None, context=self.net.context(host),  # type: ignore[arg-type]
-                             rng=self.loop.rng("buckets.replicas"))
+                             wall_ms=self._client_wall_ms, rng=self.loop.rng("buckets.replicas"))
 
         async def claimant_op(op: str, body: dict[str, Any]) -> bool:
             for attempt in range(20):
@@ -574,7 +574,7 @@ class Simulation:
         opts = self.options
         rng = self.loop.rng("membership")
         client = AsyncClient(self.addresses, timeout=5.0, keys=None, context=self.net.context(host),  # type: ignore[arg-type]
-                             rng=self.loop.rng("admin.replicas"))
+                             wall_ms=self._client_wall_ms, rng=self.loop.rng("admin.replicas"))
         try:
             await asyncio.sleep(rng.uniform(0.1, 0.4) * opts.duration_s)
             if "join" in opts.membership:
@@ -743,6 +743,10 @@ class Simulation:
             return None
         return max(nodes, key=lambda n: n.cluster.state.version).cluster.state
 
+    def _client_wall_ms(self) -> int:
+        """A client's wall clock: virtual, like the nodes' (without their skew)."""
+        return int((EPOCH + self.loop.time()) * 1000)
+
     def _ring(self) -> Ring | None:
         state = self._state()
         return None if state is None else state.ring
@@ -753,7 +757,7 @@ class Simulation:
         ring = self._ring()
         addresses = [m.address for m in ring.members] if ring is not None else self.addresses
         client = AsyncClient(addresses, timeout=5.0, keys=None, context=self.net.context(host),  # type: ignore[arg-type]
-                             rng=self.loop.rng("liveness.replicas"))
+                             wall_ms=self._client_wall_ms, rng=self.loop.rng("liveness.replicas"))
         n = self.options.n
         errors: list[str] = []
 
