@@ -14,10 +14,10 @@ import click
 PROFILES = ("ci", "soak")
 
 
-def _run(seed: int, profile: str, mutation: str | None, buckets: bool = True) -> dict[str, Any]:
+def _run(seed: int, profile: str, mutation: str | None, buckets: bool = True, ttl: bool = False) -> dict[str, Any]:
     from dynq.sim.harness import run_seed
 
-    return run_seed(seed, profile, mutation, buckets).summary()
+    return run_seed(seed, profile, mutation, buckets, ttl).summary()
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -49,11 +49,14 @@ def _line(s: dict[str, Any]) -> str:
 @click.option("--mutation", default=None, help="Run with a planted bug (see dynq.sim.mutations); it must fail.")
 @click.option("--no-buckets", "no_buckets", is_flag=True,
               help="Without the buckets workload (replays seeds found before it existed).")
+@click.option("--ttl", "ttl", is_flag=True,
+              help="With the ttl workload: some puts expire after 1-5 s and expired objects are reclaimed "
+                   "within seconds (no read may return a value after its expiry, nothing superseded returns).")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Seeds run in parallel processes.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per seed.")
 @click.option("--trace-hash", "trace_only", is_flag=True, help="Print only each seed's trace hash.")
 def sim(count: int | None, one: int | None, base: int, profile: str, mutation: str | None, no_buckets: bool,
-        jobs: int, as_json: bool, trace_only: bool) -> None:
+        ttl: bool, jobs: int, as_json: bool, trace_only: bool) -> None:
     """Simulate a cluster of real nodes and clients on one virtual-time loop under seeded
     faults (crashes, power loss, partitions, clogs, slow links, full disks, failed fsyncs),
     half the seeds with named buckets (n 1/3/5, siblings or lww), then check that no
@@ -91,11 +94,11 @@ def sim(count: int | None, one: int | None, base: int, profile: str, mutation: s
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             for s in pool.map(_run, seeds, [profile] * len(seeds), [mutation] * len(seeds),
-                              [not no_buckets] * len(seeds)):
+                              [not no_buckets] * len(seeds), [ttl] * len(seeds)):
                 report(s)
     else:
         for seed in seeds:
-            report(_run(seed, profile, mutation, not no_buckets))
+            report(_run(seed, profile, mutation, not no_buckets, ttl))
     wall = time.perf_counter() - started
     if not trace_only:
         summary = {"seeds": len(seeds), "failed": failed, "wall_s": round(wall, 2),

@@ -48,11 +48,19 @@ class Verdict:
         return "\n  ".join([head] + self.problems[:20] + more)
 
 
-def check_siblings(history: History, final: Mapping[str, set[str]], lww: Collection[str] = ()) -> Verdict:
+def check_siblings(history: History, final: Mapping[str, set[str]], lww: Collection[str] = (),
+                   expiry_slack_s: float = 0.0) -> Verdict:
     """``final``: key -> the live sibling values after heal (merged over its primaries).
     ``lww``: keys of last-write-wins buckets, where a concurrent write with a newer
     timestamp drops an acknowledged one by design: every rule holds for them but "no
-    acknowledged write lost", and a read of one returns at most one value."""
+    acknowledged write lost", and a read of one returns at most one value.
+
+    Puts with a ttl (the ttl workload) may vanish once written (a node whose clock runs
+    ahead expires them early), so "no acknowledged write lost" skips them; but no read
+    begun after a put's latest possible expiry (its completion, or for an unknown outcome
+    the end of the history, + ttl + ``expiry_slack_s``: clock skew and room) may return it,
+    and every other rule holds for them (nothing superseded comes back, e.g. through an
+    expired object reclaimed too early)."""
     acked: dict[str, set[str]] = defaultdict(set)
     maybe: dict[str, set[str]] = defaultdict(set)
     covered_by_acked: dict[str, set[str]] = defaultdict(set)
@@ -78,10 +86,18 @@ def check_siblings(history: History, final: Mapping[str, set[str]], lww: Collect
             if op.f == "delete":
                 acked_deletes[op.key] += 1
     v = Verdict("siblings")
-    lost = phantom = resurrected = undeleted = 0
+    lost = phantom = resurrected = undeleted = expired_read = 0
+    last_t = max((op.complete_t or op.invoke_t for op in history.ops), default=0.0)
+    expires_by: dict[str, float] = {}  # value of a put with a ttl -> the latest time it can expire
+    mortal: set[str] = set()
+    for op in history.ops:
+        if op.f == "put" and op.value is not None and op.ttl:
+            mortal.add(op.value)
+            done_t = op.complete_t if op.outcome == OK and op.complete_t is not None else last_t
+            expires_by[op.value] = done_t + op.ttl + expiry_slack_s
     for key in sorted(keys):
         got = final.get(key, set())
-        missing = set() if key in lww else acked[key] - covered_by_maybe[key] - got
+        missing = set() if key in lww else acked[key] - covered_by_maybe[key] - got - mortal
         lost += len(missing)
         if missing:
             v.problems.append(f"{key}: acknowledged writes lost (no later write covered them): {sorted(missing)[:10]}")
@@ -98,7 +114,13 @@ def check_siblings(history: History, final: Mapping[str, set[str]], lww: Collect
             undeleted += 1
             v.problems.append(f"{key}: deleted (every write covered by an acknowledged delete) but holds {sorted(got)[:5]}")
     unresolved = 0
+    read_start = {op.index: op.invoke_t for op in history.ops if op.f == "read"}
     for key, seen, index in reads:
+        late = sorted(x for x in seen if x in expires_by and read_start[index] > expires_by[x])
+        expired_read += len(late)
+        if late:
+            v.problems.append(f"{key}: read {index} began after these values' latest expiry and returned them: "
+                              f"{late[:10]}")
         if key in lww and len(seen) > 1:
             unresolved += 1
             v.problems.append(f"{key}: read {index} of a last-write-wins bucket returned {len(seen)} values: "
@@ -112,7 +134,8 @@ def check_siblings(history: History, final: Mapping[str, set[str]], lww: Collect
     v.counts = {"ops": c["ops"], "acknowledged": c[OK], "failed": c[FAIL], "unknown": c["unknown"], "reads": c["reads"],
                 "lost": lost, "phantom": phantom, "resurrected": resurrected, "undeleted": undeleted,
                 "keys_with_siblings": sum(1 for values in final.values() if len(values) > 1),
-                "lww_keys": sum(1 for key in keys if key in lww), "lww_unresolved_reads": unresolved}
+                "lww_keys": sum(1 for key in keys if key in lww), "lww_unresolved_reads": unresolved,
+                "with_ttl": len(mortal), "expired_reads": expired_read}
     return v
 
 

@@ -33,6 +33,7 @@ import gc
 import hashlib
 import logging
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -116,10 +117,12 @@ class Options:
     coordination: str = "client"  # who coordinates reads: the client or a replica
     buckets: tuple[BucketSpec, ...] = ()  # named buckets: (name, n, r, w, conflict)
     bucket_workload: bool = True  # False: none drawn (--no-buckets: seeds found before the buckets workload)
+    ttl_workload: bool = False  # --ttl: some puts carry a ttl of 1-5 s, expired objects reclaimed quickly
     mutation: str | None = None
 
     @classmethod
-    def expand(cls, seed: int, profile: str = "ci", mutation: str | None = None, buckets: bool = True) -> Options:
+    def expand(cls, seed: int, profile: str = "ci", mutation: str | None = None, buckets: bool = True,
+               ttl: bool = False) -> Options:
         import random
 
         rng = random.Random(hashlib.blake2b(f"options:{seed}".encode(), digest_size=8).digest())
@@ -166,6 +169,11 @@ class Options:
         members = opts.nodes - (1 if "leave" in opts.membership else 0)  # a bucket's n fits after a leave
         opts = dataclasses.replace(opts, buckets=draw_buckets(seed, members) if buckets else (),
                                    bucket_workload=buckets)
+        if ttl:  # its own stream: the options drawn above are those of the seed without it
+            trng = random.Random(hashlib.blake2b(f"ttl:{seed}".encode(), digest_size=8).digest())
+            opts = dataclasses.replace(opts, ttl_workload=True, knobs=tuple(sorted({
+                **dict(opts.knobs), "ae_expiry_grace_s": trng.choice((0, 1, 5)),
+                "ae_expiry_interval_ms": trng.choice((100, 500))}.items())))
         if mutation is not None:
             from .mutations import MUTATIONS
             opts = MUTATIONS[mutation].adjust(opts)
@@ -203,6 +211,8 @@ class Result:
             cmd += f" --mutation {self.options.mutation}"
         if not self.options.bucket_workload:
             cmd += " --no-buckets"
+        if self.options.ttl_workload and self.options.mutation != "expiry-ignored":  # (that one implies it)
+            cmd += " --ttl"
         return cmd
 
     def summary(self) -> dict[str, Any]:
@@ -364,6 +374,8 @@ class Simulation:
                           ae_keys_repaired=parts.anti_entropy.keys_repaired,
                           tombstones_reaped=parts.anti_entropy.reaped + parts.tree_server.reaped,
                           orphans_handed_on=parts.transfers.orphans_handed_on)
+            if self.options.ttl_workload:  # (only then: the coverage of other seeds stays as it was)
+                counts["expired_reclaimed"] = parts.anti_entropy.trees.expired_reclaimed
         for name, value in counts.items():
             self.coverage[name] = self.coverage.get(name, 0) + int(value)
 
@@ -466,6 +478,7 @@ class Simulation:
         rng = self.loop.rng(f"client.{host.name}")
         # Its own stream: a seed without buckets draws exactly what it drew before them.
         pick_bucket = self.loop.rng(f"client.{host.name}.bucket")
+        pick_ttl = self.loop.rng(f"client.{host.name}.ttl")  # drawn from only with the ttl workload
         buckets = [b.DEFAULT] + [name for name, *_ in opts.buckets]
         history = self.history
         client = AsyncClient(self.addresses, timeout=opts.client_timeout_s, keys=None,
@@ -488,7 +501,8 @@ class Simulation:
                 bucket = pick_bucket.choice(buckets) if opts.buckets else b.DEFAULT
                 if roll < 0.35:
                     counter += 1
-                    await self._put(client, host.name, bucket, key, f"{host.name}-{counter}", None, frozenset())
+                    await self._put(client, host.name, bucket, key, f"{host.name}-{counter}", None, frozenset(),
+                                    self._ttl(pick_ttl))
                 else:
                     op = history.invoke(host.name, "read", history_key(bucket, key))
                     try:
@@ -501,18 +515,26 @@ class Simulation:
                         history.complete(op, OK, result=seen)
                         if roll < 0.85:
                             counter += 1
-                            await self._put(client, host.name, bucket, key, f"{host.name}-{counter}", got.context, seen)
+                            await self._put(client, host.name, bucket, key, f"{host.name}-{counter}", got.context, seen,
+                                            self._ttl(pick_ttl))
                         elif roll < 0.95:
                             await self._delete(client, host.name, bucket, key, got.context, seen)
                 await asyncio.sleep(rng.expovariate(1 / opts.think_s))
         finally:
             await client.close()
 
+    def _ttl(self, rng: random.Random) -> int | None:
+        """The ttl of a put: with the ttl workload, half of them get 1-5 s."""
+        if not self.options.ttl_workload:
+            return None
+        return rng.choice((None, None, 1, 2, 5))
+
     async def _put(self, client: AsyncClient, process: str, bucket: str, key: str, value: str,
-                   context: bytes | None, covers: frozenset[str]) -> None:
-        op = self.history.invoke(process, "put", history_key(bucket, key), value, covers)
+                   context: bytes | None, covers: frozenset[str], ttl: int | None = None) -> None:
+        op = self.history.invoke(process, "put", history_key(bucket, key), value, covers, ttl=ttl)
         try:
-            await client.put(key, value.encode(), context=context, bucket=None if bucket == b.DEFAULT else bucket)
+            await client.put(key, value.encode(), context=context, bucket=None if bucket == b.DEFAULT else bucket,
+                             ttl=ttl)
         except DynqError as exc:
             self.history.fail_or_unknown(op, exc)
         else:
@@ -848,7 +870,8 @@ class Simulation:
             for key in sorted({op.key for op in self.history.ops if op.key != "connect"}):
                 _, primaries = self._placement(state, key)
                 merged = merge_all(copies.get(p, {}).get(key) for p in primaries)
-                final[key] = {v.decode() for v in merged.values} if merged is not None else set()
+                final[key] = ({v.decode() for v in merged.live(self._client_wall_ms()).values}
+                              if merged is not None else set())
         lww = self._lww_keys({op.key for op in self.history.ops} | {k for objs in copies.values() for k in objs})
         problems = list(self.problems) + sorted(self.undecodable)
         for ctx in self.loop.unhandled:
@@ -881,7 +904,7 @@ class Simulation:
             self.coverage["lww_keys"] = sum(1 for key in lww if final.get(key))
         self.loop.trace("history", tuple((op.index, op.outcome) for op in self.history.ops))
         return [
-            check_siblings(self.history, final, lww),
+            check_siblings(self.history, final, lww, expiry_slack_s=self.options.skew_s + 1.0),
             check_dots((node, key, obj) for node, objs in copies.items() for key, obj in objs.items()),
             check_convergence(self._views(copies)) if state is not None else Verdict("convergence", ["no node up"]),
             check_lww((node, key, obj) for node, objs in copies.items() for key, obj in objs.items() if key in lww),
@@ -920,9 +943,11 @@ def _tmp_root() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def run_seed(seed: int, profile: str = "ci", mutation: str | None = None, buckets: bool = True) -> Result:
-    """Expand ``seed`` and run it (``buckets=False``: without the buckets workload)."""
-    return Simulation(Options.expand(seed, profile, mutation, buckets)).run()
+def run_seed(seed: int, profile: str = "ci", mutation: str | None = None, buckets: bool = True,
+             ttl: bool = False) -> Result:
+    """Expand ``seed`` and run it (``buckets=False``: without the buckets workload; ``ttl``:
+    with the ttl workload)."""
+    return Simulation(Options.expand(seed, profile, mutation, buckets, ttl)).run()
 
 
 __all__ = ["DEFAULT_FAULTS", "FAULTS", "Options", "Result", "SimNode", "Simulation", "run_seed"]

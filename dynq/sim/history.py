@@ -56,6 +56,7 @@ class Op:
     complete_t: float | None = None
     result: frozenset[str] | None = None  # read: the live values it returned
     error: str = ""
+    ttl: int | None = None  # put: the time to live it asked for (the ttl workload)
 
     @property
     def outcome(self) -> str:
@@ -65,7 +66,8 @@ class Op:
         return {"index": self.index, "process": self.process, "f": self.f, "key": self.key, "value": self.value,
                 "covers": sorted(self.covers), "invoke_t": round(self.invoke_t, 6), "type": self.outcome,
                 "complete_t": None if self.complete_t is None else round(self.complete_t, 6),
-                "result": None if self.result is None else sorted(self.result), "error": self.error}
+                "result": None if self.result is None else sorted(self.result), "error": self.error,
+                **({"ttl": self.ttl} if self.ttl is not None else {})}
 
 
 @dataclass
@@ -73,8 +75,9 @@ class History:
     clock: Callable[[], float]  # the loop's virtual time
     ops: list[Op] = field(default_factory=list)
 
-    def invoke(self, process: str, f: str, key: str, value: str | None = None, covers: Iterable[str] = ()) -> Op:
-        op = Op(len(self.ops), process, f, key, value, frozenset(covers), self.clock())
+    def invoke(self, process: str, f: str, key: str, value: str | None = None, covers: Iterable[str] = (),
+               ttl: int | None = None) -> Op:
+        op = Op(len(self.ops), process, f, key, value, frozenset(covers), self.clock(), ttl=ttl)
         self.ops.append(op)
         return op
 

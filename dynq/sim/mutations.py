@@ -19,6 +19,8 @@ lww-unresolved           replicas of a last-write-wins bucket merge without reso
                          (concurrent writes stay siblings on disk and in the reads
                          they coordinate); runs with one lww bucket of n=3, reads
                          coordinated by the nodes
+expiry-ignored           reads return expired values (``VersionedObject.live`` leaves
+                         nothing out); runs with the ttl workload
 =======================  ==============================================================
 """
 
@@ -126,6 +128,21 @@ def _lww_unresolved() -> list[tuple[Any, str, Any]]:
     return [(service, "last_write_wins", last_write_wins)]
 
 
+def _expiry_ignored() -> list[tuple[Any, str, Any]]:
+    from dynq_client.versions import VersionedObject
+
+    def live(self: Any, now_ms: int) -> Any:
+        return self  # BUG: expired siblings are never left out
+
+    return [(VersionedObject, "live", live)]
+
+
+def _with_ttl(o: Any) -> Any:
+    """The ttl workload, with expired objects reclaimed a second after their expiry."""
+    knobs = {**dict(o.knobs), "ae_expiry_grace_s": 1, "ae_expiry_interval_ms": 100}
+    return dataclasses.replace(o, ttl_workload=True, knobs=tuple(sorted(knobs.items())))
+
+
 def _one_lww_bucket(o: Any) -> Any:
     """One lww bucket of n=3 read from all 3, through the nodes (a client resolves lww reads itself)."""
     return dataclasses.replace(o, buckets=(("lww3-0", 3, 3, min(o.w, 3), "lww"),), bucket_workload=True,
@@ -154,6 +171,7 @@ MUTATIONS: dict[str, Mutation] = {m.name: m for m in (
              _sync_normal_options),
     Mutation("lww-unresolved", "a last-write-wins bucket's replicas keep concurrent siblings", _lww_unresolved,
              _one_lww_bucket),
+    Mutation("expiry-ignored", "reads return values whose ttl has passed", _expiry_ignored, _with_ttl),
 )}
 
 __all__ = ["MUTATIONS", "Mutation"]

@@ -118,3 +118,20 @@ def test_seeds_replay_to_the_same_trace_hash() -> None:
     base = rotating_base()
     for seed in (base, base + 1):
         assert run_seed(seed).trace_hash == run_seed(seed).trace_hash, seed
+
+
+TTL_SEEDS = (1000, 1003, 1005, 1006)
+"""Seeds of the ttl workload run on every commit (skews of 0, 2 and 60 s among them)."""
+
+
+def test_ttl_workload_seeds_pass_and_reclaim() -> None:
+    """Puts with ttls of 1-5 s under the seeds' faults: no read returns a value after its
+    expiry, nothing superseded comes back (an expired object reclaimed too early would
+    bring an older value back), no acknowledged write without a ttl is lost; and expired
+    objects were reclaimed somewhere (the path ran)."""
+    results = [run_seed(seed, "ci", ttl=True) for seed in TTL_SEEDS]
+    failures = [f"{r.replay_command()}: {r.summary()['verdicts']}" for r in results if not r.ok]
+    assert not failures, "\n".join(failures)
+    with_ttl = sum(r.summary()["verdicts"]["siblings"]["counts"]["with_ttl"] for r in results)
+    assert with_ttl > 50
+    assert sum(r.coverage.get("expired_reclaimed", 0) for r in results) > 0
