@@ -22,7 +22,7 @@ from dynq_client import Client, PreconditionFailed
 from dynq_client.versions import VersionedObject, decode_reply_object
 
 from dynq.localcluster import LocalCluster
-from tests.conftest import make_cluster, wait_for, wait_known_down
+from tests.conftest import running_cluster, wait_for, wait_known_down
 
 pytestmark = pytest.mark.integration
 
@@ -85,13 +85,8 @@ def stats(db: Client, name: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Three nodes (N=3), expired objects reclaimed at once (expiry grace 0)."""
-    c = make_cluster(tmp_path_factory.mktemp("ttl3"), 3, extra_config=FAST_EXPIRY)
-    c.start_all()
-    try:
-        c.wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("ttl3"), 3, extra_config=FAST_EXPIRY) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 @pytest.fixture
