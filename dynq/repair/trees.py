@@ -42,6 +42,7 @@ path; the loop keeps serving in between.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -53,7 +54,7 @@ from dynq_client.buckets import EMPTY_BUCKETS, Buckets, tree_id, tree_split
 from dynq_client.ring import key_hash
 from dynq_client.versions import VersionedObject
 
-from .merkle import FANOUT, SEGMENTS, Tree, hash_bytes, hash_int, leaf_hash, segment_of
+from .merkle import FANOUT, HASH_BYTES, SEGMENTS, Tree, hash_bytes, hash_int, leaf_hash, segment_of
 
 if TYPE_CHECKING:
     from dynq_client.ring import Ring
@@ -82,6 +83,26 @@ CREATE TABLE IF NOT EXISTS ae_partitions (
 
 _EXPIRY_SCHEMA = "CREATE INDEX IF NOT EXISTS ae_expired ON ae_leaves(partition, exp_ms) WHERE exp_ms > 0"
 """After the column exists (a database of an older version gains it by ALTER TABLE)."""
+
+_OBJECTS_WITH_LEAVES = (
+    "SELECT o.key, o.obj, o.seg, l.h FROM "
+    "(SELECT key, obj, dynq_leaf_segment(key) AS seg FROM objects WHERE partition = ?2 AND key > ?3 "
+    "ORDER BY key LIMIT ?4) o "
+    "LEFT JOIN ae_leaves l ON l.partition = ?1 AND l.segment = o.seg AND l.key = o.key"
+)
+"""A slice of a partition's objects with their segments and current leaf hashes (NULL: no
+leaf); the segment is computed once per object, in the subquery."""
+
+_LEAF_SLICE_END = (
+    "SELECT segment, key FROM ae_leaves WHERE partition = ? AND (segment, key) > (?, ?) "
+    "ORDER BY segment, key LIMIT 1 OFFSET ?"
+)
+_ORPHAN_LEAVES = (
+    "SELECT segment, key, h FROM ae_leaves l WHERE partition = ?1 AND (segment, key) > (?2, ?3) "
+    "AND (segment, key) <= (?4, ?5) "
+    "AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.partition = ?6 AND o.key = l.key)"
+)
+"""The leaves of one slice (after a cursor, up to the slice's last leaf) without an object."""
 
 _UPSERT_LEAF = (
     "INSERT INTO ae_leaves(partition, segment, key, h, tomb_ms, exp_ms) VALUES(?, ?, ?, ?, ?, ?) "
@@ -117,6 +138,9 @@ def leaf_times_of_blob(blob: bytes) -> tuple[int, int]:
         return 0, 0
     try:
         siblings = msgpack.unpackb(blob)[2]
+        if len(siblings) == 1 and len(siblings[0]) == 4:  # the common case, one sibling that never expires
+            only = siblings[0]
+            return (max(1, int(only[2])), 0) if only[3] is None else (0, 0)
         if not siblings:
             return 0, 0
         if all(s[3] is None for s in siblings):
@@ -394,14 +418,18 @@ class PartitionTrees:
     def _drop(self, orphans: list[tuple[int, int, bytes, int]]) -> None:
         """Delete leaf rows (partition, segment, key, hash) in one transaction, then take
         them out of the loaded trees."""
-        with self.conn:
+        with self.storage.derived_transaction():
             self.conn.executemany("DELETE FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?",
                                   [(partition, seg, key) for partition, seg, key, _ in orphans])
         self._apply(orphans)
 
     async def verify(self, partition: int, slice_rows: int = 500) -> int:
         """Rebuild the partition's leaves from its objects, in slices; returns how many leaf
-        rows were wrong (missing, different, or without an object)."""
+        rows were wrong (missing, different, or without an object).
+
+        Each slice is one statement that reads the objects with their current leaves (the
+        leaf's segment computed inside SQLite by ``dynq_leaf_segment``) and one that finds
+        the leaves without an object: the lookups run in SQLite, and Python only hashes."""
         if partition in self.verifying:  # someone else is at it: wait for them
             while partition in self.verifying:
                 await asyncio.sleep(0.01)
@@ -410,33 +438,37 @@ class PartitionTrees:
         start = time.perf_counter()
         fixed = 0
         home, _n = self.split(partition)  # the objects' partition (the tree id may be of another n)
+        self._refresh()
+        self._register_segment_function()
+        check_tree = bool(self._buckets_seen)  # with buckets, a partition's objects span trees
+        # Leaf rows are only ever written in the transaction that writes their object, and
+        # deleted with it: a tree that had no leaves when this began can gain no orphan.
+        had_leaves = self.conn.execute("SELECT 1 FROM ae_leaves WHERE partition = ? LIMIT 1",
+                                       (partition,)).fetchone() is not None
         try:
             cursor = b""
             while True:  # 1. every object has the right leaf
-                rows = [(bytes(k), bytes(o)) for k, o in self.conn.execute(
-                    "SELECT key, obj FROM objects WHERE partition = ? AND key > ? ORDER BY key LIMIT ?",
-                    (home, cursor, slice_rows))]
+                rows = self.conn.execute(_OBJECTS_WITH_LEAVES, (partition, home, cursor, slice_rows)).fetchall()
                 if not rows:
                     break
-                cursor = rows[-1][0]
-                rows = [(k, o) for k, o in rows if self.tree_of(k, home) == partition]  # this tree's keys
+                cursor = max(r[0] for r in rows)
+                if check_tree:
+                    rows = [r for r in rows if self.tree_of(r[0], home) == partition]  # this tree's keys
                 fixed += self._verify_objects(partition, rows)
                 await asyncio.sleep(0)
             seg_cursor, key_cursor = -1, b""
-            while True:  # 2. every leaf has an object
-                leaves = [(int(s), bytes(k), bytes(h)) for s, k, h in self.conn.execute(
-                    "SELECT segment, key, h FROM ae_leaves WHERE partition = ? AND (segment, key) > (?, ?) "
-                    "ORDER BY segment, key LIMIT ?", (partition, seg_cursor, key_cursor, slice_rows))]
-                if not leaves:
-                    break
-                seg_cursor, key_cursor = leaves[-1][0], leaves[-1][1]
-                have = {bytes(k) for (k,) in self.conn.executemany(
-                    "SELECT key FROM objects WHERE key = ? AND partition = ?",
-                    [(key, home) for _, key, _ in leaves])}
-                orphans = [(partition, seg, key, hash_int(h)) for seg, key, h in leaves if key not in have]
+            while had_leaves:  # 2. every leaf has an object
+                bound = self.conn.execute(_LEAF_SLICE_END, (partition, seg_cursor, key_cursor,
+                                                            slice_rows - 1)).fetchone()
+                end = (1 << 62, b"") if bound is None else (int(bound[0]), bytes(bound[1]))
+                orphans = [(partition, int(s), bytes(k), hash_int(h)) for s, k, h in self.conn.execute(
+                    _ORPHAN_LEAVES, (partition, seg_cursor, key_cursor, end[0], end[1], home))]
                 if orphans:
                     self._drop(orphans)
                     fixed += len(orphans)
+                if bound is None:
+                    break
+                seg_cursor, key_cursor = end
                 await asyncio.sleep(0)
         finally:
             self.verifying.discard(partition)
@@ -447,27 +479,33 @@ class PartitionTrees:
         self._save(partition)
         return fixed
 
-    def _verify_objects(self, partition: int, rows: list[tuple[bytes, bytes]]) -> int:
-        """Correct the leaves of one slice of objects. The old leaves are read in one
-        statement for the slice and tombstones are recognised from the undecoded plain form
-        (the stored objects were validated when written): a rebuild is mostly hashing."""
-        bits, segments = self._partition_bits, self.segments
-        mine = [(segment_of(key_hash(key), bits, segments), key, blob) for key, blob in rows]
-        old = {bytes(k): bytes(h) for k, h in self.conn.executemany(
-            "SELECT key, h FROM ae_leaves WHERE partition = ? AND segment = ? AND key = ?",
-            [(partition, seg, key) for seg, key, _ in mine])}
+    def _register_segment_function(self) -> None:
+        """``dynq_leaf_segment(key)`` in SQL: :func:`segment_of` the key's ring hash (MD5,
+        as :func:`key_hash`), inlined: a rebuild calls it once per object."""
+        shift = 128 - self._partition_bits - (self.segments.bit_length() - 1)
+        mask, md5, from_bytes = self.segments - 1, hashlib.md5, int.from_bytes
+
+        def segment(key: bytes) -> int:
+            return (from_bytes(md5(key, usedforsecurity=False).digest(), "big") >> shift) & mask
+
+        self.conn.create_scalar_function("dynq_leaf_segment", segment, 1, deterministic=True)
+
+    def _verify_objects(self, partition: int, rows: list[tuple[bytes, bytes, int, bytes | None]]) -> int:
+        """Correct the leaves of one slice of (key, object, segment, its leaf hash or None)
+        rows. Tombstones and expiries are recognised from the undecoded plain form (the
+        stored objects were validated when written): a rebuild is mostly hashing."""
         upserts: list[tuple[int, int, bytes, bytes, int, int]] = []
         deltas: list[tuple[int, int, bytes, int]] = []
-        for seg, key, blob in mine:
-            new = leaf_hash(key, blob)
-            old_b = old.get(key)
-            before = 0 if old_b is None else hash_int(old_b)
-            if before != new:
-                upserts.append((partition, seg, key, hash_bytes(new), *leaf_times_of_blob(blob)))
-                deltas.append((partition, seg, key, before ^ new))
+        blake2b, from_bytes = hashlib.blake2b, int.from_bytes  # the new leaf is merkle.leaf_hash_bytes, inlined
+        for key, blob, seg, old in rows:
+            new = blake2b(len(key).to_bytes(4, "big") + key + blob, digest_size=HASH_BYTES).digest()
+            if new == old:
+                continue
+            upserts.append((partition, seg, key, new, *leaf_times_of_blob(blob)))
+            deltas.append((partition, seg, key, (0 if old is None else from_bytes(old, "big")) ^ from_bytes(new, "big")))
         if upserts:
             upserts.sort()  # in primary-key order: appends to the leaf b-tree, not random inserts
-            with self.conn:
+            with self.storage.derived_transaction():
                 self.conn.executemany(_UPSERT_LEAF, upserts)
             self._apply(deltas)
         return len(upserts)

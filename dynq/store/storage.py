@@ -29,6 +29,7 @@ single-row commit ~1.4x and a point read ~2x faster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -107,6 +108,7 @@ class Storage:
         self.conn = apsw.Connection(str(path), vfs=vfs) if vfs else apsw.Connection(str(path))
         self.conn.setbusytimeout(5000)
         self.conn.execute("PRAGMA journal_mode=WAL")
+        self.synchronous = synchronous
         self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         self.conn.execute(_SCHEMA)
         self._staged: dict[bytes, tuple[int, VersionedObject, bytes]] = {}  # key -> (partition, obj, blob)
@@ -130,6 +132,23 @@ class Storage:
         self.count_exact_below = count_exact_below
         self._tally: dict[int, int] | None = None  # partition -> objects, once the store is large
         self._tally_cursor = 0  # the partition count_step() counts next
+
+    @contextlib.contextmanager
+    def derived_transaction(self) -> Iterator[None]:
+        """A transaction of rows derived from committed ones (a Merkle rebuild's leaves),
+        committed without its own fsync. In WAL mode a crash keeps a prefix of the
+        commits, so losing it loses only what came after the last synced commit: the
+        derived rows are then rebuilt, never inconsistent; the next synced commit makes
+        them durable. Not for anything a client was told about."""
+        full = self.synchronous == "full"
+        if full:
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self.conn:
+                yield
+        finally:
+            if full:
+                self.conn.execute("PRAGMA synchronous=FULL")
 
     def start_checkpointer(self, interval_ms: int, wal_limit_bytes: int, mode: str = "thread") -> None:
         """Move WAL checkpoints off the committing (event-loop) thread; see checkpointer.py.
