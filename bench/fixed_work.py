@@ -1,6 +1,7 @@
 """A fixed amount of work on a fresh 3-node cluster, for timing the whole process from outside.
 
     python bench/fixed_work.py [--keys 6000] [--gets 2] [--concurrency 32] [--security curve|none]
+                               [--storage KEY=INT ...]
 
 Starts a 3-node cluster with `dynq up`'s defaults (N=3 R=2 W=2, CURVE unless told
 otherwise) as child processes, puts ``--keys`` fresh 1 KiB values, gets each of them
@@ -51,9 +52,13 @@ def main() -> None:
     parser.add_argument("--gets", type=int, default=2, help="gets of each key")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--security", choices=["curve", "none"], default="curve")
+    parser.add_argument("--storage", action="append", default=[], metavar="KEY=INT",
+                        help="a [storage] setting of every node, e.g. checkpoint_interval_ms=1000 (repeatable)")
     args = parser.parse_args()
+    storage = {key: int(value) for key, value in (item.split("=", 1) for item in args.storage)}
     with tempfile.TemporaryDirectory(prefix="dynq-fixed-") as tmp:
-        cluster = LocalCluster(Path(tmp), [f"tcp://127.0.0.1:{p}" for p in free_ports(3)], security=args.security)
+        cluster = LocalCluster(Path(tmp), [f"tcp://127.0.0.1:{p}" for p in free_ports(3)], security=args.security,
+                               storage_options=storage)
         try:
             cluster.start_all()
             cluster.wait_ready(timeout=60)
