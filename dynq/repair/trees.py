@@ -45,7 +45,7 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import apsw
 import msgpack
@@ -448,7 +448,8 @@ class PartitionTrees:
         try:
             cursor = b""
             while True:  # 1. every object has the right leaf
-                rows = self.conn.execute(_OBJECTS_WITH_LEAVES, (partition, home, cursor, slice_rows)).fetchall()
+                rows = cast(list[tuple[bytes, bytes, int, bytes | None]], self.conn.execute(
+                    _OBJECTS_WITH_LEAVES, (partition, home, cursor, slice_rows)).fetchall())
                 if not rows:
                     break
                 cursor = max(r[0] for r in rows)
@@ -485,7 +486,8 @@ class PartitionTrees:
         shift = 128 - self._partition_bits - (self.segments.bit_length() - 1)
         mask, md5, from_bytes = self.segments - 1, hashlib.md5, int.from_bytes
 
-        def segment(key: bytes) -> int:
+        def segment(*args: Any) -> int:  # apsw passes the key column's bytes
+            key = args[0]
             return (from_bytes(md5(key, usedforsecurity=False).digest(), "big") >> shift) & mask
 
         self.conn.create_scalar_function("dynq_leaf_segment", segment, 1, deterministic=True)
