@@ -156,7 +156,7 @@ class Node:
             epoch=cluster.ring.epoch,
         )
         group = ServiceGroup(loop)
-        local = LocalReplica(loop, storage, cluster, stats, max_hints=config.max_hints)
+        local = LocalReplica(loop, storage, cluster, stats, max_hints=config.max_hints, wall_ms=self.env.wall_ms)
         cluster_admin = ClusterAdmin(cluster, peers, config, keys=storage.count)
         tree_server = TreeServer(self.trees, storage, cluster, group, limits=config.limits)
         transfers = PartitionTransfers(storage, peers, cluster, cluster_admin, local, config, env=self.env)

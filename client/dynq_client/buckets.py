@@ -50,7 +50,8 @@ MAX_STORAGE_KEY_EXTRA = len(MARK) + 1 + MAX_NAME
 
 PROPS = ("n", "r", "w", "pw", "conflict", "max_siblings", "ttl", "datatype")
 """Properties an operator may set (``n`` and ``datatype`` only at creation). ``ttl``: seconds a put lives
-when it gives no ttl of its own (set 0 to remove the default)."""
+when it gives no ttl of its own (set 0 to remove the default); in a typed bucket, seconds a
+key lives after its last update."""
 
 MAX_TTL_S = 10 * 365 * 86400
 """The longest time to live, of a bucket's default or of one put (ten years)."""
@@ -140,9 +141,6 @@ class BucketProps:
         if self.datatype is not None and self.datatype not in DATATYPES:
             raise BucketError(f"bucket {self.name!r}: datatype must be one of {', '.join(DATATYPES)}, "
                               f"got {short_repr(self.datatype)}")
-        if self.ttl is not None and self.datatype not in (None, "none"):
-            raise BucketError(f"bucket {self.name!r}: a {self.datatype} bucket takes no ttl (typed keys do not "
-                              "expire yet: a reaped state would lose the causal context its removals rely on)")
 
 
 def check_name(name: object, *, error: type[InvalidRequest | ProtocolError] = BucketError) -> str:

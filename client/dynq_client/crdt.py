@@ -33,6 +33,13 @@ before it arrive, then folded into the version vector; a removal leaves no per-e
 tombstone, only the context's advance. A *delta* is itself a state (small: the new dot,
 the dots it replaces), so hints, read repair, anti-entropy and transfers all just join.
 
+**Expiry** (a bucket's ``ttl``): the context's wire form carries a key-level
+``expires_ms`` (0: never), set by every op to now + ttl and joined by max, so a key
+expires ttl after its last update. A read of an expired state shows the type's empty
+value; an op on one first removes every dot the coordinator holds (an observed-remove of
+everything: old increments and adds never count again), then applies itself to the empty
+store (:func:`apply_op`).
+
 A delta also lists the elements (or fields) it ``touched``: every dot in its context
 belongs to one of them, which lets a replica join it into a large stored set by reading
 and writing only those elements' rows (``touched`` is None for a full state).
@@ -191,6 +198,20 @@ class State:
     ctx: Context
     store: Store
     touched: frozenset[Any] | None = None
+    expires_ms: int = 0  # the key's expiry (0: never); joined by max
+
+
+def is_expired(state: State, now_ms: int) -> bool:
+    """Whether the key has expired: it reads as the type's empty value."""
+    return 0 < state.expires_ms <= now_ms
+
+
+def visible(state: State, now_ms: int) -> State:
+    """What a read shows of ``state``: itself, or its empty store once it has expired
+    (the context stays: removals sent back with it still observe what they saw)."""
+    if not is_expired(state, now_ms) or is_bottom(state.store):
+        return state
+    return State(state.kind, state.ctx, empty_store(state.kind), state.touched, state.expires_ms)
 
 
 def bottom(kind: str) -> State:
@@ -202,7 +223,8 @@ def join(a: State, b: State) -> State:
     if a.kind != b.kind:
         raise ProtocolError(f"cannot join a {a.kind} with a {b.kind}")
     touched = None if a.touched is None or b.touched is None else a.touched | b.touched
-    return State(a.kind, a.ctx.join(b.ctx), join_store(a.kind, a.store, a.ctx, b.store, b.ctx), touched)
+    return State(a.kind, a.ctx.join(b.ctx), join_store(a.kind, a.store, a.ctx, b.store, b.ctx), touched,
+                 max(a.expires_ms, b.expires_ms))
 
 
 # --- values --------------------------------------------------------------------------------------
@@ -339,19 +361,29 @@ def _restrict(dots: Iterable[Dot], observed: Context | None) -> list[Dot]:
     return [d for d in dots if observed is None or d in observed]
 
 
-def apply_op(state: State, op: Op, actor: str, now_ms: int, observed: Context | None = None) -> State:
+def apply_op(state: State, op: Op, actor: str, now_ms: int, observed: Context | None = None,
+             ttl_ms: int = 0) -> State:
     """The delta of ``op`` applied by ``actor`` to ``state`` (which must hold every dot
-    ``actor`` minted for this key). ``observed`` is the caller's context for removals."""
+    ``actor`` minted for this key). ``observed`` is the caller's context for removals.
+    With ``ttl_ms`` the delta sets the key's expiry to now + ttl; on an expired state
+    (which must then be whole: every element of a set) the delta first removes every dot
+    of it, and the op starts from the empty store."""
     counter = state.ctx.max_counter(actor)
+    removed: list[Dot] = []
+    old_store = state.store
+    if is_expired(state, now_ms):
+        removed = list(dots_of(state.kind, state.store))
+        state = State(state.kind, state.ctx, empty_store(state.kind), state.touched, state.expires_ms)
     store, ctx = _apply(state.kind, state.store, op, actor, now_ms, observed, [counter])
     touched: frozenset[Any] | None
-    if state.kind == SET:  # a clear observes every element: joined as a full state
-        touched = None if op[0] == "clear" else frozenset(store) | frozenset(op[1])
+    if state.kind == SET:  # a clear or a reset observes every element: joined as a full state
+        touched = None if op[0] == "clear" or removed else frozenset(store) | frozenset(op[1])
     elif state.kind == MAP:
-        touched = frozenset(store) | (frozenset([(op[1], op[2])]) if op[0] != "clear" else frozenset(state.store))
+        touched = (frozenset(store) | frozenset(old_store) if removed else
+                   frozenset(store) | (frozenset([(op[1], op[2])]) if op[0] != "clear" else frozenset(state.store)))
     else:
         touched = frozenset()
-    return State(state.kind, context_of(ctx), store, touched)
+    return State(state.kind, context_of(ctx + removed), store, touched, now_ms + ttl_ms if ttl_ms > 0 else 0)
 
 
 def _apply(kind: str, store: Store, op: Op, actor: str, now_ms: int, observed: Context | None,
@@ -405,8 +437,23 @@ def _apply(kind: str, store: Store, op: Op, actor: str, now_ms: int, observed: C
 # --- encoding ------------------------------------------------------------------------------------
 
 
-def context_to_wire(ctx: Context) -> list[Any]:
-    return [[[a, ctx.vv[a]] for a in sorted(ctx.vv)], [[a, n] for a, n in sorted(ctx.cloud)]]
+def context_to_wire(ctx: Context, expires_ms: int = 0) -> list[Any]:
+    """``[vector, cloud]``, or in a state's header ``[vector, cloud, expires_ms]`` for a
+    key that expires (a key without one encodes as before it could)."""
+    wire: list[Any] = [[[a, ctx.vv[a]] for a in sorted(ctx.vv)], [[a, n] for a, n in sorted(ctx.cloud)]]
+    if expires_ms:
+        wire.append(expires_ms)
+    return wire
+
+
+def header_from_wire(raw: object, limits: Limits = DEFAULT_LIMITS) -> tuple[Context, int]:
+    """(context, expires_ms) of a state's header (see :func:`context_to_wire`)."""
+    if isinstance(raw, list) and len(raw) == 3:
+        expires = raw[2]
+        if type(expires) is not int or not 0 <= expires < 2**63:
+            raise ValueError(f"invalid expiry {short_repr(expires)}")
+        return context_from_wire(raw[:2], limits), expires
+    return context_from_wire(raw, limits), 0
 
 
 def encode_context(ctx: Context) -> bytes:
@@ -507,7 +554,7 @@ def _touched_to_wire(kind: str, touched: frozenset[Any] | None) -> Any:
 
 
 def state_to_wire(state: State) -> list[Any]:
-    return [STATE_TAG, state.kind, context_to_wire(state.ctx), store_to_wire(state.kind, state.store),
+    return [STATE_TAG, state.kind, context_to_wire(state.ctx, state.expires_ms), store_to_wire(state.kind, state.store),
             _touched_to_wire(state.kind, state.touched)]
 
 
@@ -527,7 +574,7 @@ def state_from_wire(data: object, limits: Limits = DEFAULT_LIMITS) -> State:
         if not isinstance(data, list) or len(data) != 5 or data[0] != STATE_TAG or data[1] not in TYPES:
             raise ValueError("not a dynq data type state")
         kind = data[1]
-        ctx = context_from_wire(data[2], limits)
+        ctx, expires = header_from_wire(data[2], limits)
         store = store_from_wire(kind, data[3])
         for d in dots_of(kind, store):
             if d not in ctx:
@@ -543,7 +590,7 @@ def state_from_wire(data: object, limits: Limits = DEFAULT_LIMITS) -> State:
                 touched = frozenset(x for x in raw_t if isinstance(x, bytes))
     except (ValueError, TypeError) as exc:
         raise ProtocolError(f"invalid data type state: {exc}") from exc
-    return State(kind, ctx, store, touched)
+    return State(kind, ctx, store, touched, expires)
 
 
 def decode_state(blob: bytes, limits: Limits = DEFAULT_LIMITS) -> State:

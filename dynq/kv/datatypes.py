@@ -18,6 +18,12 @@ read-repairs the replicas that turned out behind with the joined state (whole re
 A **delete** of a typed key is the op ``clear``: an observed-remove of everything the
 coordinator holds (the key reads empty, a concurrent update survives). The key keeps its
 causal context, which is what makes the removal stick; it is never reaped.
+
+In a bucket with a ``ttl`` every op sets the key's expiry to now + ttl (a sliding expiry,
+joined by max). A read of an expired key answers the type's empty value; an op on it
+first removes every dot its coordinator holds, then applies itself to the empty store
+(:func:`dynq_client.crdt.apply_op`). Expired keys are reclaimed by anti-entropy, like
+expired plain objects (their expiry is their leaf's reap time).
 """
 
 from __future__ import annotations
@@ -183,11 +189,14 @@ class DataTypeService:
             raise NotEnoughReplicas(f"{kind} update failed: w={w} but only {len(targets)} replicas are reachable",
                                     required=w, succeeded=0, errors={name: "down" for name in kv.peers.down()})
         storage = kv.storage
+        now_ms = kv.wall_ms()
         local = self.store.read(key, kind, _op_elements(kind, op))
+        if local is not None and local.touched is not None and crdt.is_expired(local, now_ms):
+            local = self.store.read(key, kind)  # a reset removes every element: read them all
         forgotten = storage.is_forgotten(key)
         actor = actor_for(kv.actor, None if local is None else VersionedObject(local.ctx.clock, ()),
                           forgotten, storage.next_dot)
-        delta = crdt.apply_op(local or crdt.bottom(kind), op, actor, kv.wall_ms(), observed)
+        delta = crdt.apply_op(local or crdt.bottom(kind), op, actor, now_ms, observed, (props.ttl or 0) * 1000)
         blob = crdt.encode_state(delta)
         if len(blob) > self.limits.max_message_bytes // 2:
             raise InvalidRequest(f"the operation's delta would be {len(blob)} bytes; split it")
@@ -346,7 +355,9 @@ class TypedRead:
                 self.responder.ok({"n": 0, "ctx": None})
                 return
             if len(set(headers)) == 1:  # the replicas agree: no need to move the set
-                ctx, count, _ = set_rows.decode_header(headers[0], self.service.limits)
+                ctx, count, _, expires = set_rows.decode_header_full(headers[0], self.service.limits)
+                if 0 < expires <= self.service.kv.wall_ms():
+                    count = 0
                 self.responder.ok({"n": count, "ctx": crdt.encode_context(ctx)})
                 return
             # they differ: read the whole states (and repair them) to count the join
@@ -354,8 +365,10 @@ class TypedRead:
                       self.tally.required, self.timeout, _SizeOf(self.responder)).start()  # type: ignore[arg-type]
             return
         joined = self._joined()
+        if joined is not None:
+            joined = crdt.visible(joined, self.service.kv.wall_ms())
         self.responder.ok({"st": None if joined is None else crdt.encode_state(
-            State(joined.kind, joined.ctx, joined.store))})
+            State(joined.kind, joined.ctx, joined.store, None, joined.expires_ms))})
 
     def _on_deadline(self) -> None:
         if not self.done:
@@ -373,7 +386,7 @@ class TypedRead:
         joined = self._joined()
         if joined is None:
             return
-        blob = crdt.encode_state(State(joined.kind, joined.ctx, joined.store))
+        blob = crdt.encode_state(State(joined.kind, joined.ctx, joined.store, None, joined.expires_ms))
         kv = self.service.kv
         for target, theirs in self.replies.items():
             if target in self.primaries and theirs != blob:

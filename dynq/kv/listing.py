@@ -136,7 +136,7 @@ class KeyLister:
                         nbytes += len(blob)
                         start = last = skey
                         try:
-                            live = (typed_live(blob) if is_typed(blob)
+                            live = (typed_live(blob, now_ms) if is_typed(blob)
                                     else decode_object(blob, self.config.limits).live(now_ms).found)
                         except ProtocolError:
                             live = True  # list what we cannot read: a get will say what is wrong

@@ -27,7 +27,7 @@ class LocalReplica:
     """Writes and reads of this node's copy (implements ``LocalWriter``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, storage: Storage, cluster: ClusterView, stats: Stats, *,
-                 max_hints: int) -> None:
+                 max_hints: int, wall_ms: Callable[[], int] | None = None) -> None:
         self.loop = loop
         self.storage = storage
         self.cluster = cluster
@@ -37,7 +37,8 @@ class LocalReplica:
         self._watchers: dict[int, list[CommitListener]] = {}  # partition -> who hears of its commits
         self.read_local = storage.get_blob
         self.current = storage.current  # the merge base: staged writes included
-        self.typed = TypedStore(storage, self, storage.limits)  # typed keys, joined by their type
+        self.typed = (TypedStore(storage, self, storage.limits) if wall_ms is None
+                      else TypedStore(storage, self, storage.limits, wall_ms))  # typed keys, joined by their type
 
     def stage_local(self, key: bytes, obj: VersionedObject, blob: bytes, done: CommitCallback,
                     hint_for: str | None = None) -> None:

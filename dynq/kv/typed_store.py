@@ -12,12 +12,18 @@ Counters, registers, flags and maps are small and stored whole, as one state blo
 100,000 elements reads and writes one row and the header. A whole state (touched is
 None) is joined against every row: that is anti-entropy, hints and transfers, which ship
 the whole set anyway.
+
+A key of a bucket with a ttl carries its expiry in the state's header (joined by max). A
+node that does not hold a key drops an incoming state of it that has already expired
+(a hint, read repair, anti-entropy or transfer of a key reclaimed here): it would read
+empty anyway, and storing it would bring a reclaimed key back.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable, Protocol
+import time
+from typing import Callable, Iterable, Protocol
 
 from dynq_client import crdt
 from dynq_client.crdt import SET, State
@@ -44,18 +50,27 @@ def is_typed(blob: bytes | None) -> bool:
     return blob is not None and blob[:3] == TYPED_PREFIX
 
 
-def typed_live(blob: bytes) -> bool:
-    """Whether a typed key's stored form holds anything (a cleared key is not listed)."""
+def typed_live(blob: bytes, now_ms: int = 0) -> bool:
+    """Whether a typed key's stored form holds anything at ``now_ms`` (a cleared or an
+    expired key is not listed)."""
     if blob[:4] == SET_HEADER_PREFIX:
-        return set_rows.decode_header(blob)[1] > 0
-    return not crdt.is_bottom(crdt.decode_state(blob).store)
+        _, count, _, expires = set_rows.decode_header_full(blob)
+        return count > 0 and not 0 < expires <= now_ms
+    state = crdt.decode_state(blob)
+    return not crdt.is_bottom(state.store) and not crdt.is_expired(state, now_ms)
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class TypedStore:
     """Typed states in this node's storage (call from the loop only)."""
 
-    def __init__(self, storage: Storage, local: Local, limits: Limits) -> None:
+    def __init__(self, storage: Storage, local: Local, limits: Limits,
+                 wall_ms: Callable[[], int] = _wall_ms) -> None:
         self.storage = storage
+        self.wall_ms = wall_ms  # expiry of keys in ttl buckets (the environment's clock)
         self.local = local
         self.limits = limits
         self.rows_written = 0  # set element rows staged by joins (the benchmark's "touches little")
@@ -71,13 +86,13 @@ class TypedStore:
         if raw is None:
             return None
         if raw[:4] == SET_HEADER_PREFIX:
-            ctx, _, _ = set_rows.decode_header(raw, self.limits)
+            ctx, _, _, expires = set_rows.decode_header_full(raw, self.limits)
             if elems is None:
                 rows = self.storage.dt_rows(key, staged=staged)
             else:
                 rows = {e: r for e in elems if (r := self.storage.dt_row(key, e, staged=staged)) is not None}
             store = {e: crdt.element_from_row(r) for e, r in rows.items()}
-            state = State(SET, ctx, store, None if elems is None else frozenset(elems))
+            state = State(SET, ctx, store, None if elems is None else frozenset(elems), expires)
         elif crdt.is_state_blob(raw):
             state = crdt.decode_state(raw, self.limits)
         else:
@@ -102,8 +117,11 @@ class TypedStore:
         waits for any staged write of the key (as plain replica writes do)."""
         if incoming.kind != SET:
             mine = self.read(key, incoming.kind)
+            if mine is None and crdt.is_expired(incoming, self.wall_ms()):
+                self._drop(done)
+                return
             merged = incoming if mine is None else crdt.join(mine, incoming)
-            blob = crdt.encode_state(State(merged.kind, merged.ctx, merged.store))
+            blob = crdt.encode_state(State(merged.kind, merged.ctx, merged.store, None, merged.expires_ms))
             self.local.stage_local(key, EMPTY, blob, done, hint_for)
             return
         if hint_for is not None and self.hint_store_full():
@@ -112,9 +130,12 @@ class TypedStore:
         storage = self.storage
         raw = storage.dt_raw(key)
         if raw is None:
-            ctx, count, digest = crdt.EMPTY_CONTEXT, 0, 0
+            if crdt.is_expired(incoming, self.wall_ms()):
+                self._drop(done)
+                return
+            ctx, count, digest, expires = crdt.EMPTY_CONTEXT, 0, 0, 0
         elif raw[:4] == SET_HEADER_PREFIX:
-            ctx, count, digest = set_rows.decode_header(raw, self.limits)
+            ctx, count, digest, expires = set_rows.decode_header_full(raw, self.limits)
         else:
             raise WrongDataType("the key does not hold a set")
         if incoming.touched is None:
@@ -138,10 +159,18 @@ class TypedStore:
                 digest ^= crdt.element_hash(elem, new_row)
                 count += 1
             changes[elem] = new_row
-        header = set_rows.encode_header(ctx.join(incoming.ctx), count, digest)
+        header = set_rows.encode_header(ctx.join(incoming.ctx), count, digest, max(expires, incoming.expires_ms))
         storage.dt_stage_rows(key, changes)
         self.rows_written += len(changes)
         self.local.stage_local(key, EMPTY, header, done, hint_for)
+
+    def _drop(self, done: CommitCallback) -> None:
+        """Acknowledge an expired state this node will not store (after the caller returns,
+        as a commit would be)."""
+        try:
+            asyncio.get_running_loop().call_soon(done, None)
+        except RuntimeError:  # no loop (unit tests): at once
+            done(None)
 
     def join_blob(self, key: bytes, blob: bytes, done: CommitCallback, hint_for: str | None = None) -> None:
         """:meth:`join` of an encoded state from a peer (validated; ProtocolError if bad)."""
@@ -171,4 +200,4 @@ class TypedStore:
             self.join(key, theirs_state, resolve)
             committed = future
         return committed, (merged_blob if merged_blob != crdt.encode_state(State(
-            theirs_state.kind, theirs_state.ctx, theirs_state.store)) else None)
+            theirs_state.kind, theirs_state.ctx, theirs_state.store, None, theirs_state.expires_ms)) else None)

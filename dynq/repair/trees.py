@@ -131,11 +131,25 @@ def leaf_times(obj: VersionedObject) -> tuple[int, int]:
     return tombstone_ms(obj), obj.dead_since_ms()
 
 
+_TYPED = b"\x95\xa2d"  # dynq.store.storage.TYPED_PREFIX: a typed state or a set's header
+
+
+def _typed_expiry(blob: bytes) -> int:
+    """The expiry of a typed state or set header (its context's third item, see
+    :func:`dynq_client.crdt.context_to_wire`); 0 (never reaped) for a key that does not
+    expire. An expired typed key is reclaimed like an expired plain object."""
+    try:
+        header = msgpack.unpackb(blob)[2]
+        return int(header[2]) if len(header) == 3 else 0
+    except Exception:
+        return 0
+
+
 def leaf_times_of_blob(blob: bytes) -> tuple[int, int]:
     """:func:`leaf_times` of a stored object from its plain form (a sibling is
     ``[actor, counter, ts, value(, expires)]``); (0, 0) for a row that does not decode."""
-    if blob[:3] == b"\x95\xa2d":  # a data type's state (dynq.kv.typed_store): never reaped
-        return 0, 0
+    if blob[:3] == _TYPED:  # a data type's state or set header (dynq.kv.typed_store)
+        return 0, _typed_expiry(blob)
     try:
         siblings = msgpack.unpackb(blob)[2]
         if len(siblings) == 1 and len(siblings[0]) == 4:  # the common case, one sibling that never expires
@@ -296,7 +310,8 @@ class PartitionTrees:
             delta = new ^ (hash_int(before) if before is not None else 0)
             if not delta:
                 continue
-            rows.append((partition, seg, key, hash_bytes(new), *leaf_times(obj)))
+            times = (0, _typed_expiry(blob)) if blob[:3] == _TYPED else leaf_times(obj)  # typed: obj is EMPTY
+            rows.append((partition, seg, key, hash_bytes(new), *times))
             deltas.append((partition, seg, key, delta))
         if not rows:
             return None

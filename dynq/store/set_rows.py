@@ -24,27 +24,34 @@ from dynq_client.protocol import DEFAULT_LIMITS, Limits, packb, unpackb
 HEADER_TAG = "dh"
 
 
-def encode_header(ctx: crdt.Context, count: int, digest: int) -> bytes:
-    return packb([HEADER_TAG, crdt.SET, crdt.context_to_wire(ctx), count, digest.to_bytes(16, "big")])
+def encode_header(ctx: crdt.Context, count: int, digest: int, expires_ms: int = 0) -> bytes:
+    return packb([HEADER_TAG, crdt.SET, crdt.context_to_wire(ctx, expires_ms), count, digest.to_bytes(16, "big")])
 
 
-def decode_header(blob: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[crdt.Context, int, int]:
-    """(context, element count, digest) of a stored header; raises ProtocolError."""
+def decode_header_full(blob: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[crdt.Context, int, int, int]:
+    """(context, element count, digest, expires_ms) of a stored header; raises ProtocolError."""
     try:
         data = unpackb(blob, limits)
         if not isinstance(data, list) or len(data) != 5 or data[0] != HEADER_TAG or type(data[3]) is not int \
                 or not isinstance(data[4], bytes):
             raise ValueError("not a set header")
-        return crdt.context_from_wire(data[2], limits), data[3], int.from_bytes(data[4], "big")
+        ctx, expires = crdt.header_from_wire(data[2], limits)
+        return ctx, data[3], int.from_bytes(data[4], "big"), expires
     except (ValueError, TypeError) as exc:
         raise ProtocolError(f"invalid set header: {exc}") from exc
 
 
+def decode_header(blob: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[crdt.Context, int, int]:
+    """(context, element count, digest) of a stored header; raises ProtocolError."""
+    ctx, count, digest, _ = decode_header_full(blob, limits)
+    return ctx, count, digest
+
+
 def assemble(header: bytes, rows: Mapping[bytes, bytes], limits: Limits = DEFAULT_LIMITS) -> bytes:
     """The whole state of a stored set, as replicas exchange it."""
-    ctx, _, _ = decode_header(header, limits)
+    ctx, _, _, expires = decode_header_full(header, limits)
     store = {elem: crdt.element_from_row(row) for elem, row in rows.items()}
-    return crdt.encode_state(crdt.State(crdt.SET, ctx, store))
+    return crdt.encode_state(crdt.State(crdt.SET, ctx, store, None, expires))
 
 
 def header_of(state: crdt.State) -> bytes:
@@ -52,7 +59,7 @@ def header_of(state: crdt.State) -> bytes:
     digest = 0
     for elem, dots in state.store.items():
         digest ^= crdt.element_hash(elem, crdt.element_row(dots))
-    return encode_header(state.ctx, len(state.store), digest)
+    return encode_header(state.ctx, len(state.store), digest, state.expires_ms)
 
 
 def stored_form(blob: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:

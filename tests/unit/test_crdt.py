@@ -1,6 +1,7 @@
 """Property tests of the data types' joins (dynq_client.crdt): commutative, associative,
 idempotent; replicas that receive the same deltas in any order, with duplicates, converge;
-observed-remove and enable-wins semantics; the encoding round-trips canonically."""
+observed-remove and enable-wins semantics; the encoding round-trips canonically; a key's
+expiry (ttl buckets) joins by max and an op on an expired state starts from empty."""
 
 from __future__ import annotations
 
@@ -40,9 +41,10 @@ KINDS = [COUNTER, SET, MAP, REGISTER, FLAG]
 
 
 @st.composite
-def histories(draw: st.DrawFn, kind: str) -> tuple[list[State], list[State]]:
+def histories(draw: st.DrawFn, kind: str, expiring: bool = False) -> tuple[list[State], list[State]]:
     """Ops run at random replicas (each applies its own deltas and sometimes receives
-    others'); returns the replicas' states and every delta minted."""
+    others'); returns the replicas' states and every delta minted. ``expiring``: ops
+    carry a ttl and run at random times, so some apply to expired states."""
     replicas = {a: bottom(kind) for a in ACTORS}
     deltas: list[State] = []
     for _ in range(draw(st.integers(0, 12))):
@@ -50,35 +52,43 @@ def histories(draw: st.DrawFn, kind: str) -> tuple[list[State], list[State]]:
         if deltas and draw(st.booleans()):  # deliver some earlier delta first
             replicas[actor] = join(replicas[actor], draw(st.sampled_from(deltas)))
         op = draw(op_strategy(kind))
-        delta = apply_op(replicas[actor], op, actor, draw(st.integers(0, 3)))
+        if expiring:
+            delta = apply_op(replicas[actor], op, actor, draw(st.integers(0, 30)), None,
+                             draw(st.sampled_from([0, 5, 10])))
+        else:
+            delta = apply_op(replicas[actor], op, actor, draw(st.integers(0, 3)))
         replicas[actor] = join(replicas[actor], delta)
         deltas.append(delta)
     return list(replicas.values()), deltas
 
 
 def same(a: State, b: State) -> bool:
-    return crdt.encode_state(State(a.kind, a.ctx, a.store)) == crdt.encode_state(State(b.kind, b.ctx, b.store))
+    """Equal states (the expiry included; ``touched`` is not part of a state)."""
+    return (crdt.encode_state(State(a.kind, a.ctx, a.store, None, a.expires_ms))
+            == crdt.encode_state(State(b.kind, b.ctx, b.store, None, b.expires_ms)))
 
 
+@pytest.mark.parametrize("expiring", [False, True])
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
-def test_join_is_commutative_associative_idempotent(kind: str, data: st.DataObject) -> None:
-    """The three laws on states reached by real ops, for every type."""
-    states, _ = data.draw(histories(kind))
+def test_join_is_commutative_associative_idempotent(kind: str, expiring: bool, data: st.DataObject) -> None:
+    """The three laws on states reached by real ops, for every type (and with expiry)."""
+    states, _ = data.draw(histories(kind, expiring))
     a, b, c = states
     assert same(join(a, b), join(b, a))
     assert same(join(join(a, b), c), join(a, join(b, c)))
     assert same(join(a, a), a)
 
 
+@pytest.mark.parametrize("expiring", [False, True])
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
-def test_replicas_converge_whatever_the_delivery_order(kind: str, data: st.DataObject) -> None:
+def test_replicas_converge_whatever_the_delivery_order(kind: str, expiring: bool, data: st.DataObject) -> None:
     """Every replica that joins the same deltas, in any order and duplicated, ends equal
     (and equal to a replica that joined the coordinators' full states)."""
-    states, deltas = data.draw(histories(kind))
+    states, deltas = data.draw(histories(kind, expiring))
     full = bottom(kind)
     for s in states:
         full = join(full, s)
@@ -219,3 +229,58 @@ def test_observed_dots_are_checked() -> None:
         kind = FLAG if op[0] == "disable" else SET
         with pytest.raises(InvalidRequest):
             crdt.check_op(kind, op)
+
+
+# --- expiry (ttl buckets) ------------------------------------------------------------------------
+
+
+def test_every_op_slides_the_expiry_and_join_takes_the_max() -> None:
+    a = apply_op(bottom(COUNTER), ["incr", 1], "a", 1000, None, 500)
+    assert a.expires_ms == 1500
+    b = apply_op(a, ["incr", 1], "b", 1200, None, 500)
+    assert b.expires_ms == 1700
+    assert join(a, b).expires_ms == join(b, a).expires_ms == 1700
+    assert apply_op(bottom(COUNTER), ["incr", 1], "a", 1000).expires_ms == 0  # no ttl: never
+    assert crdt.decode_state(crdt.encode_state(b)).expires_ms == 1700
+    plain = State(COUNTER, a.ctx, a.store)  # a key that never expires encodes as before expiry existed
+    assert crdt.encode_state(plain)[:4] == crdt.STATE_PREFIX
+    assert len(crdt.state_to_wire(plain)[2]) == 2
+
+
+def test_an_expired_counter_reads_zero_and_restarts_from_zero() -> None:
+    """The old increments of every actor, the coordinator's own included, never count again."""
+    s = bottom(COUNTER)
+    for actor, now in (("a", 0), ("b", 10), ("a", 20)):
+        s = join(s, apply_op(s, ["incr", 5], actor, now, None, 100))
+    assert crdt.value_of(COUNTER, crdt.visible(s, 119).store) == 15
+    assert crdt.value_of(COUNTER, crdt.visible(s, 120).store) == 0
+    delta = apply_op(s, ["incr", 2], "a", 500, None, 100)
+    assert delta.expires_ms == 600
+    fresh = join(s, delta)
+    assert crdt.value_of(COUNTER, fresh.store) == 2
+    # a replica that missed the reset joins the delta and forgets the old increments too
+    assert crdt.value_of(COUNTER, join(delta, s).store) == 2
+
+
+def test_an_expired_set_reads_empty_and_an_add_after_it_starts_from_empty() -> None:
+    s = bottom(SET)
+    old = apply_op(s, ["add", [b"x", b"y"]], "a", 0, None, 100)
+    s = join(s, old)
+    assert crdt.value_of(SET, crdt.visible(s, 50).store) == {b"x", b"y"}
+    seen = crdt.visible(s, 100)
+    assert crdt.value_of(SET, seen.store) == set() and seen.ctx == s.ctx
+    delta = apply_op(s, ["add", [b"z"]], "b", 200, None, 100)
+    assert delta.touched is None  # it removes every element: joined as a whole state
+    fresh = join(s, delta)
+    assert crdt.value_of(SET, fresh.store) == {b"z"}
+    assert crdt.value_of(SET, join(fresh, old).store) == {b"z"}  # the old add delivered late: still removed
+    assert not crdt.is_expired(fresh, 250)
+
+
+def test_an_op_on_an_expired_map_removes_every_field() -> None:
+    s = bottom(MAP)
+    s = join(s, apply_op(s, ["update", "f", COUNTER, ["incr", 3]], "a", 0, None, 10))
+    s = join(s, apply_op(s, ["update", "g", FLAG, ["enable"]], "a", 0, None, 10))
+    delta = apply_op(s, ["update", "g", FLAG, ["enable"]], "a", 50, None, 10)
+    assert delta.touched is not None and ("f", COUNTER) in delta.touched
+    assert crdt.value_of(MAP, join(s, delta).store) == {"g": True}

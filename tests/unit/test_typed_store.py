@@ -151,3 +151,61 @@ def test_a_hint_delivered_while_a_join_is_staged_keeps_the_copy(
     assert errors == [None, None]
     assert same(typed.read(b"k", SET), join(first, second))
     assert set(crdt.decode_state(storage.get_blob(b"k") or b"").store) == {b"a", b"b", b"c"}
+
+
+# --- expiry (ttl buckets) ------------------------------------------------------------------------
+
+
+def test_an_expired_state_is_not_stored_where_the_key_is_not(
+        store: tuple[TypedStore, asyncio.AbstractEventLoop]) -> None:
+    """A reclaimed key does not come back: a hint, repair or transfer of an expired state
+    into a node without the key is acknowledged and dropped (sets and other types)."""
+    typed, loop = store
+    typed.wall_ms = lambda: 1000
+    for kind, op in ((COUNTER, ["incr", 1]), (SET, ["add", [b"x"]])):
+        expired = apply_op(bottom(kind), op, "a", 0, None, 500)
+        commit(typed, loop, b"gone-" + kind.encode(), expired)
+        assert typed.storage.dt_raw(b"gone-" + kind.encode()) is None
+        live = apply_op(bottom(kind), op, "a", 900, None, 500)
+        commit(typed, loop, b"live-" + kind.encode(), live)
+        assert typed.read(b"live-" + kind.encode(), kind) is not None
+
+
+def test_a_stored_state_keeps_the_latest_expiry_and_its_leaf_reaps_it(
+        store: tuple[TypedStore, asyncio.AbstractEventLoop]) -> None:
+    """The header (a set's, or a state's) holds the max of the expiries joined; the
+    Merkle leaf's expiry time is read from it, so reclamation finds the key."""
+    from dynq.repair.trees import leaf_times_of_blob
+
+    typed, loop = store
+    typed.wall_ms = lambda: 0
+    for kind, op in ((COUNTER, ["incr", 1]), (SET, ["add", [b"x"]])):
+        key = b"exp-" + kind.encode()
+        later = apply_op(bottom(kind), op, "b", 300, None, 500)
+        commit(typed, loop, key, later)
+        commit(typed, loop, key, apply_op(bottom(kind), op, "a", 100, None, 500))
+        raw = typed.storage.dt_raw(key)
+        assert raw is not None
+        assert leaf_times_of_blob(raw) == (0, 800)
+        state = typed.read(key, kind)
+        assert state is not None and state.expires_ms == 800
+    never = apply_op(bottom(COUNTER), ["incr", 1], "a", 0)
+    commit(typed, loop, b"never", never)
+    raw = typed.storage.dt_raw(b"never")
+    assert raw is not None and leaf_times_of_blob(raw) == (0, 0)
+
+
+def test_a_set_reset_removes_every_stored_row(store: tuple[TypedStore, asyncio.AbstractEventLoop]) -> None:
+    """An add to an expired stored set (read whole, as the coordinator does) leaves only
+    the new element, in the rows and the header's count."""
+    typed, loop = store
+    typed.wall_ms = lambda: 0
+    commit(typed, loop, b"s", apply_op(bottom(SET), ["add", [b"e%d" % i for i in range(50)]], "a", 0, None, 100))
+    typed.wall_ms = lambda: 1000
+    local = typed.read(b"s", SET)
+    assert local is not None and crdt.is_expired(local, 1000)
+    commit(typed, loop, b"s", apply_op(local, ["add", [b"new"]], "a", 1000, None, 100))
+    state = typed.read(b"s", SET)
+    assert state is not None and set(state.store) == {b"new"} and state.expires_ms == 1100
+    header = typed.header(b"s")
+    assert header is not None and set_rows.decode_header(header)[1] == 1
