@@ -22,7 +22,6 @@ empty anyway, and storing it would bring a reclaimed key back.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Callable, Iterable, Protocol
 
 from dynq_client import crdt
@@ -31,6 +30,7 @@ from dynq_client.errors import StorageError, WrongDataType
 from dynq_client.protocol import Limits
 from dynq_client.versions import EMPTY, VersionedObject
 
+from ..env import SYSTEM
 from ..server.ports import CommitCallback
 from ..store import set_rows
 from ..store.storage import SET_HEADER_PREFIX, TYPED_PREFIX, Storage
@@ -60,15 +60,12 @@ def typed_live(blob: bytes, now_ms: int = 0) -> bool:
     return not crdt.is_bottom(state.store) and not crdt.is_expired(state, now_ms)
 
 
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
-
 
 class TypedStore:
     """Typed states in this node's storage (call from the loop only)."""
 
     def __init__(self, storage: Storage, local: Local, limits: Limits,
-                 wall_ms: Callable[[], int] = _wall_ms) -> None:
+                 wall_ms: Callable[[], int] = SYSTEM.wall_ms) -> None:
         self.storage = storage
         self.wall_ms = wall_ms  # expiry of keys in ttl buckets (the environment's clock)
         self.local = local
