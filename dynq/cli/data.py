@@ -218,7 +218,7 @@ def inspect(key: str, as_json: bool, bucket: str | None, seed: tuple[str, ...], 
     from dynq_client import buckets
     from dynq_client.versions import decode_reply_object
 
-    from ..ops.typed_view import describe_state
+    from .datatypes import describe_state
 
     rows: list[dict[str, Any]] = []
     try:
@@ -278,7 +278,7 @@ def inspect(key: str, as_json: bool, bucket: str | None, seed: tuple[str, ...], 
                 vv = ", ".join(f"{a}:{c}" for a, c in sorted(obj["context"]["vv"].items()))
                 click.echo(f"{head} {obj['datatype']} context [{vv}] +{len(obj['context']['cloud'])} "
                            f"{obj['dots']} dots{hints}")
-                click.echo(f"{'':22}{obj['value']!r:.200}{_expiry(obj.get('expires_ms'), now_ms)}")
+                click.echo(f"{'':22}{obj['value']!r:.200}")
                 continue
             clock = ", ".join(f"{a}:{c}" for a, c in sorted(obj["clock"].items()))
             click.echo(f"{head} clock [{clock}]{hints}")

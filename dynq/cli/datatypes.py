@@ -52,6 +52,26 @@ def _lines(value: Any, prefix: str = "") -> list[str]:
     return out
 
 
+def describe_state(blob: object) -> dict[str, Any] | None:
+    """A typed state as `dynq inspect` shows it (None: not a typed state): type, context, value."""
+    if not isinstance(blob, bytes) or not crdt.is_state_blob(blob):
+        return None
+    state = crdt.decode_state(blob)
+    value = crdt.value_of(state.kind, state.store)
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, bytes):
+            return show_value(v)[:80]
+        if isinstance(v, set):
+            return sorted(show_value(x)[:80] for x in list(v)[:100])
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return {"datatype": state.kind, "context": {"vv": dict(state.ctx.vv), "cloud": sorted(map(list, state.ctx.cloud))},
+            "value": plain(value), "dots": sum(1 for _ in crdt.dots_of(state.kind, state.store))}
+
+
 def _common(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("bucket")(click.argument("key")(seed_option(timeout_option(f))))
 

@@ -34,7 +34,7 @@ GET      /api/v1/anti-entropy        read   horizon and last exchange per partit
 GET      /api/v1/alarms              read   nodes down, stuck transfers, siblings, sizes
 GET      /api/v1/stats?node=N        read   a node's ``stats`` (default: this node)
 GET      /api/v1/history?node=N      read   its last minutes (ring buffer), histograms
-GET      /api/v1/inspect?key=K       read   what every replica holds for K (``key_b64=``; ``bucket=``)
+GET      /api/v1/inspect?key=K       read   what every replica holds for K (``key_b64=``)
 =======  ==========================  =====  ==============================================
 """
 
@@ -53,7 +53,7 @@ from typing import Any
 from dynq_client import protocol as p
 from dynq_client.errors import DynqError, InvalidRequest, Timeout, Unavailable
 from dynq_client.protocol import Request, show_bytes
-from dynq_client.buckets import storage_key
+from dynq_client.versions import decode_reply_object
 
 from ..cluster.membership import ClusterState, claimant
 from ..config import NodeConfig
@@ -365,8 +365,7 @@ class AdminApi:
         return await self._node_op(await self._node_param(request), OP_NODE_HISTORY)
 
     async def get_inspect(self, request: HttpRequest) -> Any:
-        """What every node of the key's preference list holds (as `dynq inspect`; with
-        ``bucket=`` a key of that bucket, typed states rendered by their type)."""
+        """What every node of the key's preference list holds (as `dynq inspect`)."""
         if "key_b64" in request.query:
             try:
                 key = base64.b64decode(request.query["key_b64"], validate=True)
@@ -379,18 +378,9 @@ class AdminApi:
         if not key or len(key) > self.config.limits.max_key_bytes:
             raise HttpError(400, "bad_request", f"the key must be 1 to {self.config.limits.max_key_bytes} bytes")
         state = await self.state()
-        body: dict[str, Any] = {"k": key}
-        bucket = request.query.get("bucket")
-        if bucket:
-            props = state.buckets.get(bucket)
-            if props is None:
-                raise HttpError(404, "not_found", f"no bucket {bucket!r}")
-            body["bk"] = props.name
-            plist = state.ring.preference_list_for(storage_key(props.name, key), props.n)
-        else:
-            plist = state.ring.preference_list_for(key)
+        plist = state.ring.preference_list_for(key)
         names = list(plist.primaries + plist.fallbacks)
-        replies = await self.ask_all(names, p.OP_INSPECT, body)
+        replies = await self.ask_all(names, p.OP_INSPECT, {"k": key})
         rows = []
         for name in names:
             row: dict[str, Any] = {"node": name, "role": "primary" if name in plist.primaries else "fallback"}
@@ -398,7 +388,20 @@ class AdminApi:
             if isinstance(answer, Exception):
                 row["error"] = views.error_text(answer)
             else:
-                row.update(views.replica_object_view(answer))
+                try:
+                    obj = decode_reply_object(answer)
+                except DynqError as exc:
+                    row["error"] = exc.message
+                    obj = None
+                row["hints"] = answer.get("hints", [])
+                row["object"] = None if obj is None else {
+                    "clock": obj.clock,
+                    "siblings": [{"dot": f"{s.actor}:{s.counter}", "timestamp_ms": s.timestamp_ms,
+                                  "tombstone": s.value is None, "bytes": 0 if s.value is None else len(s.value),
+                                  "expires_ms": s.expires_ms or None,
+                                  "value": None if s.value is None else show_bytes(s.value)[:200]}
+                                 for s in obj.siblings],
+                }
             rows.append(row)
         primaries = [r for r in rows if r["role"] == "primary"]
         agree_states = {json.dumps(r.get("object"), sort_keys=True) for r in primaries if "error" not in r}

@@ -14,12 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from dynq_client.errors import DynqError
-from dynq_client.protocol import show_bytes
-from dynq_client.versions import decode_reply_object
-
 from ..cluster.membership import ClusterState
-from .typed_view import describe_state
 
 Answer = dict[str, Any] | Exception
 """A member's reply body, or why there is none."""
@@ -32,31 +27,6 @@ def error_text(answer: Answer) -> str | None:
     if isinstance(answer, Exception):
         return f"{type(answer).__name__}: {answer}"
     return None
-
-
-def replica_object_view(answer: dict[str, Any]) -> dict[str, Any]:
-    """One replica's ``inspect`` reply as the key inspector shows it: ``object`` (a typed
-    state: datatype, context, value, dots; a plain object: clock and siblings; None:
-    nothing) and ``hints``, or ``error`` when the reply does not decode."""
-    row: dict[str, Any] = {"hints": answer.get("hints", [])}
-    typed = describe_state(answer.get("ob"))
-    if typed is not None:
-        row["object"] = typed
-        return row
-    try:
-        obj = decode_reply_object(answer)
-    except DynqError as exc:
-        row["error"] = exc.message
-        obj = None
-    row["object"] = None if obj is None else {
-        "clock": obj.clock,
-        "siblings": [{"dot": f"{s.actor}:{s.counter}", "timestamp_ms": s.timestamp_ms,
-                      "tombstone": s.value is None, "bytes": 0 if s.value is None else len(s.value),
-                      "expires_ms": s.expires_ms or None,
-                      "value": None if s.value is None else show_bytes(s.value)[:200]}
-                     for s in obj.siblings],
-    }
-    return row
 
 
 def ring_view(state: ClusterState) -> dict[str, Any]:

@@ -215,23 +215,3 @@ def test_local_caller_runs_the_handler_and_returns_its_reply_or_error() -> None:
         assert caller.stats.errors["invalid"] == 1
 
     asyncio.run(run())
-
-
-def test_the_key_inspector_renders_typed_states_by_their_type() -> None:
-    """A replica holding a typed state shows its type, value, dots and expiry (not
-    "invalid object"); a plain object its siblings; nothing, None; garbage, an error."""
-    from dynq_client import crdt
-    from dynq_client.versions import encode_object, update
-
-    state = crdt.apply_op(crdt.bottom(crdt.COUNTER), ["incr", 7], "n1", 1000, None, 60_000)
-    row = views.replica_object_view({"ob": crdt.encode_state(state), "hints": ["n3"]})
-    assert "error" not in row and row["hints"] == ["n3"]
-    assert row["object"]["datatype"] == "counter" and row["object"]["value"] == 7
-    assert row["object"]["dots"] == 1 and row["object"]["expires_ms"] == 61_000
-    s = crdt.apply_op(crdt.bottom(crdt.SET), ["add", [b"socks"]], "n1", 0)
-    row = views.replica_object_view({"ob": crdt.encode_state(s)})
-    assert row["object"]["value"] == ["socks"] and "expires_ms" not in row["object"]
-    plain = views.replica_object_view({"ob": encode_object(update(None, {}, "n1", b"v", 5))})
-    assert plain["object"]["siblings"][0]["value"] == "v"
-    assert views.replica_object_view({"ob": None}) == {"hints": [], "object": None}
-    assert "error" in views.replica_object_view({"ob": b"\x01junk"})

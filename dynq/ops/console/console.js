@@ -424,11 +424,11 @@ async function stage(path, body, what) {
 }
 
 // --- key inspector -------------------------------------------------------------------------------
-async function inspect(key, bucket) {
+async function inspect(key) {
   const out = clear($("inspect"));
   out.appendChild(h("p", { class: "muted" }, "asking every replica…"));
   try {
-    const r = await api("GET", `/api/v1/inspect?key=${encodeURIComponent(key)}${bucket ? `&bucket=${encodeURIComponent(bucket)}` : ""}`);
+    const r = await api("GET", `/api/v1/inspect?key=${encodeURIComponent(key)}`);
     clear(out);
     out.appendChild(h("p", {}, `partition ${r.partition}: `, r.agree ? h("b", { class: "status-up" }, "primaries agree")
       : r.disagree ? h("b", { class: "status-down" }, "primaries DISAGREE (read repair or anti-entropy will converge them)")
@@ -437,10 +437,6 @@ async function inspect(key, bucket) {
       let what;
       if (x.error) what = h("span", { class: "error" }, x.error);
       else if (!x.object) what = h("span", { class: "muted" }, "(nothing)");
-      else if (x.object.datatype) what = h("div", {}, h("div", { class: "muted" }, `${x.object.datatype}, ${x.object.dots} dots, context `
-        + Object.entries(x.object.context.vv).map(([a, c]) => `${a}:${c}`).join(", ")),
-        h("div", {}, JSON.stringify(x.object.value),
-          x.object.expires_ms ? ` expires ${new Date(x.object.expires_ms).toISOString()}${x.object.expires_ms <= Date.now() ? " (EXPIRED)" : ""}` : ""));
       else what = h("div", {}, h("div", { class: "muted" }, "clock " + Object.entries(x.object.clock).map(([a, c]) => `${a}:${c}`).join(", ")),
         x.object.siblings.map((sb) => h("div", {}, `${sb.dot} `, sb.tombstone ? h("b", {}, "TOMBSTONE") : `${JSON.stringify(sb.value)} (${sb.bytes} B)`,
           sb.expires_ms ? ` expires ${new Date(sb.expires_ms).toISOString()}${sb.expires_ms <= Date.now() ? " (EXPIRED)" : ""}` : "")));
@@ -461,7 +457,7 @@ function start() {
     try { sessionStorage.setItem("dynq-token", state.token); } catch (e) { /* private mode */ }
     refresh();
   });
-  $("inspect-form").addEventListener("submit", (ev) => { ev.preventDefault(); const k = $("inspect-key").value; if (k) inspect(k, $("inspect-bucket").value); });
+  $("inspect-form").addEventListener("submit", (ev) => { ev.preventDefault(); const k = $("inspect-key").value; if (k) inspect(k); });
   $("join-form").addEventListener("submit", (ev) => {
     ev.preventDefault(); const a = $("join-address").value.trim();
     if (a) stage("/api/v1/plan/join", { address: a }, `join of ${a}`);
