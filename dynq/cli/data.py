@@ -278,7 +278,7 @@ def inspect(key: str, as_json: bool, bucket: str | None, seed: tuple[str, ...], 
                 vv = ", ".join(f"{a}:{c}" for a, c in sorted(obj["context"]["vv"].items()))
                 click.echo(f"{head} {obj['datatype']} context [{vv}] +{len(obj['context']['cloud'])} "
                            f"{obj['dots']} dots{hints}")
-                click.echo(f"{'':22}{obj['value']!r:.200}")
+                click.echo(f"{'':22}{obj['value']!r:.200}{_expiry(obj.get('expires_ms'), now_ms)}")
                 continue
             clock = ", ".join(f"{a}:{c}" for a, c in sorted(obj["clock"].items()))
             click.echo(f"{head} clock [{clock}]{hints}")

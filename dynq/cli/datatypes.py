@@ -68,8 +68,11 @@ def describe_state(blob: object) -> dict[str, Any] | None:
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    return {"datatype": state.kind, "context": {"vv": dict(state.ctx.vv), "cloud": sorted(map(list, state.ctx.cloud))},
-            "value": plain(value), "dots": sum(1 for _ in crdt.dots_of(state.kind, state.store))}
+    out = {"datatype": state.kind, "context": {"vv": dict(state.ctx.vv), "cloud": sorted(map(list, state.ctx.cloud))},
+           "value": plain(value), "dots": sum(1 for _ in crdt.dots_of(state.kind, state.store))}
+    if state.expires_ms:  # a key of a ttl bucket: when it expires (the value shown is what it holds)
+        out["expires_ms"] = state.expires_ms
+    return out
 
 
 def _common(f: Callable[..., Any]) -> Callable[..., Any]:

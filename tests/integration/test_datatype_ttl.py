@@ -6,6 +6,7 @@ every wait is for a condition, bounded."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -103,6 +104,9 @@ def test_an_expired_counter_and_set_read_empty_and_restart_from_empty(cluster: L
                 and all(x is not None and set(x.store) == {b"hat"} for x in sets))
 
     wait_for("every replica to start from empty", replicas_reset, timeout=30)
+    out = dynq("inspect", "hits", "--bucket", "counters", "--json", seed=cluster.addresses[0])
+    primaries = [r for r in json.loads(out.stdout)["replicas"] if r["role"] == "primary"]
+    assert len(primaries) == 3 and all(r["object"]["expires_ms"] > 0 for r in primaries)  # dynq inspect shows it
 
 
 def stats(db: Client, name: str) -> dict[str, Any]:
