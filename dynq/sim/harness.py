@@ -87,7 +87,7 @@ DEFAULT_FAULTS = tuple(f for f in FAULTS if f != "blackout")
 DT_BUCKETS = (("dtc", "counter"), ("dts", "set"))  # the data-type workload's buckets (n=3)
 DT_BUCKET_NAMES = frozenset(name for name, _ in DT_BUCKETS)
 DT_KEYS = 3  # keys per data-type bucket
-DT_MUTATIONS = ("dt-delta-twice",)  # mutations that imply the data-type workload
+DT_MUTATIONS = ("dt-join-drops-theirs",)  # mutations that imply the data-type workload
 WIPES_PER_SEED = 1
 """A wipe (the disk replaced: the node comes back empty, under a new actor) is survivable
 when W >= 2 and no other copy is lost meanwhile: one per seed keeps it inside the fault atlas."""
