@@ -249,13 +249,15 @@ EXACT_UNKNOWN = 200
 beyond, only the range they span."""
 
 
-def check_datatypes(history: History, final: Mapping[str, Any] | None) -> list[Verdict]:
+def check_datatypes(history: History, final: Mapping[str, Any] | None,
+                    replicas: Mapping[str, Mapping[str, Any]] | None = None) -> list[Verdict]:
     """The data-type workload, judged after heal on ``final`` (read at R=N): each counter is
     its acknowledged increments plus some subset of its unknown ones (the range
     [acked + negative unknowns, acked + positive unknowns] when there are many); in each
     set, every acknowledged add that no acknowledged-or-unknown remove observed is present,
     nothing is present that no add wrote, and an acknowledged remove sticks (each element
-    is added once, so nothing can bring it back)."""
+    is added once, so nothing can bring it back); and every primary of a key holds the
+    value the R=N read returned (``replicas``: history key -> node -> its value)."""
     counter, oset = Verdict("dt-counter"), Verdict("dt-set")
     if final is None:
         msg = "no final read (the run ended before the data-type check)"
@@ -324,7 +326,16 @@ def check_datatypes(history: History, final: Mapping[str, Any] | None) -> list[V
                     "failed": sum(op.outcome == FAIL for op in mine),
                     "unknown": sum(op.outcome == UNKNOWN for op in mine)}
     oset.counts.update(lost=lost, unexpected=unexpected, resurrected=resurrected)
-    return [counter, oset]
+    conv = Verdict("dt-convergence")
+    for key, views in sorted((replicas or {}).items()):
+        for node, value in sorted(views.items()):
+            want = final.get(key)
+            if isinstance(value, (set, frozenset)):
+                value = {x.decode() if isinstance(x, bytes) else x for x in value}
+            if value != want and not (value is None and want in (0, set())):
+                conv.problems.append(f"{key}: {node} holds {value!r}, the R=N read returned {want!r}")
+    conv.counts = {"keys": len(replicas or {}), "copies": sum(len(v) for v in (replicas or {}).values())}
+    return [counter, oset, conv]
 
 
 __all__ = ["Verdict", "check_datatypes", "subset_sums", "check_convergence", "check_dots", "check_hints_drained", "check_invariants", "check_lww",

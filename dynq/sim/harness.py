@@ -47,6 +47,7 @@ from typing import Any
 import apsw
 from dynq_client import AsyncClient
 from dynq_client import buckets as b
+from dynq_client import crdt
 from dynq_client.errors import DynqError, ProtocolError
 from dynq_client.ring import Member, Ring
 from dynq_client.versions import (
@@ -343,6 +344,7 @@ class Simulation:
         self.buckets_created: list[str] = []  # named buckets the claimant acknowledged
         self.dt_history = History(self.loop.time)  # the data-type workload's ops (kept apart: other checkers skip them)
         self.dt_final: dict[str, Any] | None = None  # history key -> final counter value or set, read at R=N
+        self.dt_replicas: dict[str, dict[str, Any]] = {}  # history key -> primary -> its value after heal
         self._graveyard: list[asyncio.Task[Any]] = []  # tasks of dead lives: never run, never destroyed mid-run
         self._tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], Any] = weakref.WeakKeyDictionary()
         self.loop.set_task_factory(self._task_factory)
@@ -705,6 +707,25 @@ class Simulation:
         finally:
             await client.close()
         self.dt_final = final
+        self.dt_replicas = self._dt_replicas()
+
+    def _dt_replicas(self) -> dict[str, dict[str, Any]]:
+        """history key -> primary -> the value its committed typed state holds (None: none)."""
+        state = self._state()
+        out: dict[str, dict[str, Any]] = {}
+        if state is None:
+            return out
+        kinds = dict(DT_BUCKETS)
+        for hkey in sorted({op.key for op in self.dt_history.ops}):
+            kind = kinds[hkey.partition("/")[0]]
+            views = out[hkey] = {}
+            for p in self._placement(state, hkey)[1]:
+                sn = self.nodes.get(p)
+                if sn is None or not sn.up or sn.node is None or sn.node.parts is None:
+                    continue
+                got = sn.node.parts.local.typed.read(storage_key_of(hkey), kind, staged=False)
+                views[p] = None if got is None else crdt.value_of(kind, got.store)
+        return out
 
     # --- membership -----------------------------------------------------------------------
 
@@ -1026,7 +1047,7 @@ class Simulation:
         dt_verdicts = []
         if self.options.dt_workload:
             self.coverage["dt_ops"] = sum(1 for op in self.dt_history.ops if op.f != "read" and op.outcome == OK)
-            dt_verdicts = check_datatypes(self.dt_history, self.dt_final)
+            dt_verdicts = check_datatypes(self.dt_history, self.dt_final, self.dt_replicas)
         return dt_verdicts + [
             check_siblings(self.history, final, lww, expiry_slack_s=self.options.skew_s + 1.0),
             check_dots((node, key, obj) for node, objs in copies.items() for key, obj in objs.items()),

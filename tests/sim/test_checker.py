@@ -95,3 +95,13 @@ def test_set_flags_lost_adds_unwritten_elements_and_undone_removes() -> None:
     assert not check_datatypes(h, {"dts/d0": {"e1", "e2"}})[1].ok  # the acked remove undone
     assert not check_datatypes(h, {"dts/d0": {"e1", "e4"}})[1].ok  # e4's add failed: nothing wrote it
     assert not check_datatypes(h, None)[1].ok
+
+
+def test_replicas_that_disagree_with_the_final_read_are_flagged() -> None:
+    """Every primary must hold what the R=N read returned (a replica missing a key counts as bottom)."""
+    h = _dt_history(("incr", "dtc/d0", "5", OK), ("add", "dts/d0", "e1", OK))
+    final = {"dtc/d0": 5, "dts/d0": {"e1"}}
+    same = {"dtc/d0": {"n1": 5, "n2": 5}, "dts/d0": {"n1": {b"e1"}, "n2": {b"e1"}}}
+    assert check_datatypes(h, final, same)[2].ok
+    assert not check_datatypes(h, final, {"dtc/d0": {"n1": 5, "n2": 4}})[2].ok
+    assert not check_datatypes(h, final, {"dts/d0": {"n1": {b"e1"}, "n2": None}})[2].ok
