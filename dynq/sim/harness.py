@@ -686,7 +686,12 @@ class Simulation:
             await client.close()
 
     async def _dt_final_read(self) -> None:
-        """After heal and settling: every data-type key read at R=N (all replicas merged)."""
+        """After heal and settling: once anti-entropy has brought the data-type keys'
+        primaries to one state (bounded by ``settle_s``; the plain keys' settling does
+        not wait for them), every data-type key read at R=N (all replicas merged)."""
+        deadline = self.loop.time() + self.options.settle_s
+        while self.loop.time() < deadline and not self._dt_agree():
+            await asyncio.sleep(1.0)
         host = self.loop.add_host("dt-final")
         client = await self._dt_client(host)
         final: dict[str, Any] = {}
@@ -708,6 +713,11 @@ class Simulation:
             await client.close()
         self.dt_final = final
         self.dt_replicas = self._dt_replicas()
+
+    def _dt_agree(self) -> bool:
+        """Whether every up primary of each data-type key holds the same value."""
+        return all(len({repr(sorted(v) if isinstance(v, (set, frozenset)) else v) for v in views.values()}) <= 1
+                   for views in self._dt_replicas().values())
 
     def _dt_replicas(self) -> dict[str, dict[str, Any]]:
         """history key -> primary -> the value its committed typed state holds (None: none)."""
