@@ -112,7 +112,7 @@ class Node:
             except ValueError as exc:
                 raise ConfigError(f"{config.source}: [security] {exc}") from exc
         self.storage = Storage(config.db_path, synchronous=config.synchronous, limits=config.limits,
-                               vfs=env.sqlite_vfs, token_hex=env.token_hex)
+                               vfs=env.sqlite_vfs, token_hex=env.token_hex, mmap_bytes=config.mmap_mb << 20)
         self.actor = self.storage.actor_id(config.name)  # the identity this node mints dots with
         self.cluster = ClusterManager.load(self.storage, config)  # the cluster state; change events
         # The trees observe every commit from the start (they are storage's, in memory).

@@ -14,10 +14,11 @@ import click
 PROFILES = ("ci", "soak")
 
 
-def _run(seed: int, profile: str, mutation: str | None, buckets: bool = True, ttl: bool = False) -> dict[str, Any]:
+def _run(seed: int, profile: str, mutation: str | None, buckets: bool = True, ttl: bool = False,
+         dt: bool = False) -> dict[str, Any]:
     from dynq.sim.harness import run_seed
 
-    return run_seed(seed, profile, mutation, buckets, ttl).summary()
+    return run_seed(seed, profile, mutation, buckets, ttl, dt).summary()
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -52,11 +53,14 @@ def _line(s: dict[str, Any]) -> str:
 @click.option("--ttl", "ttl", is_flag=True,
               help="With the ttl workload: some puts expire after 1-5 s and expired objects are reclaimed "
                    "within seconds (no read may return a value after its expiry, nothing superseded returns).")
+@click.option("--dt", "dt", is_flag=True,
+              help="With the data-type workload: counter increments, set adds and observed removes in typed "
+                   "buckets (the final counter and sets are checked against the acknowledged ops).")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Seeds run in parallel processes.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per seed.")
 @click.option("--trace-hash", "trace_only", is_flag=True, help="Print only each seed's trace hash.")
 def sim(count: int | None, one: int | None, base: int, profile: str, mutation: str | None, no_buckets: bool,
-        ttl: bool, jobs: int, as_json: bool, trace_only: bool) -> None:
+        ttl: bool, dt: bool, jobs: int, as_json: bool, trace_only: bool) -> None:
     """Simulate a cluster of real nodes and clients on one virtual-time loop under seeded
     faults (crashes, power loss, partitions, clogs, slow links, full disks, failed fsyncs),
     half the seeds with named buckets (n 1/3/5, siblings or lww), then check that no
@@ -94,11 +98,11 @@ def sim(count: int | None, one: int | None, base: int, profile: str, mutation: s
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             for s in pool.map(_run, seeds, [profile] * len(seeds), [mutation] * len(seeds),
-                              [not no_buckets] * len(seeds), [ttl] * len(seeds)):
+                              [not no_buckets] * len(seeds), [ttl] * len(seeds), [dt] * len(seeds)):
                 report(s)
     else:
         for seed in seeds:
-            report(_run(seed, profile, mutation, not no_buckets, ttl))
+            report(_run(seed, profile, mutation, not no_buckets, ttl, dt))
     wall = time.perf_counter() - started
     if not trace_only:
         summary = {"seeds": len(seeds), "failed": failed, "wall_s": round(wall, 2),

@@ -39,7 +39,6 @@ from typing import Any, Callable
 from dynq_client import protocol as p
 from dynq_client.errors import DynqError, StorageError
 from dynq_client.protocol import Request
-from dynq_client.versions import encode_object
 
 from ..config import NodeConfig
 from ..env import SYSTEM, Env
@@ -80,11 +79,6 @@ class Progress:
     def failed(self, error: Exception, now: float) -> None:
         self.retries += 1
         self.last_error, self.last_error_at = str(error), now
-
-
-def _ignore_commit(error: StorageError | None) -> None:
-    """A hint nobody waits for: a failed commit (hint store full, disk full) leaves the row
-    as it was, and the next life tries again (storage counts and logs the failure)."""
 
 
 class TransferFailed(Exception):
@@ -393,11 +387,9 @@ class PartitionTransfers:
                     n = state.buckets.n_of(key, state.ring.n)
                     if n not in foreign or self.store.hints_for_key(key):
                         continue  # ours, a bucket not heard of yet (None), or already a hint
-                    obj = self.local.current(key)  # staged writes included
-                    if obj is None:
-                        continue
                     target = state.ring.preference_list(partition, n).primaries[0]
-                    self.local.stage_local(key, obj, encode_object(obj), _ignore_commit, hint_for=target)
+                    if not self.local.hand_on(key, target):
+                        continue
                     handed += 1
                     self.orphans_handed_on += 1
                 after = rows[-1][0]

@@ -13,7 +13,7 @@ import logging
 from typing import Callable
 
 from dynq_client.errors import StorageError
-from dynq_client.versions import VersionedObject, encode_object, merge
+from dynq_client.versions import EMPTY, VersionedObject, encode_object, merge
 
 from ..server.ports import ClusterView, CommitCallback, CommitListener
 from ..server.stats import Stats
@@ -86,6 +86,22 @@ class LocalReplica:
         if is_typed(theirs) or (theirs is None and is_typed(self.storage.dt_raw(key))):
             return self.typed.exchange(key, theirs)
         return None
+
+    def hand_on(self, key: bytes, target: str) -> bool:
+        """Re-stage this node's copy of ``key`` as it is, as a hint for ``target``
+        (False: nothing here). A typed key keeps its stored form: its state is not a
+        versioned object, and rewriting it as one would erase it."""
+        raw = self.storage.dt_raw(key)  # staged writes included
+        if raw is None:
+            return False
+        if is_typed(raw):
+            self.stage_local(key, EMPTY, raw, _ignore_commit, hint_for=target)
+            return True
+        obj = self.storage.current(key)
+        if obj is None:
+            return False
+        self.stage_local(key, obj, encode_object(obj), _ignore_commit, hint_for=target)
+        return True
 
     def repair(self, key: bytes, merged: VersionedObject) -> None:
         """Read repair of this node's own copy: merge with what is here *now* (a write may

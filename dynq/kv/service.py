@@ -417,6 +417,7 @@ class KvService:
         if blob[:4] == STATE_PREFIX:  # a data type's state or delta: the type's join
             self.datatypes.apply_replica(key, blob, done, hint_for)
             return
+        refuse_plain(props, "replicate")  # a plain object never overwrites a typed state
         incoming = decode_object(blob, self.limits)
         merged = merge(self.storage.current(key), incoming)
         if props is not None and props.lww:

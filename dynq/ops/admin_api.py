@@ -34,7 +34,7 @@ GET      /api/v1/anti-entropy        read   horizon and last exchange per partit
 GET      /api/v1/alarms              read   nodes down, stuck transfers, siblings, sizes
 GET      /api/v1/stats?node=N        read   a node's ``stats`` (default: this node)
 GET      /api/v1/history?node=N      read   its last minutes (ring buffer), histograms
-GET      /api/v1/inspect?key=K       read   what every replica holds for K (``key_b64=``)
+GET      /api/v1/inspect?key=K       read   what every replica holds for K (``key_b64=``, ``bucket=``)
 =======  ==========================  =====  ==============================================
 """
 
@@ -50,6 +50,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from dynq_client import buckets
 from dynq_client import protocol as p
 from dynq_client.errors import DynqError, InvalidRequest, Timeout, Unavailable
 from dynq_client.protocol import Request, show_bytes
@@ -378,15 +379,27 @@ class AdminApi:
         if not key or len(key) > self.config.limits.max_key_bytes:
             raise HttpError(400, "bad_request", f"the key must be 1 to {self.config.limits.max_key_bytes} bytes")
         state = await self.state()
-        plist = state.ring.preference_list_for(key)
+        body: dict[str, Any] = {"k": key}
+        bucket = request.query.get("bucket")
+        if bucket:
+            props = state.buckets.get(bucket)
+            if props is None:
+                raise HttpError(404, "not_found", f"no bucket {bucket!r}")
+            body["bk"] = props.name
+            plist = state.ring.preference_list_for(buckets.storage_key(props.name, key), props.n)
+        else:
+            plist = state.ring.preference_list_for(key)
         names = list(plist.primaries + plist.fallbacks)
-        replies = await self.ask_all(names, p.OP_INSPECT, {"k": key})
+        replies = await self.ask_all(names, p.OP_INSPECT, body)
         rows = []
         for name in names:
             row: dict[str, Any] = {"node": name, "role": "primary" if name in plist.primaries else "fallback"}
             answer = replies[name]
             if isinstance(answer, Exception):
                 row["error"] = views.error_text(answer)
+            elif (typed := views.typed_state_view(answer.get("ob"))) is not None:
+                row["hints"] = answer.get("hints", [])
+                row["object"] = typed
             else:
                 try:
                     obj = decode_reply_object(answer)

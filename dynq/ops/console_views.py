@@ -14,6 +14,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from dynq_client import crdt
+from dynq_client.protocol import show_bytes
+
 from ..cluster.membership import ClusterState
 
 Answer = dict[str, Any] | Exception
@@ -227,3 +230,25 @@ def alarms_view(members: list[dict[str, Any]], transfers: dict[str, Any], ae: di
         alarm("info", "hints_pending", None, f"{hints['total']} hints waiting for their primaries ({targets})")
     order = {"critical": 0, "warning": 1, "info": 2}
     return sorted(out, key=lambda a: order[a["level"]])
+
+
+def typed_state_view(blob: object) -> dict[str, Any] | None:
+    """A data type's state as the inspector shows it, as `dynq inspect` does (None: not
+    a typed state, so the caller decodes it as an object): type, context, value, dots."""
+    if not isinstance(blob, bytes) or not crdt.is_state_blob(blob):
+        return None
+    state = crdt.decode_state(blob)
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, bytes):
+            return show_bytes(v)[:80]
+        if isinstance(v, (set, frozenset)):
+            return sorted(show_bytes(x)[:80] if isinstance(x, bytes) else str(x) for x in list(v)[:100])
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return {"datatype": state.kind,
+            "context": {"vv": {str(a): c for a, c in state.ctx.vv.items()}, "cloud": len(state.ctx.cloud)},
+            "value": plain(crdt.value_of(state.kind, state.store)),
+            "dots": sum(1 for _ in crdt.dots_of(state.kind, state.store))}

@@ -105,6 +105,9 @@ class LocalWriter(Protocol):
     def watch(self, partition: int, listener: CommitListener) -> Callable[[], None]: ...
     # listener after each commit of a key of ``partition``; returns the unwatch
 
+    def hand_on(self, key: bytes, target: str) -> bool: ...
+    # re-stage our copy of ``key`` (typed or plain) as a hint for ``target``; False: none here
+
     def typed_exchange(self, key: bytes, theirs: bytes | None) -> tuple[
             asyncio.Future[StorageError | None] | None, bytes | None] | None: ...
     # anti-entropy of a data type's key by its join: (our commit, what to push back); None: a plain key

@@ -47,6 +47,7 @@ from typing import Any
 import apsw
 from dynq_client import AsyncClient
 from dynq_client import buckets as b
+from dynq_client import crdt
 from dynq_client.errors import DynqError, ProtocolError
 from dynq_client.ring import Member, Ring
 from dynq_client.versions import (
@@ -61,6 +62,7 @@ from ..config import NodeConfig
 from ..env import Env
 from ..node import Node
 from .checker import (
+    check_datatypes,
     Verdict,
     check_convergence,
     check_dots,
@@ -83,6 +85,10 @@ FAULTS = ("kill", "power", "wipe", "pause", "partition", "cut", "clog", "latency
 """Every fault kind; a seed enables a subset (swarm testing: fewer kinds, more of each)."""
 
 DEFAULT_FAULTS = tuple(f for f in FAULTS if f != "blackout")
+DT_BUCKETS = (("dtc", "counter"), ("dts", "set"))  # the data-type workload's buckets (n=3)
+DT_BUCKET_NAMES = frozenset(name for name, _ in DT_BUCKETS)
+DT_KEYS = 3  # keys per data-type bucket
+DT_MUTATIONS = ("dt-join-drops-theirs",)  # mutations that imply the data-type workload
 WIPES_PER_SEED = 1
 """A wipe (the disk replaced: the node comes back empty, under a new actor) is survivable
 when W >= 2 and no other copy is lost meanwhile: one per seed keeps it inside the fault atlas."""
@@ -118,11 +124,12 @@ class Options:
     buckets: tuple[BucketSpec, ...] = ()  # named buckets: (name, n, r, w, conflict)
     bucket_workload: bool = True  # False: none drawn (--no-buckets: seeds found before the buckets workload)
     ttl_workload: bool = False  # --ttl: some puts carry a ttl of 1-5 s, expired objects reclaimed quickly
+    dt_workload: bool = False  # --dt: a counter bucket and a set bucket, incremented, added to, removed from
     mutation: str | None = None
 
     @classmethod
     def expand(cls, seed: int, profile: str = "ci", mutation: str | None = None, buckets: bool = True,
-               ttl: bool = False) -> Options:
+               ttl: bool = False, dt: bool = False) -> Options:
         import random
 
         rng = random.Random(hashlib.blake2b(f"options:{seed}".encode(), digest_size=8).digest())
@@ -174,6 +181,8 @@ class Options:
             opts = dataclasses.replace(opts, ttl_workload=True, knobs=tuple(sorted({
                 **dict(opts.knobs), "ae_expiry_grace_s": trng.choice((0, 1, 5)),
                 "ae_expiry_interval_ms": trng.choice((100, 500))}.items())))
+        if dt:  # drawn from nothing: the options above are those of the seed without it
+            opts = dataclasses.replace(opts, dt_workload=True)
         if mutation is not None:
             from .mutations import MUTATIONS
             opts = MUTATIONS[mutation].adjust(opts)
@@ -213,6 +222,8 @@ class Result:
             cmd += " --no-buckets"
         if self.options.ttl_workload and self.options.mutation != "expiry-ignored":  # (that one implies it)
             cmd += " --ttl"
+        if self.options.dt_workload and self.options.mutation not in DT_MUTATIONS:
+            cmd += " --dt"
         return cmd
 
     def summary(self) -> dict[str, Any]:
@@ -331,6 +342,9 @@ class Simulation:
         self.coverage: dict[str, int] = {}  # what the nodes did, summed over their lives
         self.wipes = 0  # disks replaced so far
         self.buckets_created: list[str] = []  # named buckets the claimant acknowledged
+        self.dt_history = History(self.loop.time)  # the data-type workload's ops (kept apart: other checkers skip them)
+        self.dt_final: dict[str, Any] | None = None  # history key -> final counter value or set, read at R=N
+        self.dt_replicas: dict[str, dict[str, Any]] = {}  # history key -> primary -> its value after heal
         self._graveyard: list[asyncio.Task[Any]] = []  # tasks of dead lives: never run, never destroyed mid-run
         self._tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], Any] = weakref.WeakKeyDictionary()
         self.loop.set_task_factory(self._task_factory)
@@ -449,6 +463,10 @@ class Simulation:
         if opts.buckets:
             buckets_host = self.loop.add_host("buckets")
             buckets = buckets_host.spawn(self._buckets(buckets_host, end), name="buckets")
+        dt = None
+        if opts.dt_workload:
+            dt_host = self.loop.add_host("dt")
+            dt = dt_host.spawn(self._datatypes(dt_host, end), name="datatypes")
         admin = None
         if self.options.membership != "none":
             admin_host = self.loop.add_host("admin")
@@ -458,6 +476,8 @@ class Simulation:
             await admin
         if buckets is not None:
             await buckets
+        if dt is not None:
+            await dt
         self._heal_all()
         for w in workers:
             try:
@@ -466,6 +486,8 @@ class Simulation:
                 self.problems.append(f"workload crashed: {type(exc).__name__}: {exc}")
         await self._settle()
         await self._liveness()
+        if opts.dt_workload:
+            await self._dt_final_read()
         grace = dict(self.options.knobs).get("ae_tombstone_grace_s", 86400)
         if grace < 3600:  # a quiet spell past the grace: the reaper runs, then the replicas must agree again
             await asyncio.sleep(grace + 5.0)
@@ -587,6 +609,133 @@ class Simulation:
                     self.coverage["bucket_sets"] = self.coverage.get("bucket_sets", 0) + 1
         finally:
             await client.close()
+
+    # --- data types -----------------------------------------------------------------------
+
+    async def _dt_client(self, host: SimHost) -> AsyncClient:
+        return AsyncClient(self.addresses, timeout=self.options.client_timeout_s, keys=None,
+                           context=self.net.context(host),  # type: ignore[arg-type]
+                           wall_ms=self._client_wall_ms, rng=self.loop.rng(f"{host.name}.replicas"))
+
+    async def _datatypes(self, host: SimHost, end: float) -> None:
+        """Create a counter bucket and a set bucket (n=3) through the claimant, then, while
+        the faults run, increment counters by -5..5, add unique elements to sets and remove
+        elements a prior read saw (with that read's context), through the real client."""
+        rng = self.loop.rng("dt")
+        client = await self._dt_client(host)
+        history = self.dt_history
+        made = 0
+        try:
+            for name, kind in DT_BUCKETS:
+                for attempt in range(20):
+                    try:
+                        await client.call_address(self.addresses[attempt % len(self.addresses)], "bucket_create",
+                                                  {"name": name, "props": {"n": 3, "datatype": kind}})
+                        made += 1
+                        break
+                    except DynqError as exc:
+                        self.loop.trace("dt", name, "failed", type(exc).__name__)
+                        await asyncio.sleep(1.0)
+            if made < len(DT_BUCKETS):
+                self.problems.append("data-type buckets not created in 20 attempts")
+                return
+            serial = 0
+            while self.loop.time() < end:
+                key = f"d{rng.randrange(DT_KEYS)}"
+                roll = rng.random()
+                if roll < 0.45:
+                    n = rng.choice((-5, -3, -1, 1, 1, 2, 4, 5))
+                    op = history.invoke(host.name, "incr", history_key(DT_BUCKETS[0][0], key), str(n))
+                    try:
+                        await client.counter(DT_BUCKETS[0][0], key).increment(n)
+                    except DynqError as exc:
+                        history.fail_or_unknown(op, exc)
+                    else:
+                        history.complete(op, OK)
+                elif roll < 0.8:
+                    serial += 1
+                    x = f"e{serial}"
+                    op = history.invoke(host.name, "add", history_key(DT_BUCKETS[1][0], key), x)
+                    try:
+                        await client.set(DT_BUCKETS[1][0], key).add(x)
+                    except DynqError as exc:
+                        history.fail_or_unknown(op, exc)
+                    else:
+                        history.complete(op, OK)
+                else:
+                    handle = client.set(DT_BUCKETS[1][0], key)
+                    read = history.invoke(host.name, "read", history_key(DT_BUCKETS[1][0], key))
+                    try:
+                        seen = await handle.value()
+                    except DynqError as exc:
+                        history.fail_or_unknown(read, exc)
+                        seen = set()
+                    else:
+                        history.complete(read, OK, result=frozenset(v.decode() for v in seen))
+                    if seen:
+                        x = rng.choice(sorted(v.decode() for v in seen))
+                        op = history.invoke(host.name, "remove", read.key, x, covers=(x,))
+                        try:
+                            await handle.remove(x)
+                        except DynqError as exc:
+                            history.fail_or_unknown(op, exc)
+                        else:
+                            history.complete(op, OK)
+                await asyncio.sleep(rng.expovariate(1 / self.options.think_s))
+        finally:
+            await client.close()
+
+    async def _dt_final_read(self) -> None:
+        """After heal and settling: once anti-entropy has brought the data-type keys'
+        primaries to one state (bounded by ``settle_s``; the plain keys' settling does
+        not wait for them), every data-type key read at R=N (all replicas merged)."""
+        deadline = self.loop.time() + self.options.settle_s
+        while self.loop.time() < deadline and not self._dt_agree():
+            await asyncio.sleep(1.0)
+        host = self.loop.add_host("dt-final")
+        client = await self._dt_client(host)
+        final: dict[str, Any] = {}
+        try:
+            for hkey in sorted({op.key for op in self.dt_history.ops}):
+                bucket, _, key = hkey.partition("/")
+                for _ in range(10):
+                    try:
+                        if bucket == DT_BUCKETS[0][0]:
+                            final[hkey] = await client.counter(bucket, key).value(r=3)
+                        else:
+                            final[hkey] = {v.decode() for v in await client.set(bucket, key).value(r=3)}
+                        break
+                    except DynqError:
+                        await asyncio.sleep(1.0)
+                else:
+                    self.problems.append(f"data types: {hkey} not readable at R=N after heal")
+        finally:
+            await client.close()
+        self.dt_final = final
+        self.dt_replicas = self._dt_replicas()
+
+    def _dt_agree(self) -> bool:
+        """Whether every up primary of each data-type key holds the same value."""
+        return all(len({repr(sorted(v) if isinstance(v, (set, frozenset)) else v) for v in views.values()}) <= 1
+                   for views in self._dt_replicas().values())
+
+    def _dt_replicas(self) -> dict[str, dict[str, Any]]:
+        """history key -> primary -> the value its committed typed state holds (None: none)."""
+        state = self._state()
+        out: dict[str, dict[str, Any]] = {}
+        if state is None:
+            return out
+        kinds = dict(DT_BUCKETS)
+        for hkey in sorted({op.key for op in self.dt_history.ops}):
+            kind = kinds[hkey.partition("/")[0]]
+            views = out[hkey] = {}
+            for p in self._placement(state, hkey)[1]:
+                sn = self.nodes.get(p)
+                if sn is None or not sn.up or sn.node is None or sn.node.parts is None:
+                    continue
+                got = sn.node.parts.local.typed.read(storage_key_of(hkey), kind, staged=False)
+                views[p] = None if got is None else crdt.value_of(kind, got.store)
+        return out
 
     # --- membership -----------------------------------------------------------------------
 
@@ -812,6 +961,8 @@ class Simulation:
             objs = out[name] = {}
             for k, o in sn.node.storage.conn.execute("SELECT key, obj FROM objects ORDER BY key"):
                 key = history_key_of(bytes(k))
+                if key.partition("/")[0] in DT_BUCKET_NAMES:
+                    continue  # typed state, not a versioned object: the data-type checker reads it
                 try:
                     objs[key] = decode_object(bytes(o))
                 except (ValueError, ProtocolError) as exc:
@@ -903,7 +1054,11 @@ class Simulation:
             self.coverage["buckets_created"] = len(self.buckets_created)
             self.coverage["lww_keys"] = sum(1 for key in lww if final.get(key))
         self.loop.trace("history", tuple((op.index, op.outcome) for op in self.history.ops))
-        return [
+        dt_verdicts = []
+        if self.options.dt_workload:
+            self.coverage["dt_ops"] = sum(1 for op in self.dt_history.ops if op.f != "read" and op.outcome == OK)
+            dt_verdicts = check_datatypes(self.dt_history, self.dt_final, self.dt_replicas)
+        return dt_verdicts + [
             check_siblings(self.history, final, lww, expiry_slack_s=self.options.skew_s + 1.0),
             check_dots((node, key, obj) for node, objs in copies.items() for key, obj in objs.items()),
             check_convergence(self._views(copies)) if state is not None else Verdict("convergence", ["no node up"]),
@@ -944,10 +1099,10 @@ def _tmp_root() -> str | None:
 
 
 def run_seed(seed: int, profile: str = "ci", mutation: str | None = None, buckets: bool = True,
-             ttl: bool = False) -> Result:
+             ttl: bool = False, dt: bool = False) -> Result:
     """Expand ``seed`` and run it (``buckets=False``: without the buckets workload; ``ttl``:
     with the ttl workload)."""
-    return Simulation(Options.expand(seed, profile, mutation, buckets, ttl)).run()
+    return Simulation(Options.expand(seed, profile, mutation, buckets, ttl, dt)).run()
 
 
 __all__ = ["DEFAULT_FAULTS", "FAULTS", "Options", "Result", "SimNode", "Simulation", "run_seed"]

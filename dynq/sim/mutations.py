@@ -21,6 +21,9 @@ lww-unresolved           replicas of a last-write-wins bucket merge without reso
                          coordinated by the nodes
 expiry-ignored           reads return expired values (``VersionedObject.live`` leaves
                          nothing out); runs with the ttl workload
+dt-join-drops-theirs     a data-type join keeps one side's store under both contexts
+                         (the other side's dots are marked seen and dropped: increments
+                         and adds are lost); runs with the data-type workload
 =======================  ==============================================================
 """
 
@@ -137,6 +140,19 @@ def _expiry_ignored() -> list[tuple[Any, str, Any]]:
     return [(VersionedObject, "live", live)]
 
 
+def _dt_join_drops_theirs() -> list[tuple[Any, str, Any]]:
+    from dynq_client import crdt
+
+    def join(a: crdt.State, b: crdt.State) -> crdt.State:
+        return crdt.State(a.kind, a.ctx.join(b.ctx), a.store, a.touched)
+
+    return [(crdt, "join", join)]
+
+
+def _with_dt(o: Any) -> Any:
+    return dataclasses.replace(o, dt_workload=True)
+
+
 def _with_ttl(o: Any) -> Any:
     """The ttl workload, with expired objects reclaimed a second after their expiry."""
     knobs = {**dict(o.knobs), "ae_expiry_grace_s": 1, "ae_expiry_interval_ms": 100}
@@ -172,6 +188,8 @@ MUTATIONS: dict[str, Mutation] = {m.name: m for m in (
     Mutation("lww-unresolved", "a last-write-wins bucket's replicas keep concurrent siblings", _lww_unresolved,
              _one_lww_bucket),
     Mutation("expiry-ignored", "reads return values whose ttl has passed", _expiry_ignored, _with_ttl),
+    Mutation("dt-join-drops-theirs", "a data-type join drops the other side's dots", _dt_join_drops_theirs,
+             _with_dt),
 )}
 
 __all__ = ["MUTATIONS", "Mutation"]

@@ -99,7 +99,7 @@ class Storage:
 
     def __init__(self, path: Path, *, synchronous: str = "full", limits: Limits = DEFAULT_LIMITS,
                  vfs: str | None = None, token_hex: Callable[[int], str] = secrets.token_hex,
-                 count_exact_below: int = KEY_COUNT_EXACT_BELOW) -> None:
+                 count_exact_below: int = KEY_COUNT_EXACT_BELOW, mmap_bytes: int = 0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.limits = limits  # the node's limits: objects it accepted must always decode again
@@ -110,6 +110,8 @@ class Storage:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.synchronous = synchronous
         self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        if mmap_bytes and vfs is None:  # (a VFS of ours has no xFetch: SQLite would read() anyway)
+            self.conn.execute(f"PRAGMA mmap_size={int(mmap_bytes)}")
         self.conn.execute(_SCHEMA)
         self._staged: dict[bytes, tuple[int, VersionedObject, bytes]] = {}  # key -> (partition, obj, blob)
         self._staged_hints: set[tuple[str, bytes]] = set()  # (target, key) hints to write with them

@@ -430,3 +430,19 @@ def test_a_stuck_transfer_shows_its_progress_retries_and_last_error(tmp_path: Pa
         cluster.start("n4")
         wait_for("the transition to finish", lambda: not api.get("/api/v1/ring")["transition"], timeout=240)
         assert api.get("/api/v1/transfers")["pending"] == 0
+
+
+def test_inspect_shows_a_typed_state_of_a_bucket(api: Api, cluster: LocalCluster) -> None:
+    """?bucket= inspects the key in that bucket's preference list; a data type's state is
+    shown as one (type, context, value, dots), not as an invalid object, as `dynq inspect` does."""
+    with cluster.client() as db:
+        db.call("n1", "bucket_create", {"name": "apicount", "props": {"datatype": "counter"}})
+        db.refresh()
+        db.counter("apicount", "c").increment(4)
+    found = wait_for("the counter on every primary", lambda: (lambda f: f if f["agree"] else None)(
+        api.get("/api/v1/inspect?key=c&bucket=apicount")))
+    primaries = [r for r in found["replicas"] if r["role"] == "primary"]
+    assert len(primaries) == 3 and all("error" not in r for r in primaries)
+    assert all(r["object"]["datatype"] == "counter" and r["object"]["value"] == 4 for r in primaries)
+    assert all(r["object"]["dots"] >= 1 and r["object"]["context"]["vv"] for r in primaries)
+    assert http("GET", f"{api.base}/api/v1/inspect?key=c&bucket=nosuch", api.read)[0] == 404

@@ -13,6 +13,8 @@ from typing import Any, Iterator
 import pytest
 from dynq_client import AsyncClient, Client, WrongDataType
 from dynq_client import crdt
+from dynq_client.buckets import storage_key
+from dynq_client.versions import encode_object, update
 
 from dynq.cluster.membership import ClusterState
 from dynq.localcluster import LocalCluster
@@ -128,6 +130,11 @@ def test_typed_buckets_refuse_plain_ops_and_the_reverse(db: Client) -> None:
         db.call("n1", "put", {"k": b"k", "bk": "counters", "v": b"v"})
     with pytest.raises(WrongDataType):
         db.call("n2", "dt_update", {"k": b"k", "bk": "plain", "op": ["incr", 1]})
+    db.counter("counters", "k").increment()
+    plain = encode_object(update(None, {}, "n9.a", b"v", 1))
+    with pytest.raises(WrongDataType):  # a peer's plain object never overwrites a typed state
+        db.call("n1", "replica_put", {"k": storage_key("counters", b"k"), "ob": plain})
+    assert db.counter("counters", "k").value(r=3) == 1
 
 
 def test_observed_remove_keeps_a_concurrent_add(db: Client) -> None:

@@ -28,7 +28,7 @@ BUDGET_S = float(os.environ.get("DYNQ_SIM_BUDGET_S", "420"))
 JOBS = int(os.environ.get("DYNQ_SIM_JOBS", "2"))
 MIN_SEEDS = 20  # fewer in the budget: the simulator (or the machine) is too slow to trust the batch
 COVERED = ("hinted_writes", "hints_replayed", "read_repairs", "ae_keys_repaired", "commit_failures",
-           "tombstones_reaped", "membership_changes", "wipes", "buckets_created", "bucket_writes", "lww_keys")
+           "tombstones_reaped", "membership_changes", "wipes", "buckets_created", "bucket_writes", "lww_keys", "dt_ops", "expired_reclaimed")
 """Node paths (and harness faults) that must fire somewhere in a batch of MIN_SEEDS or more."""
 
 pytestmark = pytest.mark.sim
@@ -58,8 +58,14 @@ def rotating_base() -> int:
     return 1_000_000 + int(head[:6] or "0", 16) * 1000
 
 
-def _run(seed: int, profile: str, buckets: bool = True) -> dict[str, Any]:
-    return run_seed(seed, profile, buckets=buckets).summary()
+def _run(seed: int, profile: str, buckets: bool = True, ttl: bool = False, dt: bool = False) -> dict[str, Any]:
+    return run_seed(seed, profile, buckets=buckets, ttl=ttl, dt=dt).summary()
+
+
+def rotating_workloads(seed: int) -> tuple[bool, bool]:
+    """(ttl, data types) of a rotating seed: one seed in five runs the ttl workload and one
+    in three the data-type workload (a pure function of the seed, so each replays)."""
+    return seed % 5 == 2, seed % 3 == 0
 
 
 def _failure(s: dict[str, Any]) -> str:
@@ -88,7 +94,7 @@ def test_rotating_seeds_pass_and_cover_the_fault_paths() -> None:
         while next_seed < base + SEEDS or pending:
             while (len(pending) < JOBS and next_seed < base + SEEDS
                    and time.monotonic() - started < BUDGET_S):
-                pending.add(pool.submit(_run, next_seed, "ci"))
+                pending.add(pool.submit(_run, next_seed, "ci", True, *rotating_workloads(next_seed)))
                 next_seed += 1
             if not pending:
                 break

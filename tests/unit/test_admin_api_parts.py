@@ -215,3 +215,17 @@ def test_local_caller_runs_the_handler_and_returns_its_reply_or_error() -> None:
         assert caller.stats.errors["invalid"] == 1
 
     asyncio.run(run())
+
+
+def test_the_inspector_shows_a_typed_state_and_leaves_objects_alone() -> None:
+    """A set's state shows as its type, context, elements and dots; anything that is not a
+    typed state (an object's bytes, no bytes) is None, so the caller decodes it as an object."""
+    from dynq_client import crdt
+
+    from dynq.ops.console_views import typed_state_view
+
+    state = crdt.join(crdt.bottom("set"), crdt.apply_op(crdt.bottom("set"), ["add", [b"x", b"y"]], "n1", 0))
+    view = typed_state_view(crdt.encode_state(state))
+    assert view is not None and view["datatype"] == "set" and view["value"] == ["x", "y"]
+    assert view["dots"] >= 1 and view["context"]["vv"] and view["context"]["cloud"] == 0
+    assert typed_state_view(b"\x93\x80\x80\x90") is None and typed_state_view(None) is None

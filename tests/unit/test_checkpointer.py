@@ -126,3 +126,20 @@ def test_storage_with_the_thread_keeps_every_write_across_a_reopen(tmp_path: Pat
         assert reopened.count() == written
     finally:
         reopened.close()
+
+
+def test_the_node_connection_maps_what_mmap_bytes_says_and_reads_its_writes_back(tmp_path: Path) -> None:
+    """``[storage] mmap_mb`` reaches SQLite (0: no map), and objects written through the
+    map's connection read back after a reopen either way."""
+    for mmap_bytes in (8 << 20, 0):
+        path = tmp_path / f"m{mmap_bytes}" / "dynq.db"
+        store = Storage(path, mmap_bytes=mmap_bytes)
+        assert store.conn.execute("PRAGMA mmap_size").fetchone()[0] == mmap_bytes
+        obj = update(None, {}, "a", b"v" * 4000, 1)
+        with store.conn:
+            store.conn.execute("INSERT INTO objects (key, partition, obj) VALUES (?, 0, ?)",
+                               (b"k", encode_object(obj)))
+        store.close()
+        again = Storage(path, mmap_bytes=mmap_bytes)
+        assert again.current(b"k") == obj
+        again.close()

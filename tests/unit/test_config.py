@@ -26,7 +26,7 @@ def test_defaults_and_self_added_to_members() -> None:
     """A minimal config gets the defaults and lists the node itself as a member."""
     cfg = parse_config(MINIMAL)
     assert (cfg.n, cfg.q, cfg.r, cfg.w, cfg.weight, cfg.synchronous) == (3, 64, 2, 2, 1, "full")
-    assert (cfg.checkpoint_interval_ms, cfg.wal_limit_mb) == (100, 64)
+    assert (cfg.checkpoint_interval_ms, cfg.wal_limit_mb, cfg.mmap_mb) == (100, 64, 256)
     assert cfg.members == (Member("n1", "tcp://127.0.0.1:7100"),)
 
 
@@ -42,6 +42,7 @@ def test_defaults_and_self_added_to_members() -> None:
         ({"storage": {"synchronous": "sometimes"}}, "storage.synchronous"),
         ({"storage": {"checkpoint_interval_ms": -1}}, "storage.checkpoint_interval_ms"),
         ({"storage": {"wal_limit_mb": 0}}, "storage.wal_limit_mb"),
+        ({"storage": {"mmap_mb": -1}}, "storage.mmap_mb"),
         ({"node": {"listen": "127.0.0.1:7100"}}, "node.listen"),
         ({"bogus": {}}, "[bogus]"),
         ({"cluster": {"members": [{"name": "n2"}]}}, "cluster.members[0].address"),

@@ -20,6 +20,7 @@ from dynq.kv.local import LocalReplica
 from dynq.repair.hinted_handoff import HintedHandoff
 from dynq.server.stats import Stats
 from dynq.store.storage import Storage
+from dynq_client import crdt
 from dynq_client.versions import encode_object, update
 
 from .test_hinted_handoff import MEMBERS, FakePeers, MemoryCluster, a_key_not_replicated_by
@@ -141,6 +142,47 @@ def test_a_cleanup_drop_that_fails_is_retried_not_forgotten(tmp_path: Path) -> N
         await transfers._finish_reported()
         assert transfer not in transfers._reported and storage.get_blob(key) is None
         assert transfers.progress[transfer].state == "done" and transfers.completed == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        storage.close()
+
+
+def test_an_orphaned_set_is_handed_on_as_its_state_not_as_an_empty_object(tmp_path: Path) -> None:
+    """A typed key's row is a state (a set: a header and element rows), not a versioned
+    object: the sweep once re-staged it as an empty object, which erased the set here and
+    sent its primary a plain value for a typed key (dynq sim --seed 6256972110 --dt)."""
+    config = parse_config({"node": {"name": "n4", "listen": "tcp://127.0.0.1:7104", "data_dir": str(tmp_path)},
+                           "cluster": {"n": 3, "r": 2, "w": 2, "q": 8}}, base_dir=tmp_path)
+    config = dataclasses.replace(config, transfer_cleanup_delay_ms=0)
+    storage = Storage(tmp_path / "db", limits=config.limits)
+    cluster = MemoryCluster("n4", initial_state(MEMBERS, 8, 3))
+    peers = FakePeers("n4")
+    orphan, primary = a_key_not_replicated_by(cluster, "n4")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        local = LocalReplica(loop, storage, cluster, Stats(), max_hints=100)
+        delta = crdt.apply_op(crdt.bottom(crdt.SET), ["add", [b"x", b"y"]], "n9.a", 0)
+        done: asyncio.Future[object] = loop.create_future()
+        local.typed.join(orphan, delta, done.set_result)
+        assert await done is None
+        transfers = PartitionTransfers(storage, peers, cluster, NoClaimant(), local, config)
+        await transfers._step()
+        await asyncio.sleep(0.01)  # the group commit of the hint
+        assert storage.hints_for_key(orphan) == [primary] and transfers.orphans_handed_on == 1
+        kept = local.typed.read(orphan, crdt.SET, staged=False)
+        assert kept is not None and crdt.value_of(crdt.SET, kept.store) == {b"x", b"y"}
+        handoff = HintedHandoff(storage, peers, cluster, config)
+        replay = loop.create_task(handoff.replay_batch(primary))
+        await asyncio.sleep(0.01)
+        assert [(peer, key) for peer, key, _ in peers.sent] == [(primary, orphan)]
+        shipped = storage.get_blob(orphan)  # what the replay sends: the set's whole state
+        assert shipped is not None and crdt.is_state_blob(shipped)
+        assert crdt.value_of(crdt.SET, crdt.decode_state(shipped).store) == {b"x", b"y"}
+        peers.answer(primary)
+        assert await replay == 1
 
     try:
         asyncio.run(scenario())

@@ -424,11 +424,11 @@ async function stage(path, body, what) {
 }
 
 // --- key inspector -------------------------------------------------------------------------------
-async function inspect(key) {
+async function inspect(key, bucket) {
   const out = clear($("inspect"));
   out.appendChild(h("p", { class: "muted" }, "asking every replica…"));
   try {
-    const r = await api("GET", `/api/v1/inspect?key=${encodeURIComponent(key)}`);
+    const r = await api("GET", `/api/v1/inspect?key=${encodeURIComponent(key)}` + (bucket ? `&bucket=${encodeURIComponent(bucket)}` : ""));
     clear(out);
     out.appendChild(h("p", {}, `partition ${r.partition}: `, r.agree ? h("b", { class: "status-up" }, "primaries agree")
       : r.disagree ? h("b", { class: "status-down" }, "primaries DISAGREE (read repair or anti-entropy will converge them)")
@@ -437,6 +437,9 @@ async function inspect(key) {
       let what;
       if (x.error) what = h("span", { class: "error" }, x.error);
       else if (!x.object) what = h("span", { class: "muted" }, "(nothing)");
+      else if (x.object.datatype) what = h("div", {}, h("div", { class: "muted" }, `${x.object.datatype} context `
+        + Object.entries(x.object.context.vv).map(([a, c]) => `${a}:${c}`).join(", ") + ` (+${x.object.context.cloud} loose dots), ${x.object.dots} dots`),
+        h("div", {}, JSON.stringify(x.object.value)));
       else what = h("div", {}, h("div", { class: "muted" }, "clock " + Object.entries(x.object.clock).map(([a, c]) => `${a}:${c}`).join(", ")),
         x.object.siblings.map((sb) => h("div", {}, `${sb.dot} `, sb.tombstone ? h("b", {}, "TOMBSTONE") : `${JSON.stringify(sb.value)} (${sb.bytes} B)`,
           sb.expires_ms ? ` expires ${new Date(sb.expires_ms).toISOString()}${sb.expires_ms <= Date.now() ? " (EXPIRED)" : ""}` : "")));
@@ -457,7 +460,7 @@ function start() {
     try { sessionStorage.setItem("dynq-token", state.token); } catch (e) { /* private mode */ }
     refresh();
   });
-  $("inspect-form").addEventListener("submit", (ev) => { ev.preventDefault(); const k = $("inspect-key").value; if (k) inspect(k); });
+  $("inspect-form").addEventListener("submit", (ev) => { ev.preventDefault(); const k = $("inspect-key").value; if (k) inspect(k, $("inspect-bucket").value.trim()); });
   $("join-form").addEventListener("submit", (ev) => {
     ev.preventDefault(); const a = $("join-address").value.trim();
     if (a) stage("/api/v1/plan/join", { address: a }, `join of ${a}`);
