@@ -248,7 +248,10 @@ def typed_state_view(blob: object) -> dict[str, Any] | None:
             return {str(k): plain(x) for k, x in v.items()}
         return v
 
-    return {"datatype": state.kind,
+    view = {"datatype": state.kind,
             "context": {"vv": {str(a): c for a, c in state.ctx.vv.items()}, "cloud": len(state.ctx.cloud)},
             "value": plain(crdt.value_of(state.kind, state.store)),
             "dots": sum(1 for _ in crdt.dots_of(state.kind, state.store))}
+    if state.expires_ms:  # a key of a ttl bucket: when it expires (as dynq inspect shows it)
+        view["expires_ms"] = state.expires_ms
+    return view

@@ -4,6 +4,7 @@ the views built from op replies, the [http] config, and in-process op calls."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -228,4 +229,7 @@ def test_the_inspector_shows_a_typed_state_and_leaves_objects_alone() -> None:
     view = typed_state_view(crdt.encode_state(state))
     assert view is not None and view["datatype"] == "set" and view["value"] == ["x", "y"]
     assert view["dots"] >= 1 and view["context"]["vv"] and view["context"]["cloud"] == 0
+    assert "expires_ms" not in view
+    expiring = typed_state_view(crdt.encode_state(dataclasses.replace(state, expires_ms=1_700_000_000_000)))
+    assert expiring is not None and expiring["expires_ms"] == 1_700_000_000_000
     assert typed_state_view(b"\x93\x80\x80\x90") is None and typed_state_view(None) is None
