@@ -47,6 +47,8 @@ and writing only those elements' rows (``touched`` is None for a full state).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
@@ -593,8 +595,18 @@ def state_from_wire(data: object, limits: Limits = DEFAULT_LIMITS) -> State:
     return State(kind, ctx, store, touched, expires)
 
 
+@functools.lru_cache(maxsize=16)
+def state_limits(limits: Limits) -> Limits:
+    """The limits a state blob decodes under: a set's elements are one array, bounded by
+    the blob's size rather than by ``max_container_len`` (100,000 by default, fine for a
+    request's lists, not for a large set: each element costs at least 8 bytes, so a
+    message holds fewer than max_message_bytes // 8 of them)."""
+    return dataclasses.replace(limits, max_container_len=max(limits.max_container_len,
+                                                             limits.max_message_bytes // 8))
+
+
 def decode_state(blob: bytes, limits: Limits = DEFAULT_LIMITS) -> State:
-    return state_from_wire(unpackb(blob, limits), limits)
+    return state_from_wire(unpackb(blob, state_limits(limits)), limits)
 
 
 def element_row(dots: DotSet) -> bytes:

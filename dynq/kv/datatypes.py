@@ -36,7 +36,7 @@ from dynq_client import crdt
 from dynq_client import protocol as p
 from dynq_client.crdt import SET, State
 from dynq_client.buckets import BucketProps
-from dynq_client.errors import DynqError, InvalidRequest, NotEnoughReplicas, WrongDataType
+from dynq_client.errors import DynqError, InvalidRequest, NotEnoughReplicas, ValueTooLarge, WrongDataType
 from dynq_client.health import sloppy_targets
 from dynq_client.protocol import Limits, Reply, Request
 from dynq_client.quorum import QuorumState, QuorumTally
@@ -111,6 +111,9 @@ def refuse_plain(props: BucketProps | None, what: str) -> None:
     if props is not None and props.datatype is not None and props.datatype != "none":
         raise WrongDataType(f"bucket {props.name!r} holds {props.datatype}s: {what} a key with "
                             f"db.{props.datatype}(bucket, key), not a plain value")
+
+
+GROWING_OPS = frozenset({"add", "update", "assign"})  # ops that can grow a state without bound (sets, maps)
 
 
 def _op_elements(kind: str, op: list[Any]) -> list[bytes] | None:
@@ -200,6 +203,8 @@ class DataTypeService:
         blob = crdt.encode_state(delta)
         if len(blob) > self.limits.max_message_bytes // 2:
             raise InvalidRequest(f"the operation's delta would be {len(blob)} bytes; split it")
+        if op[0] in GROWING_OPS:
+            self._refuse_oversized(key, kind, len(blob))
         used = {name for name, _ in targets}
         spares = [f for f in plist.fallbacks if f not in used and kv.is_up(f)]
         incoming = [x for x in kv.cluster.state.pending_replicas(plist.partition, n) if x not in used]
@@ -216,6 +221,17 @@ class DataTypeService:
             _TypedReplicas(kv, self.store, delta), key, EMPTY, blob, targets, w,
             fields.deadline_s(req.body, kv.config.request_timeout_ms), outcome, pw, spares, incoming,
         ).start()
+
+    def _refuse_oversized(self, key: bytes, kind: str, delta_bytes: int) -> None:
+        """Refuse an op that would grow the key's whole state past what replicas can still
+        exchange in one message (anti-entropy, hints, transfers and whole reads ship it
+        whole). The bound leaves a quarter of a message for concurrent ops elsewhere."""
+        bound = self.limits.max_message_bytes * 3 // 4
+        size = self.store.whole_size(key) + delta_bytes
+        if size > bound:
+            raise ValueTooLarge(f"this {kind} would take about {size} bytes whole; a data type's state must stay "
+                                f"within {bound} bytes (3/4 of max_message_bytes) so that replicas can exchange "
+                                f"it: remove elements first, or spread them over more keys")
 
     def handle_delete(self, responder: Responder, req: Request, key: bytes, props: BucketProps) -> None:
         """A plain delete of a typed key: clear it (observed-remove of what the primary holds)."""
@@ -355,7 +371,7 @@ class TypedRead:
                 self.responder.ok({"n": 0, "ctx": None})
                 return
             if len(set(headers)) == 1:  # the replicas agree: no need to move the set
-                ctx, count, _, expires = set_rows.decode_header_full(headers[0], self.service.limits)
+                ctx, count, _, expires, _ = set_rows.decode_header_full(headers[0], self.service.limits)
                 if 0 < expires <= self.service.kv.wall_ms():
                     count = 0
                 self.responder.ok({"n": count, "ctx": crdt.encode_context(ctx)})

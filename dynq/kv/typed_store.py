@@ -54,7 +54,7 @@ def typed_live(blob: bytes, now_ms: int = 0) -> bool:
     """Whether a typed key's stored form holds anything at ``now_ms`` (a cleared or an
     expired key is not listed)."""
     if blob[:4] == SET_HEADER_PREFIX:
-        _, count, _, expires = set_rows.decode_header_full(blob)
+        _, count, _, expires, _ = set_rows.decode_header_full(blob)
         return count > 0 and not 0 < expires <= now_ms
     state = crdt.decode_state(blob)
     return not crdt.is_bottom(state.store) and not crdt.is_expired(state, now_ms)
@@ -83,7 +83,7 @@ class TypedStore:
         if raw is None:
             return None
         if raw[:4] == SET_HEADER_PREFIX:
-            ctx, _, _, expires = set_rows.decode_header_full(raw, self.limits)
+            ctx, _, _, expires, _ = set_rows.decode_header_full(raw, self.limits)
             if elems is None:
                 rows = self.storage.dt_rows(key, staged=staged)
             else:
@@ -97,6 +97,19 @@ class TypedStore:
         if state.kind != kind:
             raise WrongDataType(f"the key holds a {state.kind}, not a {kind}")
         return state
+
+    def whole_size(self, key: bytes) -> int:
+        """About how many bytes the key's whole state takes as replicas exchange it (a
+        set: its header's size, without reading its rows; 0 if never written here)."""
+        raw = self.storage.dt_raw(key)
+        if raw is None:
+            return 0
+        if raw[:4] != SET_HEADER_PREFIX:
+            return len(raw)
+        size = set_rows.decode_header_full(raw, self.limits)[4]
+        if size is None:  # a header from before sizes were kept: count the rows once
+            size = sum(set_rows.row_size(e, r) for e, r in self.storage.dt_rows(key).items())
+        return len(raw) + size
 
     def header(self, key: bytes) -> bytes | None:
         """The committed header of a set (context, size, digest), or another type's state."""
@@ -130,9 +143,10 @@ class TypedStore:
             if crdt.is_expired(incoming, self.wall_ms()):
                 self._drop(done)
                 return
-            ctx, count, digest, expires = crdt.EMPTY_CONTEXT, 0, 0, 0
+            ctx, count, digest, expires, size = crdt.EMPTY_CONTEXT, 0, 0, 0, 0
         elif raw[:4] == SET_HEADER_PREFIX:
-            ctx, count, digest, expires = set_rows.decode_header_full(raw, self.limits)
+            ctx, count, digest, expires, known = set_rows.decode_header_full(raw, self.limits)
+            size = known if known is not None else self.whole_size(key) - len(raw)  # counted once
         else:
             raise WrongDataType("the key does not hold a set")
         if incoming.touched is None:
@@ -152,11 +166,14 @@ class TypedStore:
             if old_row is not None:
                 digest ^= crdt.element_hash(elem, old_row)
                 count -= 1
+                size -= set_rows.row_size(elem, old_row)
             if new_row is not None:
                 digest ^= crdt.element_hash(elem, new_row)
                 count += 1
+                size += set_rows.row_size(elem, new_row)
             changes[elem] = new_row
-        header = set_rows.encode_header(ctx.join(incoming.ctx), count, digest, max(expires, incoming.expires_ms))
+        header = set_rows.encode_header(ctx.join(incoming.ctx), count, digest, max(expires, incoming.expires_ms),
+                                        size)
         storage.dt_stage_rows(key, changes)
         self.rows_written += len(changes)
         self.local.stage_local(key, EMPTY, header, done, hint_for)

@@ -11,7 +11,7 @@ import sys
 from typing import Any, Iterator
 
 import pytest
-from dynq_client import AsyncClient, Client, WrongDataType
+from dynq_client import AsyncClient, Client, ValueTooLarge, WrongDataType
 from dynq_client import crdt
 from dynq_client.buckets import storage_key
 from dynq_client.versions import encode_object, update
@@ -379,3 +379,37 @@ def test_partition_transfers_move_typed_states(cluster_factory: Any) -> None:
             and everywhere("s", b"k%d" % i, lambda st: set(st.store) == {b"a", b"b"}) for i in range(40)),
             timeout=90, interval=0.5)
         assert db.set("s", "big").size() == 2000
+
+
+def test_a_set_stops_growing_before_its_state_outgrows_a_message(cluster_factory: Any) -> None:
+    """With 1.2 MB messages, adds of 1,000-byte elements are refused (ValueTooLarge, the
+    set untouched) once the whole state would pass 3/4 of a message: what anti-entropy,
+    hints, transfers and whole reads must still ship. Everything acknowledged reads back
+    whole from every replica, and a removal makes room again."""
+    small = "\n[limits]\nmax_message_bytes = 1200000\nmax_value_bytes = 65536\n"
+    c: LocalCluster = cluster_factory(3, extra_config=FAST + small)
+    with c.client(timeout=10.0) as db:
+        db.call("n1", "bucket_create", {"name": "s", "props": {"datatype": "set"}})
+        db.refresh()
+        s = db.set("s", "grows")
+        added: set[bytes] = set()
+        refused = None
+        for batch in range(40):  # bounded: ~17 batches fit
+            elements = [b"%04d-%04d-" % (batch, i) + b"x" * 990 for i in range(50)]
+            try:
+                s.add(*elements)
+            except ValueTooLarge as exc:
+                refused = exc
+                break
+            added.update(elements)
+        assert refused is not None and "3/4 of max_message_bytes" in str(refused)
+        assert 500 <= len(added) < 2000
+        assert s.value(r=3) == added and s.size() == len(added)
+        for node in ("n1", "n2", "n3"):
+            st = local_state(db, c, node, "s", b"grows")
+            assert st is not None and set(st.store) == added
+        s.value()
+        gone = sorted(added)[:100]
+        s.remove(*gone)
+        s.add(b"room-again")
+        assert s.value(r=3) == (added - set(gone)) | {b"room-again"}

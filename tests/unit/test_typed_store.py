@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from dynq_client import crdt
 from dynq_client.crdt import COUNTER, SET, State, apply_op, bottom, join
 from dynq_client.errors import StorageError
+from dynq_client.protocol import packb, unpackb
 from dynq_client.versions import VersionedObject
 
 from dynq.kv.typed_store import TypedStore
@@ -209,3 +210,39 @@ def test_a_set_reset_removes_every_stored_row(store: tuple[TypedStore, asyncio.A
     assert state is not None and set(state.store) == {b"new"} and state.expires_ms == 1100
     header = typed.header(b"s")
     assert header is not None and set_rows.decode_header(header)[1] == 1
+
+
+def test_a_set_above_100000_elements_is_exchanged_whole_and_its_size_is_known(
+        store: tuple[TypedStore, asyncio.AbstractEventLoop]) -> None:
+    """150,000 elements: the whole state (what anti-entropy, hints and transfers ship)
+    assembles and decodes (max_container_len, 100,000, once refused it), and the header's
+    size - what a coordinator checks before an add - bounds the state's bytes closely."""
+    typed, loop = store
+    delta = apply_op(bottom(SET), ["add", [b"element-%d" % i for i in range(150_000)]], "n1.abcdef12", 0)
+    commit(typed, loop, b"big", delta)
+    whole = typed.storage.get_blob(b"big")
+    assert whole is not None
+    assert len(crdt.decode_state(whole).store) == 150_000
+    size = typed.whole_size(b"big")
+    assert len(whole) <= size <= len(whole) * 1.2
+
+
+def test_a_header_written_before_sizes_gets_its_size_at_the_next_join(
+        store: tuple[TypedStore, asyncio.AbstractEventLoop]) -> None:
+    """A header with the 16-byte digest only (no size): the next join counts the rows once
+    and writes the header a fresh node would (size included)."""
+    typed, loop = store
+    state = join(bottom(SET), apply_op(bottom(SET), ["add", [b"x", b"y"]], "a", 0))
+    commit(typed, loop, b"old", state)
+    header = typed.header(b"old")
+    assert header is not None
+    data = unpackb(header)
+    legacy = packb([data[0], data[1], data[2], data[3], data[4][:16]])
+    assert set_rows.decode_header_full(legacy)[4] is None
+    done: list[StorageError | None] = []
+    typed.storage.stage(b"old", 0, VersionedObject({}, ()), legacy, done.append, loop)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert done == [None] and typed.whole_size(b"old") > len(legacy)  # rows counted
+    delta = apply_op(state, ["add", [b"z"]], "a", 0)
+    commit(typed, loop, b"old", delta)
+    assert typed.header(b"old") == set_rows.header_of(join(state, delta))
