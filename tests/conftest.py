@@ -18,6 +18,32 @@ import pytest
 from dynq.localcluster import LocalCluster, free_ports
 from dynq_client import Client, DynqError
 
+FAST_EXPIRY = """
+[membership]
+gossip_interval_ms = 200
+
+[anti_entropy]
+interval_ms = 100
+expiry_grace_s = 0
+expiry_interval_ms = 200
+"""
+"""Node settings for ttl tests: expired values reclaimed within a second (no grace)."""
+
+GOSSIP_FAST_NO_AE = """
+[membership]
+gossip_interval_ms = 200
+
+[anti_entropy]
+enabled = false
+"""
+"""Node settings: fast gossip, anti-entropy off (only the write path and hints move data)."""
+
+
+def run_dynq(*args: str, seed: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The dynq command (``python -m dynq``) against the cluster at ``seed``, output captured."""
+    return subprocess.run([sys.executable, "-m", "dynq", *args, "--seed", seed],
+                          capture_output=True, text=True, timeout=timeout)
+
 
 def make_cluster(tmp_path: Path, nodes: int = 3, **kw: object) -> LocalCluster:
     span = 3 if kw.get("http") else 2  # [http] takes each node's port + 2

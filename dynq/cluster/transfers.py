@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from dynq_client import protocol as p
-from dynq_client.errors import DynqError, StorageError
+from dynq_client.errors import DynqError
 from dynq_client.protocol import Request
 
 from ..config import NodeConfig

@@ -39,7 +39,7 @@ import tempfile
 import time
 import traceback
 import weakref
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ from .checker import (
 )
 from .buckets import BucketSpec, draw_buckets, history_key, history_key_of, storage_key_of
 from .disk import SimDisk
-from .history import OK, History
+from .history import OK, History, Op
 from .loop import _CURRENT, SimError, SimHost, SimLoop
 from .net import SimNetwork
 
@@ -646,22 +646,12 @@ class Simulation:
                 if roll < 0.45:
                     n = rng.choice((-5, -3, -1, 1, 1, 2, 4, 5))
                     op = history.invoke(host.name, "incr", history_key(DT_BUCKETS[0][0], key), str(n))
-                    try:
-                        await client.counter(DT_BUCKETS[0][0], key).increment(n)
-                    except DynqError as exc:
-                        history.fail_or_unknown(op, exc)
-                    else:
-                        history.complete(op, OK)
+                    await self._dt_record(op, client.counter(DT_BUCKETS[0][0], key).increment(n))
                 elif roll < 0.8:
                     serial += 1
                     x = f"e{serial}"
                     op = history.invoke(host.name, "add", history_key(DT_BUCKETS[1][0], key), x)
-                    try:
-                        await client.set(DT_BUCKETS[1][0], key).add(x)
-                    except DynqError as exc:
-                        history.fail_or_unknown(op, exc)
-                    else:
-                        history.complete(op, OK)
+                    await self._dt_record(op, client.set(DT_BUCKETS[1][0], key).add(x))
                 else:
                     handle = client.set(DT_BUCKETS[1][0], key)
                     read = history.invoke(host.name, "read", history_key(DT_BUCKETS[1][0], key))
@@ -675,15 +665,19 @@ class Simulation:
                     if seen:
                         x = rng.choice(sorted(v.decode() for v in seen))
                         op = history.invoke(host.name, "remove", read.key, x, covers=(x,))
-                        try:
-                            await handle.remove(x)
-                        except DynqError as exc:
-                            history.fail_or_unknown(op, exc)
-                        else:
-                            history.complete(op, OK)
+                        await self._dt_record(op, handle.remove(x))
                 await asyncio.sleep(rng.expovariate(1 / self.options.think_s))
         finally:
             await client.close()
+
+    async def _dt_record(self, op: Op, call: Awaitable[object]) -> None:
+        """Await one data-type op of the history: acknowledged, failed or unknown."""
+        try:
+            await call
+        except DynqError as exc:
+            self.dt_history.fail_or_unknown(op, exc)
+        else:
+            self.dt_history.complete(op, OK)
 
     async def _dt_final_read(self) -> None:
         """After heal and settling: once anti-entropy has brought the data-type keys'

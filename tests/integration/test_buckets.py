@@ -26,7 +26,7 @@ from dynq_client import buckets as b
 
 from dynq.cluster.membership import ClusterState
 from dynq.localcluster import LocalCluster
-from tests.conftest import free_ports, make_cluster, wait_for, wait_known_down, wait_unreachable
+from tests.conftest import free_ports, make_cluster, run_dynq, wait_for, wait_known_down, wait_unreachable
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +46,6 @@ REPO = Path(__file__).resolve().parents[2]
 PRE_BUCKETS = "42997ca"  # main before buckets: the on-disk format of the previous version
 
 
-def dynq(*args: str, seed: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dynq", *args, "--seed", seed],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 
@@ -185,7 +182,7 @@ def test_anti_entropy_repairs_and_reaps_per_bucket_n(five: LocalCluster) -> None
             five.wait_ready(["n5"])
         wait_for("hints drained", lambda: sum(db.call(n, "stats")["hints_pending_total"] for n in five.nodes) == 0)
         assert not any(db.call("n5", "inspect", {"k": k, "bk": "five"})["ob"] for k in missed)
-        repaired = dynq("repair", seed=seed, timeout=600)
+        repaired = run_dynq("repair", seed=seed, timeout=600)
         assert repaired.returncode == 0, repaired.stdout + repaired.stderr
         assert all(db.call("n5", "inspect", {"k": k, "bk": "five"})["ob"] for k in missed)
         for key in missed[:10]:
@@ -203,7 +200,7 @@ def test_anti_entropy_repairs_and_reaps_per_bucket_n(five: LocalCluster) -> None
             db.bucket("five").delete(key)
             db.bucket("one").delete(key)
         time.sleep(1.5)  # past the grace period (tombstone_grace_s = 1)
-        reaped = dynq("repair", seed=seed, timeout=600)
+        reaped = run_dynq("repair", seed=seed, timeout=600)
         assert reaped.returncode == 0, reaped.stdout + reaped.stderr
         for key in missed[:10]:
             for bucket in ("five", "one"):
@@ -316,7 +313,7 @@ def test_export_import_round_trip_with_siblings(five: LocalCluster, cluster_fact
             handle.put(f"exp-{i}", b"sibling")
         handle.delete("exp-39")
     out = tmp_path / "three.jsonl"
-    exported = dynq("export", "three", "--out", str(out), seed=seed)
+    exported = run_dynq("export", "three", "--out", str(out), seed=seed)
     assert exported.returncode == 0, exported.stderr
     lines = out.read_text().splitlines()
     assert json.loads(lines[0])["bucket"] == "three"
@@ -324,10 +321,10 @@ def test_export_import_round_trip_with_siblings(five: LocalCluster, cluster_fact
     assert len(keys_in_file) == len(lines) - 1
     other = cluster_factory(3)
     oseed = other.seeds[0]
-    assert dynq("bucket", "create", "three", "--n", "3", seed=oseed).returncode == 0
-    assert dynq("bucket", "create", "copy", "--n", "2", seed=oseed).returncode == 0
+    assert run_dynq("bucket", "create", "three", "--n", "3", seed=oseed).returncode == 0
+    assert run_dynq("bucket", "create", "copy", "--n", "2", seed=oseed).returncode == 0
     for target in ("three", "copy"):
-        imported = dynq("import", str(out), "--bucket", target, seed=oseed)
+        imported = run_dynq("import", str(out), "--bucket", target, seed=oseed)
         assert imported.returncode == 0, imported.stderr
     with five.client() as src, other.client() as dst:
         source_keys = sorted(src.bucket("three").keys(prefix=b"exp-"))
@@ -344,31 +341,31 @@ def test_bucket_cli(five: LocalCluster) -> None:
     """dynq bucket create/show/list/set/keys and --bucket on put/get/delete/inspect, with
     clear errors: n refused by set, n above the member count, unknown buckets."""
     seed = five.seeds[0]
-    made = dynq("bucket", "create", "cli", "--n", "2", "--conflict", "lww", seed=seed)
+    made = run_dynq("bucket", "create", "cli", "--n", "2", "--conflict", "lww", seed=seed)
     assert made.returncode == 0 and "n=2" in made.stdout and "conflict=lww" in made.stdout, made.stderr
-    shown = json.loads(dynq("bucket", "show", "cli", "--json", seed=seed).stdout)
+    shown = json.loads(run_dynq("bucket", "show", "cli", "--json", seed=seed).stdout)
     assert shown["n"] == 2 and shown["r"] == 2
-    assert dynq("bucket", "set", "cli", "--r", "1", seed=seed).returncode == 0
-    wait_for("r=1 everywhere", lambda: json.loads(dynq("bucket", "show", "cli", "--json", seed=seed).stdout)["r"] == 1)
-    refused = dynq("bucket", "set", "cli", "--n", "3", seed=seed)
+    assert run_dynq("bucket", "set", "cli", "--r", "1", seed=seed).returncode == 0
+    wait_for("r=1 everywhere", lambda: json.loads(run_dynq("bucket", "show", "cli", "--json", seed=seed).stdout)["r"] == 1)
+    refused = run_dynq("bucket", "set", "cli", "--n", "3", seed=seed)
     assert refused.returncode == 2 and "n cannot change" in refused.stderr
-    too_big = dynq("bucket", "create", "huge", "--n", "6", seed=seed)
+    too_big = run_dynq("bucket", "create", "huge", "--n", "6", seed=seed)
     assert too_big.returncode == 2 and "between 1 and 5" in too_big.stderr, too_big.stderr
-    bad = dynq("bucket", "create", "bad", "--n", "2", "--r", "3", seed=seed)
+    bad = run_dynq("bucket", "create", "bad", "--n", "2", "--r", "3", seed=seed)
     assert bad.returncode == 2 and "r must be" in bad.stderr
-    listed = dynq("bucket", "list", seed=seed).stdout
+    listed = run_dynq("bucket", "list", seed=seed).stdout
     assert listed.splitlines()[0].startswith("default") and "cli" in listed
-    assert dynq("put", "--bucket", "cli", "ck", "cv", seed=seed).returncode == 0
-    assert dynq("get", "--bucket", "cli", "ck", seed=seed).stdout.strip() == "cv"
-    assert dynq("get", "ck", seed=seed).returncode == 1  # not in the default bucket
-    inspected = json.loads(dynq("inspect", "--bucket", "cli", "ck", "--json", seed=seed).stdout)
+    assert run_dynq("put", "--bucket", "cli", "ck", "cv", seed=seed).returncode == 0
+    assert run_dynq("get", "--bucket", "cli", "ck", seed=seed).stdout.strip() == "cv"
+    assert run_dynq("get", "ck", seed=seed).returncode == 1  # not in the default bucket
+    inspected = json.loads(run_dynq("inspect", "--bucket", "cli", "ck", "--json", seed=seed).stdout)
     assert inspected["n"] == 2 and sum(1 for r in inspected["replicas"] if r.get("object")) == 2
-    assert dynq("bucket", "keys", "cli", seed=seed).stdout.split() == ["ck"]
-    assert dynq("keys", "cli", "--prefix", "c", seed=seed).stdout.split() == ["ck"]  # the issue's spelling
-    assert dynq("keys", "cli", "--prefix", "x", seed=seed).stdout.split() == []
-    assert dynq("delete", "--bucket", "cli", "ck", seed=seed).returncode == 0
-    assert dynq("bucket", "keys", "cli", seed=seed).stdout.split() == []
-    unknown = dynq("get", "--bucket", "nope", "k", seed=seed)
+    assert run_dynq("bucket", "keys", "cli", seed=seed).stdout.split() == ["ck"]
+    assert run_dynq("keys", "cli", "--prefix", "c", seed=seed).stdout.split() == ["ck"]  # the issue's spelling
+    assert run_dynq("keys", "cli", "--prefix", "x", seed=seed).stdout.split() == []
+    assert run_dynq("delete", "--bucket", "cli", "ck", seed=seed).returncode == 0
+    assert run_dynq("bucket", "keys", "cli", seed=seed).stdout.split() == []
+    unknown = run_dynq("get", "--bucket", "nope", "k", seed=seed)
     assert unknown.returncode == 2 and "no bucket called 'nope'" in unknown.stderr
 
 
@@ -395,8 +392,8 @@ def test_listing_while_a_node_joins(cluster_factory: Any) -> None:
     cluster.start("n4")
     with Client([address], timeout=2.0) as probe:
         wait_for("n4 to answer", lambda: probe.call_address(address, "ping", {}), timeout=30)
-    assert dynq("cluster", "join", seed, seed=address).returncode == 0
-    committed = dynq("cluster", "commit", seed=seed)
+    assert run_dynq("cluster", "join", seed, seed=address).returncode == 0
+    committed = run_dynq("cluster", "commit", seed=seed)
     assert committed.returncode == 0, committed.stderr
     listings = 0
     with cluster.client(timeout=10.0) as db:
@@ -408,7 +405,7 @@ def test_listing_while_a_node_joins(cluster_factory: Any) -> None:
             if state.next_ring is None or listings > 200:
                 break
         assert listings > 1 or state.next_ring is None
-    watched = dynq("cluster", "transfers", "--watch", "--max-wait", "120", seed=seed, timeout=180)
+    watched = run_dynq("cluster", "transfers", "--watch", "--max-wait", "120", seed=seed, timeout=180)
     assert watched.returncode == 0, watched.stdout + watched.stderr
     with cluster.client(timeout=10.0) as db:
         wait_for("the new ring", lambda: all(state_of(db, n.address).next_ring is None and len(

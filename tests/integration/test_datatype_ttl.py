@@ -7,8 +7,6 @@ every wait is for a condition, bounded."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from typing import Any, Iterator
 
@@ -17,32 +15,13 @@ from dynq_client import Client
 from dynq_client import crdt
 
 from dynq.localcluster import LocalCluster
-from tests.conftest import running_cluster, wait_for
+from tests.conftest import FAST_EXPIRY, GOSSIP_FAST_NO_AE, run_dynq, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
-NO_AE = """
-[membership]
-gossip_interval_ms = 200
-
-[anti_entropy]
-enabled = false
-"""
-
-FAST_EXPIRY = """
-[membership]
-gossip_interval_ms = 200
-
-[anti_entropy]
-interval_ms = 100
-expiry_grace_s = 0
-expiry_interval_ms = 200
-"""
 
 
-def dynq(*args: str, seed: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dynq", *args, "--seed", seed],
-                          capture_output=True, text=True, timeout=timeout)
+
 
 
 def local_state(db: Client, node: str, bucket: str, key: bytes) -> crdt.State | None:
@@ -53,7 +32,7 @@ def local_state(db: Client, node: str, bucket: str, key: bytes) -> crdt.State | 
 
 def create_buckets(cluster: LocalCluster, db: Client, ttl: int) -> None:
     """A counter bucket through the CLI, a set bucket through the admin op."""
-    out = dynq("bucket", "create", "counters", "--datatype", "counter", "--ttl", str(ttl),
+    out = run_dynq("bucket", "create", "counters", "--datatype", "counter", "--ttl", str(ttl),
                seed=cluster.addresses[0])
     assert out.returncode == 0, out.stderr
     db.call("n1", "bucket_create", {"name": "sets", "props": {"datatype": "set", "ttl": ttl}})
@@ -64,7 +43,7 @@ def create_buckets(cluster: LocalCluster, db: Client, ttl: int) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """No background anti-entropy: expired states stay where they are (not reclaimed)."""
-    with running_cluster(tmp_path_factory.mktemp("dtttl"), 3, extra_config=NO_AE) as c:
+    with running_cluster(tmp_path_factory.mktemp("dtttl"), 3, extra_config=GOSSIP_FAST_NO_AE) as c:
         with c.client(timeout=5.0) as db:
             create_buckets(c, db, ttl=1)
         yield c
@@ -104,7 +83,7 @@ def test_an_expired_counter_and_set_read_empty_and_restart_from_empty(cluster: L
                 and all(x is not None and set(x.store) == {b"hat"} for x in sets))
 
     wait_for("every replica to start from empty", replicas_reset, timeout=30)
-    out = dynq("inspect", "hits", "--bucket", "counters", "--json", seed=cluster.addresses[0])
+    out = run_dynq("inspect", "hits", "--bucket", "counters", "--json", seed=cluster.addresses[0])
     primaries = [r for r in json.loads(out.stdout)["replicas"] if r["role"] == "primary"]
     assert len(primaries) == 3 and all(r["object"]["expires_ms"] > 0 for r in primaries)  # dynq inspect shows it
 

@@ -20,7 +20,7 @@ from dynq.localcluster import LocalCluster
 from dynq.cluster.membership import ClusterState
 from dynq_client import AsyncClient, Client, DynqError, Timeout
 from dynq_client.versions import decode_object, merge
-from tests.conftest import free_ports
+from tests.conftest import free_ports, run_dynq
 from tests.conftest import wait_for as wait_for_
 
 FAST = """
@@ -30,9 +30,6 @@ transfer_cleanup_delay_ms = 1000
 """
 
 
-def dynq(*args: str, seed: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dynq", *args, "--seed", seed],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def state_of(client: Client, address: str) -> ClusterState:
@@ -157,16 +154,16 @@ def test_join_under_write_load(cluster: LocalCluster) -> None:
     new_address = start_new_node(cluster, "n4")
 
     with Writer(cluster.seeds, "live-") as writer:
-        joined = dynq("cluster", "join", seed, seed=new_address)
+        joined = run_dynq("cluster", "join", seed, seed=new_address)
         assert joined.returncode == 0, joined.stderr
-        plan = dynq("cluster", "plan", "--json", seed=seed)
+        plan = run_dynq("cluster", "plan", "--json", seed=seed)
         assert plan.returncode == 0, plan.stderr
         planned = json.loads(plan.stdout)
         assert [j[0] for j in planned["staged"]["joins"]] == ["n4"]
         assert planned["transfers"] and all(t[2] == "n4" for t in planned["transfers"])
-        committed = dynq("cluster", "commit", "--plan", planned["id"], seed=seed)
+        committed = run_dynq("cluster", "commit", "--plan", planned["id"], seed=seed)
         assert committed.returncode == 0, committed.stderr
-        watched = dynq("cluster", "transfers", "--watch", "--max-wait", "120", seed=seed, timeout=180)
+        watched = run_dynq("cluster", "transfers", "--watch", "--max-wait", "120", seed=seed, timeout=180)
         assert watched.returncode == 0, watched.stdout + watched.stderr
         with Client(cluster.seeds) as client:
             final = wait_for("every node on one state", lambda: converged(client, cluster, ["n1", "n2", "n3", "n4"]))
@@ -214,10 +211,10 @@ def test_leave_under_write_load(cluster_factory: Any) -> None:
     seed = cluster.seeds[0]
     data = preload(cluster.seeds, 5_000, "pre-")
     with Writer([s for s in cluster.seeds if s != cluster.nodes["n2"].address], "live-") as writer:
-        assert dynq("cluster", "leave", "n2", seed=seed).returncode == 0
-        plan = dynq("cluster", "plan", seed=seed)
+        assert run_dynq("cluster", "leave", "n2", seed=seed).returncode == 0
+        plan = run_dynq("cluster", "plan", seed=seed)
         assert plan.returncode == 0 and "leave  n2" in plan.stdout, plan.stdout + plan.stderr
-        committed = dynq("cluster", "commit", seed=seed)
+        committed = run_dynq("cluster", "commit", seed=seed)
         assert committed.returncode == 0, committed.stderr
         n2 = cluster.nodes["n2"]
         assert n2.process is not None
@@ -248,8 +245,8 @@ def test_receiver_killed_mid_transfer(cluster_factory: Any) -> None:
     seed = cluster.seeds[0]
     data = preload(cluster.seeds, 8_000, "pre-", value_size=1000)
     new_address = start_new_node(cluster, "n4")
-    assert dynq("cluster", "join", seed, seed=new_address).returncode == 0
-    assert dynq("cluster", "commit", seed=seed).returncode == 0
+    assert run_dynq("cluster", "join", seed, seed=new_address).returncode == 0
+    assert run_dynq("cluster", "commit", seed=seed).returncode == 0
     with Client(cluster.seeds) as client:
         wait_for("a transfer to start", lambda: sum(
             client.call(n, "stats")["transfers"]["keys_sent"] for n in ("n1", "n2", "n3")) > 0, interval=0.02)
@@ -281,18 +278,18 @@ def test_membership_cli_errors_and_clear(cluster: LocalCluster, tmp_path: Path) 
     """Clear errors: nothing to commit, a stale plan id, a leave below N, a join of a node
     with data; and a staged change can be cleared."""
     seed = cluster.seeds[0]
-    nothing = dynq("cluster", "commit", seed=seed)
+    nothing = run_dynq("cluster", "commit", seed=seed)
     assert nothing.returncode == 2 and "nothing is staged" in nothing.stderr
-    below = dynq("cluster", "leave", "n3", seed=seed)
+    below = run_dynq("cluster", "leave", "n3", seed=seed)
     assert below.returncode == 2 and "fewer than n = 3" in below.stderr
     new_address = start_new_node(cluster, "n4")
-    assert dynq("cluster", "join", seed, seed=new_address).returncode == 0
-    plan = json.loads(dynq("cluster", "plan", "--json", seed=seed).stdout)
-    stale = dynq("cluster", "commit", "--plan", "00000000", seed=seed)
+    assert run_dynq("cluster", "join", seed, seed=new_address).returncode == 0
+    plan = json.loads(run_dynq("cluster", "plan", "--json", seed=seed).stdout)
+    stale = run_dynq("cluster", "commit", "--plan", "00000000", seed=seed)
     assert stale.returncode == 2 and "plan changed" in stale.stderr
-    cleared = dynq("cluster", "clear", seed=seed)
+    cleared = run_dynq("cluster", "clear", seed=seed)
     assert cleared.returncode == 0 and "1 joins" in cleared.stdout
-    assert "nothing staged" in dynq("cluster", "plan", seed=seed).stdout
+    assert "nothing staged" in run_dynq("cluster", "plan", seed=seed).stdout
     assert plan["id"]
     # A node that holds data cannot join another cluster.
     with Client(cluster.seeds) as client:
@@ -300,7 +297,7 @@ def test_membership_cli_errors_and_clear(cluster: LocalCluster, tmp_path: Path) 
     other_address = start_new_node(cluster, "n5")
     with Client([other_address]) as lone:
         lone.put(b"mine", b"data")
-    refused = dynq("cluster", "join", seed, seed=other_address)
+    refused = run_dynq("cluster", "join", seed, seed=other_address)
     assert refused.returncode == 2 and "only an empty node" in refused.stderr
     # The cluster state never changed.
     with Client(cluster.seeds) as client:
@@ -328,7 +325,7 @@ def test_two_operators_racing_commit_once(cluster: LocalCluster) -> None:
     """Two operators commit the same staged join at the same moment through different nodes:
     exactly one commit takes effect, and every node ends on the same ring."""
     new_address = start_new_node(cluster, "n4")
-    assert dynq("cluster", "join", cluster.seeds[0], seed=new_address).returncode == 0
+    assert run_dynq("cluster", "join", cluster.seeds[0], seed=new_address).returncode == 0
     racers = [subprocess.Popen([sys.executable, "-m", "dynq", "cluster", "commit", "--seed", seed],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for seed in (cluster.nodes["n2"].address, cluster.nodes["n3"].address)]

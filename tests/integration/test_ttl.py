@@ -11,8 +11,6 @@ the coordinator up (at most one wins), the weaker case after the coordinator was
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from typing import Any, Iterator
@@ -22,32 +20,13 @@ from dynq_client import Client, PreconditionFailed
 from dynq_client.versions import VersionedObject, decode_reply_object
 
 from dynq.localcluster import LocalCluster
-from tests.conftest import running_cluster, wait_for, wait_known_down
+from tests.conftest import FAST_EXPIRY, GOSSIP_FAST_NO_AE, run_dynq, running_cluster, wait_for, wait_known_down
 
 pytestmark = pytest.mark.integration
 
-FAST_EXPIRY = """
-[membership]
-gossip_interval_ms = 200
-
-[anti_entropy]
-interval_ms = 100
-expiry_grace_s = 0
-expiry_interval_ms = 200
-"""
-
-NO_AE = """
-[membership]
-gossip_interval_ms = 200
-
-[anti_entropy]
-enabled = false
-"""
 
 
-def dynq(*args: str, seed: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dynq", *args, "--seed", seed],
-                          capture_output=True, text=True, timeout=timeout)
+
 
 
 def replica_object(db: Client, name: str, key: bytes, bucket: str | None = None) -> VersionedObject | None:
@@ -158,7 +137,7 @@ def test_bucket_ttl_is_the_default_and_a_put_may_override_it(cluster: LocalClust
     assert sessions.get(b"b").value == b"never"
     assert sessions.get(b"c").value == b"longer"
     assert list(sessions.keys()) == [b"b", b"c"] or sorted(sessions.keys()) == [b"b", b"c"]
-    out = dynq("inspect", "c", "--bucket", "sessions", seed=cluster.addresses[0])
+    out = run_dynq("inspect", "c", "--bucket", "sessions", seed=cluster.addresses[0])
     assert out.returncode == 0, out.stderr
     assert "expires" in out.stdout and "in " in out.stdout
 
@@ -207,15 +186,15 @@ def test_if_match_with_a_stale_context_fails_and_with_the_current_one_succeeds(d
 
 def test_cli_put_ttl_and_if_none_match(cluster: LocalCluster, db: Client) -> None:
     seed = cluster.addresses[0]
-    assert dynq("put", "cli-key", "first", "--if-none-match", seed=seed).returncode == 0
-    out = dynq("put", "cli-key", "second", "--if-none-match", seed=seed)
+    assert run_dynq("put", "cli-key", "first", "--if-none-match", seed=seed).returncode == 0
+    out = run_dynq("put", "cli-key", "second", "--if-none-match", seed=seed)
     assert out.returncode == 1
     assert "precondition failed" in out.stderr and "first" in out.stderr
     assert db.get(b"cli-key").value == b"first"
-    assert dynq("put", "cli-ttl", "soon", "--ttl", "1", seed=seed).returncode == 0
+    assert run_dynq("put", "cli-ttl", "soon", "--ttl", "1", seed=seed).returncode == 0
     obj = db.get_object(b"cli-ttl")
     assert obj is not None and obj.siblings[0].expires_ms > 0
-    out = dynq("put", "cli-key", "x", "--ttl", "-1", seed=seed)
+    out = run_dynq("put", "cli-key", "x", "--ttl", "-1", seed=seed)
     assert out.returncode == 2 and "ttl" in out.stderr.lower()
 
 
@@ -286,7 +265,7 @@ def test_conditional_puts_after_the_coordinator_was_down_can_both_succeed_as_sib
     it coordinates again: a check with R=2 still sees such a write (R + W > N) and
     refuses; a check with R=1 sees only its own copy and succeeds, and the two puts are
     then siblings: neither is lost."""
-    c: LocalCluster = cluster_factory(3, extra_config=NO_AE)
+    c: LocalCluster = cluster_factory(3, extra_config=GOSSIP_FAST_NO_AE)
     with c.client(timeout=5.0) as db:
         assert db.table is not None
         ring = db.table.ring

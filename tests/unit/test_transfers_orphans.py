@@ -15,7 +15,7 @@ import pytest
 
 from dynq.cluster.membership import Transfer, initial_state
 from dynq.cluster.transfers import PartitionTransfers, Progress
-from dynq.config import parse_config
+from dynq.config import NodeConfig, parse_config
 from dynq.kv.local import LocalReplica
 from dynq.repair.hinted_handoff import HintedHandoff
 from dynq.server.stats import Stats
@@ -41,15 +41,19 @@ def a_key_replicated_by(cluster: MemoryCluster, name: str) -> bytes:
     raise AssertionError("no such key")
 
 
+def idle_n4(tmp_path: Path) -> tuple[NodeConfig, Storage, MemoryCluster]:
+    """n4 of an idle 4-node cluster (q=8, n=3), its transfers' cleanup grace zero."""
+    config = parse_config({"node": {"name": "n4", "listen": "tcp://127.0.0.1:7104", "data_dir": str(tmp_path)},
+                           "cluster": {"n": 3, "r": 2, "w": 2, "q": 8}}, base_dir=tmp_path)
+    config = dataclasses.replace(config, transfer_cleanup_delay_ms=0)
+    return config, Storage(tmp_path / "db", limits=config.limits), MemoryCluster("n4", initial_state(MEMBERS, 8, 3))
+
+
 def test_a_restarted_source_hands_on_rows_it_no_longer_replicates_then_drops_them(tmp_path: Path) -> None:
     """Idle cluster, a row of a partition this node does not replicate and no hint for it:
     the first transfers step after the grace makes it a hint for the key's first primary
     (its own rows untouched); once the handoff is acknowledged the copy is gone."""
-    config = parse_config({"node": {"name": "n4", "listen": "tcp://127.0.0.1:7104", "data_dir": str(tmp_path)},
-                           "cluster": {"n": 3, "r": 2, "w": 2, "q": 8}}, base_dir=tmp_path)
-    config = dataclasses.replace(config, transfer_cleanup_delay_ms=0)
-    storage = Storage(tmp_path / "db", limits=config.limits)
-    cluster = MemoryCluster("n4", initial_state(MEMBERS, 8, 3))
+    config, storage, cluster = idle_n4(tmp_path)
     peers = FakePeers("n4")
     orphan, primary = a_key_not_replicated_by(cluster, "n4")
     mine = a_key_replicated_by(cluster, "n4")
@@ -85,11 +89,7 @@ def test_a_restarted_source_hands_on_rows_it_no_longer_replicates_then_drops_the
 
 def test_no_sweep_while_a_transition_runs(tmp_path: Path) -> None:
     """During a transition the transfers themselves move the rows: the sweep waits."""
-    config = parse_config({"node": {"name": "n4", "listen": "tcp://127.0.0.1:7104", "data_dir": str(tmp_path)},
-                           "cluster": {"n": 3, "r": 2, "w": 2, "q": 8}}, base_dir=tmp_path)
-    config = dataclasses.replace(config, transfer_cleanup_delay_ms=0)
-    storage = Storage(tmp_path / "db", limits=config.limits)
-    cluster = MemoryCluster("n4", initial_state(MEMBERS, 8, 3))
+    config, storage, cluster = idle_n4(tmp_path)
     cluster.state = dataclasses.replace(cluster.state, next_ring=cluster.state.ring)
 
     async def scenario() -> None:
@@ -107,11 +107,7 @@ def test_no_sweep_while_a_transition_runs(tmp_path: Path) -> None:
 def test_a_cleanup_drop_that_fails_is_retried_not_forgotten(tmp_path: Path) -> None:
     """A reported transfer whose drop fails (a full disk, dynq sim --seed 133) stays
     reported: the next pass drops the rows (before, it was forgotten and the rows stayed)."""
-    config = parse_config({"node": {"name": "n4", "listen": "tcp://127.0.0.1:7104", "data_dir": str(tmp_path)},
-                           "cluster": {"n": 3, "r": 2, "w": 2, "q": 8}}, base_dir=tmp_path)
-    config = dataclasses.replace(config, transfer_cleanup_delay_ms=0)
-    storage = Storage(tmp_path / "db", limits=config.limits)
-    cluster = MemoryCluster("n4", initial_state(MEMBERS, 8, 3))
+    config, storage, cluster = idle_n4(tmp_path)
     key, primary = a_key_not_replicated_by(cluster, "n4")
     partition = cluster.ring.partition_for(key)
     transfer = Transfer(partition, "n4", primary)
@@ -153,11 +149,7 @@ def test_an_orphaned_set_is_handed_on_as_its_state_not_as_an_empty_object(tmp_pa
     """A typed key's row is a state (a set: a header and element rows), not a versioned
     object: the sweep once re-staged it as an empty object, which erased the set here and
     sent its primary a plain value for a typed key (dynq sim --seed 6256972110 --dt)."""
-    config = parse_config({"node": {"name": "n4", "listen": "tcp://127.0.0.1:7104", "data_dir": str(tmp_path)},
-                           "cluster": {"n": 3, "r": 2, "w": 2, "q": 8}}, base_dir=tmp_path)
-    config = dataclasses.replace(config, transfer_cleanup_delay_ms=0)
-    storage = Storage(tmp_path / "db", limits=config.limits)
-    cluster = MemoryCluster("n4", initial_state(MEMBERS, 8, 3))
+    config, storage, cluster = idle_n4(tmp_path)
     peers = FakePeers("n4")
     orphan, primary = a_key_not_replicated_by(cluster, "n4")
 
