@@ -606,7 +606,10 @@ def state_limits(limits: Limits) -> Limits:
 
 
 def decode_state(blob: bytes, limits: Limits = DEFAULT_LIMITS) -> State:
-    return state_from_wire(unpackb(blob, state_limits(limits)), limits)
+    # A blob of at most max_container_len bytes holds no longer array: the plain limits
+    # (the common, small state) cost no second cache lookup.
+    bounded = limits if len(blob) <= limits.max_container_len else state_limits(limits)
+    return state_from_wire(unpackb(blob, bounded), limits)
 
 
 def element_row(dots: DotSet) -> bytes:

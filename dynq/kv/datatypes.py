@@ -193,7 +193,7 @@ class DataTypeService:
                                     required=w, succeeded=0, errors={name: "down" for name in kv.peers.down()})
         storage = kv.storage
         now_ms = kv.wall_ms()
-        local = self.store.read(key, kind, _op_elements(kind, op))
+        local, whole_size = self.store.read_sized(key, kind, _op_elements(kind, op))
         if local is not None and local.touched is not None and crdt.is_expired(local, now_ms):
             local = self.store.read(key, kind)  # a reset removes every element: read them all
         forgotten = storage.is_forgotten(key)
@@ -204,7 +204,7 @@ class DataTypeService:
         if len(blob) > self.limits.max_message_bytes // 2:
             raise InvalidRequest(f"the operation's delta would be {len(blob)} bytes; split it")
         if op[0] in GROWING_OPS:
-            self._refuse_oversized(key, kind, len(blob))
+            self._refuse_oversized(kind, whole_size + len(blob))
         used = {name for name, _ in targets}
         spares = [f for f in plist.fallbacks if f not in used and kv.is_up(f)]
         incoming = [x for x in kv.cluster.state.pending_replicas(plist.partition, n) if x not in used]
@@ -222,12 +222,12 @@ class DataTypeService:
             fields.deadline_s(req.body, kv.config.request_timeout_ms), outcome, pw, spares, incoming,
         ).start()
 
-    def _refuse_oversized(self, key: bytes, kind: str, delta_bytes: int) -> None:
-        """Refuse an op that would grow the key's whole state past what replicas can still
-        exchange in one message (anti-entropy, hints, transfers and whole reads ship it
-        whole). The bound leaves a quarter of a message for concurrent ops elsewhere."""
+    def _refuse_oversized(self, kind: str, size: int) -> None:
+        """Refuse an op that would grow the key's whole state to ``size`` bytes, past what
+        replicas can still exchange in one message (anti-entropy, hints, transfers and
+        whole reads ship it whole). The bound leaves a quarter of a message for
+        concurrent ops elsewhere."""
         bound = self.limits.max_message_bytes * 3 // 4
-        size = self.store.whole_size(key) + delta_bytes
         if size > bound:
             raise ValueTooLarge(f"this {kind} would take about {size} bytes whole; a data type's state must stay "
                                 f"within {bound} bytes (3/4 of max_message_bytes) so that replicas can exchange "

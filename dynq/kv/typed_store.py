@@ -79,37 +79,34 @@ class TypedStore:
         """The state of ``key`` (None if never written here). For a set, only the rows of
         ``elems`` (all rows when None) beside the whole context: enough to apply an op to
         those elements, or to answer whether they are members."""
+        return self.read_sized(key, kind, elems, staged=staged)[0]
+
+    def read_sized(self, key: bytes, kind: str, elems: Iterable[bytes] | None = None, *,
+                   staged: bool = True) -> tuple[State | None, int]:
+        """:meth:`read`, and about how many bytes the whole state takes as replicas exchange
+        it (a set: from its header, without reading its other rows; 0 if never written)."""
         raw = self.storage.dt_raw(key, staged=staged)
         if raw is None:
-            return None
+            return None, 0
         if raw[:4] == SET_HEADER_PREFIX:
-            ctx, _, _, expires, _ = set_rows.decode_header_full(raw, self.limits)
+            ctx, _, _, expires, size = set_rows.decode_header_full(raw, self.limits)
             if elems is None:
                 rows = self.storage.dt_rows(key, staged=staged)
             else:
                 rows = {e: r for e in elems if (r := self.storage.dt_row(key, e, staged=staged)) is not None}
             store = {e: crdt.element_from_row(r) for e, r in rows.items()}
             state = State(SET, ctx, store, None if elems is None else frozenset(elems), expires)
+            if size is None:  # a header from before sizes were kept: count the rows once
+                whole = rows if elems is None else self.storage.dt_rows(key, staged=staged)
+                size = sum(set_rows.row_size(e, r) for e, r in whole.items())
+            size += len(raw)
         elif crdt.is_state_blob(raw):
-            state = crdt.decode_state(raw, self.limits)
+            state, size = crdt.decode_state(raw, self.limits), len(raw)
         else:
             raise WrongDataType("the key holds a plain value, not a data type")
         if state.kind != kind:
             raise WrongDataType(f"the key holds a {state.kind}, not a {kind}")
-        return state
-
-    def whole_size(self, key: bytes) -> int:
-        """About how many bytes the key's whole state takes as replicas exchange it (a
-        set: its header's size, without reading its rows; 0 if never written here)."""
-        raw = self.storage.dt_raw(key)
-        if raw is None:
-            return 0
-        if raw[:4] != SET_HEADER_PREFIX:
-            return len(raw)
-        size = set_rows.decode_header_full(raw, self.limits)[4]
-        if size is None:  # a header from before sizes were kept: count the rows once
-            size = sum(set_rows.row_size(e, r) for e, r in self.storage.dt_rows(key).items())
-        return len(raw) + size
+        return state, size
 
     def header(self, key: bytes) -> bytes | None:
         """The committed header of a set (context, size, digest), or another type's state."""
@@ -146,7 +143,8 @@ class TypedStore:
             ctx, count, digest, expires, size = crdt.EMPTY_CONTEXT, 0, 0, 0, 0
         elif raw[:4] == SET_HEADER_PREFIX:
             ctx, count, digest, expires, known = set_rows.decode_header_full(raw, self.limits)
-            size = known if known is not None else self.whole_size(key) - len(raw)  # counted once
+            size = known if known is not None else sum(  # a header from before sizes were kept
+                set_rows.row_size(e, r) for e, r in storage.dt_rows(key).items())
         else:
             raise WrongDataType("the key does not hold a set")
         if incoming.touched is None:
