@@ -30,6 +30,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from dynq import crdt_check
+
 from .history import FAIL, OK, UNKNOWN, History
 
 
@@ -264,83 +266,16 @@ def all_ok(verdicts: Iterable[Verdict]) -> bool:
     return all(v.ok for v in verdicts)
 
 
-def _subset_sums(values: Iterable[int], limit: int) -> set[int]:
-    """Every sum of a subset of ``values`` up to ``limit`` (values are small: a bitset DP)."""
-    reach = 1
-    mask = (1 << (limit + 1)) - 1
-    for v in values:
-        reach = (reach | (reach << v)) & mask
-    return {i for i in range(limit + 1) if reach >> i & 1}
-
-
 def check_counters(history: History, final: Mapping[str, int]) -> Verdict:
     """Each counter's final value is the sum of its acknowledged increments plus the sum
-    of some subset of its unknown ones (failed ones never count)."""
-    v = Verdict("counter")
-    acked: dict[str, int] = defaultdict(int)
-    unknown: dict[str, list[int]] = defaultdict(list)
-    ops = [op for op in history.ops if op.f == "incr"]
-    for op in ops:
-        if op.outcome == OK:
-            acked[op.key] += op.value
-        elif op.outcome == UNKNOWN:
-            unknown[op.key].append(op.value)
-    for key in sorted(set(acked) | set(unknown) | set(final)):
-        got = final.get(key, 0)
-        extra = got - acked[key]
-        if extra < 0:
-            v.problems.append(f"{key}: final {got} < {acked[key]}, the sum of acknowledged increments")
-        elif extra not in _subset_sums(unknown[key], extra):
-            v.problems.append(f"{key}: final {got} is {acked[key]} acknowledged plus {extra}, which no subset "
-                              f"of the unknown increments {unknown[key][:20]} adds up to")
-    c = history.counts(("incr",))
-    v.counts = {"ops": c["ops"], "acknowledged": c[OK], "failed": c[FAIL], "unknown": c[UNKNOWN],
-                "keys": len(final), "lost": sum(1 for p in v.problems if "<" in p)}
-    return v
+    of some subset of its unknown ones (failed ones never count): :mod:`dynq.crdt_check`."""
+    problems, counts = crdt_check.counter_problems(history.ops, final)
+    return Verdict("counter", problems, counts)
 
 
 def check_or_sets(history: History, final: Mapping[str, set[int]]) -> Verdict:
     """Observed-remove sets: every acknowledged add that no remove may have removed is in
     the final set; no element is there that no add (acknowledged or unknown) wrote; and an
-    acknowledged remove sticks (each element is added once, and a remove acts on the add
-    its read saw, so nothing can bring it back)."""
-    v = Verdict("or-set")
-    acked: dict[str, set[int]] = defaultdict(set)
-    maybe: dict[str, set[int]] = defaultdict(set)
-    removed: dict[str, set[int]] = defaultdict(set)  # removes that may have taken effect
-    removed_ok: dict[str, set[int]] = defaultdict(set)
-    for op in history.ops:
-        if op.f == "add":
-            if op.outcome == OK:
-                acked[op.key].add(op.value)
-            if op.outcome in (OK, UNKNOWN):
-                maybe[op.key].add(op.value)
-        elif op.f == "remove" and op.outcome in (OK, UNKNOWN):
-            removed[op.key].add(op.value)
-            if op.outcome == OK:
-                removed_ok[op.key].add(op.value)
-    lost = unexpected = resurrected = 0
-    for op in history.ops:
-        if op.f == "read" and op.key.startswith("st/") and isinstance(op.result, frozenset):
-            extra = set(op.result) - maybe[op.key]
-            unexpected += len(extra)
-            if extra:
-                v.problems.append(f"{op.key}: a read saw elements no add wrote: {sorted(extra)[:20]} (op {op.index})")
-    for key in sorted(set(acked) | set(final) | set(maybe)):
-        got = final.get(key, set())
-        missing = (acked[key] - removed[key]) - got
-        lost += len(missing)
-        if missing:
-            v.problems.append(f"{key}: acknowledged adds lost: {sorted(missing)[:20]}")
-        extra = got - maybe[key]
-        unexpected += len(extra)
-        if extra:
-            v.problems.append(f"{key}: elements no add wrote: {sorted(extra)[:20]}")
-        back = got & removed_ok[key]
-        resurrected += len(back)
-        if back:
-            v.problems.append(f"{key}: acknowledged removes undone: {sorted(back)[:20]}")
-    c = history.counts(("add", "remove"))
-    v.counts = {"ops": c["ops"], "acknowledged": c[OK], "failed": c[FAIL], "unknown": c[UNKNOWN],
-                "lost": lost, "unexpected": unexpected, "resurrected": resurrected, "reads": c["reads"]}
-    return v
+    acknowledged remove sticks (:mod:`dynq.crdt_check`)."""
+    problems, counts = crdt_check.or_set_problems(history.ops, final, lambda key: key.startswith("st/"))
+    return Verdict("or-set", problems, counts)
