@@ -29,7 +29,10 @@ from typing import Any
 
 from dynq_client.versions import VersionedObject
 
-from .history import FAIL, OK, UNKNOWN, History
+from .. import crdt_check
+from ..crdt_check import subset_sums
+
+from .history import FAIL, OK, History
 
 
 @dataclass
@@ -233,99 +236,26 @@ def _short(data: bytes | None) -> str:
     return f"{len(data)}B:{data[:8].hex()}"
 
 
-def subset_sums(values: Iterable[int], limit: int | None = None) -> set[int]:
-    """Every sum of a subset of ``values`` (any sign; with ``limit``, those in 0..limit).
-    The values are small increments, so the set stays small."""
-    reach = {0}
-    for v in values:
-        reach |= {r + v for r in reach}
-        if limit is not None:
-            reach = {r for r in reach if 0 <= r <= limit}
-    return reach
-
-
-EXACT_UNKNOWN = 200
-"""Up to this many unknown increments on a key, the subset sums are checked exactly;
-beyond, only the range they span."""
-
-
 def check_datatypes(history: History, final: Mapping[str, Any] | None,
                     replicas: Mapping[str, Mapping[str, Any]] | None = None) -> list[Verdict]:
-    """The data-type workload, judged after heal on ``final`` (read at R=N): each counter is
-    its acknowledged increments plus some subset of its unknown ones (the range
-    [acked + negative unknowns, acked + positive unknowns] when there are many); in each
-    set, every acknowledged add that no acknowledged-or-unknown remove observed is present,
-    nothing is present that no add wrote, and an acknowledged remove sticks (each element
-    is added once, so nothing can bring it back); and every primary of a key holds the
-    value the R=N read returned (``replicas``: history key -> node -> its value)."""
-    counter, oset = Verdict("dt-counter"), Verdict("dt-set")
+    """The data-type workload, judged after heal on ``final`` (read at R=N) by the checks
+    the fault suite uses too (:mod:`dynq.crdt_check`): each counter is its acknowledged
+    increments plus some subset of its unknown ones; in each set, every acknowledged add
+    that no acknowledged-or-unknown remove observed is present, nothing is present (or
+    was read) that no add wrote, and an acknowledged remove sticks. And every primary of
+    a key holds the value the R=N read returned (``replicas``: history key -> node -> its
+    value)."""
     if final is None:
         msg = "no final read (the run ended before the data-type check)"
         return [Verdict("dt-counter", [msg]), Verdict("dt-set", [msg])]
-    acked: dict[str, int] = defaultdict(int)
-    unknown: dict[str, list[int]] = defaultdict(list)
-    added: dict[str, set[str]] = defaultdict(set)
-    maybe: dict[str, set[str]] = defaultdict(set)
-    removed: dict[str, set[str]] = defaultdict(set)
-    removed_ok: dict[str, set[str]] = defaultdict(set)
-    for op in history.ops:
-        if op.f == "incr" and op.value is not None:
-            if op.outcome == OK:
-                acked[op.key] += int(op.value)
-            elif op.outcome == UNKNOWN:
-                unknown[op.key].append(int(op.value))
-        elif op.f == "add" and op.value is not None:
-            if op.outcome == OK:
-                added[op.key].add(op.value)
-            if op.outcome in (OK, UNKNOWN):
-                maybe[op.key].add(op.value)
-        elif op.f == "remove" and op.value is not None and op.outcome in (OK, UNKNOWN):
-            removed[op.key].add(op.value)
-            if op.outcome == OK:
-                removed_ok[op.key].add(op.value)
-    for key in sorted(set(acked) | set(unknown)):
-        got = final.get(key)
-        if not isinstance(got, int):
-            counter.problems.append(f"{key}: no final counter value ({got!r})")
-            continue
-        extra, ups = got - acked[key], unknown[key]
-        if len(ups) > EXACT_UNKNOWN:
-            lo, hi = sum(u for u in ups if u < 0), sum(u for u in ups if u > 0)
-            if not lo <= extra <= hi:
-                counter.problems.append(f"{key}: final {got} is {acked[key]} acknowledged plus {extra}, outside "
-                                        f"[{lo}, {hi}] that {len(ups)} unknown increments span")
-        elif extra not in subset_sums(ups):
-            counter.problems.append(f"{key}: final {got} is {acked[key]} acknowledged plus {extra}, which no "
-                                    f"subset of the unknown increments {ups[:20]} adds up to")
-    lost = unexpected = resurrected = 0
-    for op in history.ops:
-        if op.f == "read" and op.result is not None:
-            extra_seen = set(op.result) - maybe[op.key]
-            unexpected += len(extra_seen)
-            if extra_seen:
-                oset.problems.append(f"{op.key}: a read saw elements no add wrote: {sorted(extra_seen)[:20]}")
-    for key in sorted(set(maybe) | set(removed)):
-        got = final.get(key)
-        if not isinstance(got, set):
-            oset.problems.append(f"{key}: no final set ({got!r})")
-            continue
-        missing = (added[key] - removed[key]) - got
-        extra_got = got - maybe[key]
-        back = got & removed_ok[key]
-        lost, unexpected, resurrected = lost + len(missing), unexpected + len(extra_got), resurrected + len(back)
-        if missing:
-            oset.problems.append(f"{key}: acknowledged adds lost: {sorted(missing)[:20]}")
-        if extra_got:
-            oset.problems.append(f"{key}: elements no add wrote: {sorted(extra_got)[:20]}")
-        if back:
-            oset.problems.append(f"{key}: acknowledged removes undone: {sorted(back)[:20]}")
-    ops = [op for op in history.ops if op.f != "read"]
-    for v, fs in ((counter, ("incr",)), (oset, ("add", "remove"))):
-        mine = [op for op in ops if op.f in fs]
-        v.counts = {"ops": len(mine), "acknowledged": sum(op.outcome == OK for op in mine),
-                    "failed": sum(op.outcome == FAIL for op in mine),
-                    "unknown": sum(op.outcome == UNKNOWN for op in mine)}
-    oset.counts.update(lost=lost, unexpected=unexpected, resurrected=resurrected)
+    ops = history.ops
+    counters = {k: v for k, v in final.items() if isinstance(v, int)}
+    sets = {k: set(v) for k, v in final.items() if isinstance(v, (set, frozenset))}
+    counter = Verdict("dt-counter", *crdt_check.counter_problems(ops, counters))
+    oset = Verdict("dt-set", *crdt_check.or_set_problems(ops, sets, lambda key: True))
+    for key in sorted({op.key for op in ops if op.f in ("incr", "add", "remove")} - set(final)):
+        (counter if any(op.key == key and op.f == "incr" for op in ops) else oset).problems.append(
+            f"{key}: no final value (not read at R=N after heal)")
     conv = Verdict("dt-convergence")
     for key, views in sorted((replicas or {}).items()):
         for node, value in sorted(views.items()):
