@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from dynq_client import protocol as p
-from dynq_client.errors import DynqError
+from dynq_client.errors import DynqError, StorageError
 from dynq_client.protocol import Request
 
 from ..config import NodeConfig
@@ -363,7 +363,7 @@ class PartitionTransfers:
             self._idle_since = now
         if now - self._idle_since < self.config.transfer_cleanup_delay_ms / 1000:
             return
-        self._swept = True
+        self._swept = True  # until a hint of the sweep is refused (_sweep_cut_short)
         handed = await self._hand_on_orphans()
         if handed:
             log.warning("%d objects of partitions this node no longer replicates (a handoff cut short by a "
@@ -388,13 +388,27 @@ class PartitionTransfers:
                     if n not in foreign or self.store.hints_for_key(key):
                         continue  # ours, a bucket not heard of yet (None), or already a hint
                     target = state.ring.preference_list(partition, n).primaries[0]
-                    if not self.local.hand_on(key, target):
+                    outcome = self.local.hand_on(key, target, self._orphan_committed)
+                    if outcome == "full":  # the hints drain first: sweep again after the grace
+                        self._sweep_cut_short()
+                        return handed
+                    if outcome == "none":
                         continue
                     handed += 1
                     self.orphans_handed_on += 1
                 after = rows[-1][0]
                 await asyncio.sleep(0)  # let requests through between chunks
         return handed
+
+    def _orphan_committed(self, error: StorageError | None) -> None:
+        if error is not None:  # refused (hint store full) or not committed (disk full)
+            self._sweep_cut_short()
+
+    def _sweep_cut_short(self) -> None:
+        """Some rows are still here and not hints: sweep again once the grace has passed
+        again (a sweep counted once per life left them until the next restart)."""
+        self._swept = False
+        self._idle_since = None
 
     def _gone(self, transfer: Transfer, key: bytes) -> bool:
         """A key of the handed-off partition this node no longer replicates (for its n)."""

@@ -15,7 +15,7 @@ from typing import Callable
 from dynq_client.errors import StorageError
 from dynq_client.versions import EMPTY, VersionedObject, encode_object, merge
 
-from ..server.ports import ClusterView, CommitCallback, CommitListener
+from ..server.ports import ClusterView, CommitCallback, CommitListener, HandOn
 from ..server.stats import Stats
 from ..store.storage import Storage
 from .typed_store import TypedStore, is_typed
@@ -87,21 +87,25 @@ class LocalReplica:
             return self.typed.exchange(key, theirs)
         return None
 
-    def hand_on(self, key: bytes, target: str) -> bool:
-        """Re-stage this node's copy of ``key`` as it is, as a hint for ``target``
-        (False: nothing here). A typed key keeps its stored form: its state is not a
+    def hand_on(self, key: bytes, target: str, done: CommitCallback) -> HandOn:
+        """Re-stage this node's copy of ``key`` as it is, as a hint for ``target``; ``done``
+        runs once committed (or refused). "none": nothing here; "full": the hint store is
+        full, nothing staged. A typed key keeps its stored form: its state is not a
         versioned object, and rewriting it as one would erase it."""
-        raw = self.storage.dt_raw(key)  # staged writes included
+        storage = self.storage
+        if storage.hint_count + storage.staged_hint_count >= self.max_hints:
+            return "full"
+        raw = storage.dt_raw(key)  # staged writes included
         if raw is None:
-            return False
+            return "none"
         if is_typed(raw):
-            self.stage_local(key, EMPTY, raw, _ignore_commit, hint_for=target)
-            return True
-        obj = self.storage.current(key)
+            self.stage_local(key, EMPTY, raw, done, hint_for=target)
+            return "staged"
+        obj = storage.current(key)
         if obj is None:
-            return False
-        self.stage_local(key, obj, encode_object(obj), _ignore_commit, hint_for=target)
-        return True
+            return "none"
+        self.stage_local(key, obj, encode_object(obj), done, hint_for=target)
+        return "staged"
 
     def repair(self, key: bytes, merged: VersionedObject) -> None:
         """Read repair of this node's own copy: merge with what is here *now* (a write may

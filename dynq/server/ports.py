@@ -23,7 +23,7 @@ conform. (The coordinators' own port, ``Replicas``, is in :mod:`dynq.kv.coordina
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Coroutine, Protocol
+from typing import Any, Callable, Coroutine, Literal, Protocol
 
 from dynq_client.errors import DynqError, StorageError
 from dynq_client.protocol import Reply, Request
@@ -91,6 +91,7 @@ class Claimant(Protocol):
 
 
 CommitListener = Callable[[int, bytes], None]
+HandOn = Literal["staged", "none", "full"]  # LocalWriter.hand_on: a hint staged, nothing to hand on, no room
 """Called with (partition, key) after a write of the key committed here."""
 
 
@@ -105,8 +106,8 @@ class LocalWriter(Protocol):
     def watch(self, partition: int, listener: CommitListener) -> Callable[[], None]: ...
     # listener after each commit of a key of ``partition``; returns the unwatch
 
-    def hand_on(self, key: bytes, target: str) -> bool: ...
-    # re-stage our copy of ``key`` (typed or plain) as a hint for ``target``; False: none here
+    def hand_on(self, key: bytes, target: str, done: CommitCallback) -> HandOn: ...
+    # re-stage our copy of ``key`` (typed or plain) as a hint for ``target``
 
     def typed_exchange(self, key: bytes, theirs: bytes | None) -> tuple[
             asyncio.Future[StorageError | None] | None, bytes | None] | None: ...

@@ -180,3 +180,31 @@ def test_an_orphaned_set_is_handed_on_as_its_state_not_as_an_empty_object(tmp_pa
         asyncio.run(scenario())
     finally:
         storage.close()
+
+
+def test_a_sweep_cut_short_by_a_full_hint_store_sweeps_again(tmp_path: Path) -> None:
+    """With the hint store full, the sweep stops and looks again after the grace, once
+    the hints have drained (it used to count as done for the node's life, and the rows
+    stayed: dynq sim --seed 5642729029, max_hints 5)."""
+    config, storage, cluster = idle_n4(tmp_path)
+    orphan, primary = a_key_not_replicated_by(cluster, "n4")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        local = LocalReplica(loop, storage, cluster, Stats(), max_hints=0)  # full
+        obj = update(None, {}, "n9", b"v", 1)
+        done: asyncio.Future[object] = loop.create_future()
+        storage.stage(orphan, cluster.ring.partition_for(orphan), obj, encode_object(obj), done.set_result, loop)
+        assert await done is None
+        transfers = PartitionTransfers(storage, FakePeers("n4"), cluster, NoClaimant(), local, config)
+        await transfers._step()
+        assert storage.hints_for_key(orphan) == [] and not transfers._swept
+        local.max_hints = 100  # the hints drained
+        await transfers._step()
+        await asyncio.sleep(0.01)  # the group commit of the hint
+        assert storage.hints_for_key(orphan) == [primary] and transfers._swept
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        storage.close()
