@@ -21,8 +21,9 @@ For each transfer the cluster state assigns to this node as source (see
    back reaped deletes had the node become a replica again). So once per life, when the
    cluster has been idle (no transition) for the grace, the node hands every such row on
    as a hint to the key's first primary: hinted handoff delivers it (the final delta the
-   crash lost) and then drops the copy. It looks again after every transition; a drop
-   that fails (a full disk) is retried at the next pass of step 4.
+   crash lost) and then drops the copy. It looks again after every transition, and after
+   the grace again when a sweep was cut short (the hint store full, a hint not
+   committed); a drop that fails (a full disk) is retried at the next pass of step 4.
 
 Writes made during the transition also go straight to the incoming replicas (see
 ``ClusterState.pending_replicas``), so the delta passes are small; they cover writes
