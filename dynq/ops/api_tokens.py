@@ -30,20 +30,32 @@ class TokenError(ValueError):
 
 
 def load_or_create(path: Path) -> str:
-    """The token in ``path``; a new random one written there (0600) if the file is missing."""
+    """The token in ``path``; a new random one written there (0600) if the file is missing.
+    Nodes sharing the file (``dynq up``) may race to create it: the token is written whole
+    to a file of this process's own, then linked into place, so a reader never sees a
+    half-written one, and the first link wins."""
     try:
         token = path.read_text().strip()
     except FileNotFoundError:
         token = secrets.token_urlsafe(32)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
         except FileExistsError:  # another node sharing the file created it first
             return load_or_create(path)
         except OSError as exc:
             raise TokenError(f"cannot create the token file {path}: {exc}") from exc
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token + "\n")
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         return token
     except OSError as exc:
         raise TokenError(f"cannot read the token file {path}: {exc}") from exc

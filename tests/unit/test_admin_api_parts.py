@@ -83,6 +83,23 @@ def test_token_scopes_and_refusals(tmp_path: Path) -> None:
         Tokens.load(tmp_path / "same", tmp_path / "same")
 
 
+def test_nodes_racing_to_create_a_token_file_all_read_one_whole_token(tmp_path: Path) -> None:
+    """`dynq up` starts its nodes at once and they share the token files: every racer
+    gets the same full token, none reads a half-written file (CI saw "must be at least
+    16 characters" when the file was created empty and written after), no temp file stays."""
+    import multiprocessing
+
+    path = tmp_path / "http" / "http-read.token"
+    for _ in range(5):  # bounded: five races of eight processes
+        if path.exists():
+            path.unlink()
+        with multiprocessing.get_context("fork").Pool(8) as pool:
+            tokens = pool.map(load_or_create, [path] * 8)
+        assert len(set(tokens)) == 1 and len(tokens[0]) >= 16
+        assert path.read_text().strip() == tokens[0]
+        assert sorted(p.name for p in path.parent.iterdir()) == ["http-read.token"]
+
+
 # --- HTTP parsing --------------------------------------------------------------------------------
 
 def test_parse_head_reads_method_path_query_headers() -> None:
