@@ -38,10 +38,10 @@ def load_or_create(path: Path) -> str:
         token = path.read_text().strip()
     except FileNotFoundError:
         token = secrets.token_urlsafe(32)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # this process's own (a crashed one's: rewritten)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(token + "\n")
                 fh.flush()
