@@ -1,7 +1,8 @@
 """dynq against the hand-written limit, in one run: issue 15's acceptance figures.
 
     python bench/vs_limit.py [--rounds 5] [--keys 10000] [--value-size 1024] [--concurrency 32]
-                             [--open-seconds 4] [--no-open-loop] [--variant uvloop-client] [--json]
+                             [--open-seconds 4] [--arrival poisson|fixed] [--no-open-loop]
+                             [--variant uvloop-client] [--json]
 
 Starts, in a temporary directory, a 3-node cluster with `dynq up`'s defaults (LocalCluster
 with security "curve", N=3 R=2 W=2, Q=64, synchronous=full; the client connects with the
@@ -15,8 +16,9 @@ over rounds and ratios within one run mean anything):
   replica, and this process as the client; /proc utime+stime deltas over the phase);
 * one request at a time (``--lone`` of each): the p50 of a lone request.
 
-Then the open-loop tail of dynq (dynq.bench.open_loop: Poisson arrivals, latency from each
-request's intended start) at 25/50/75/90 % of the median closed-loop peak, for puts and
+Then the open-loop tail of dynq (dynq.bench.open_loop: Poisson arrivals, or with
+``--arrival fixed`` one request every 1/rate s as wrk2 and YCSB's target rate issue them;
+latency from each request's intended start) at 25/50/75/90 % of the median closed-loop peak, for puts and
 for gets, ``--open-seconds`` each, with p99 and p99.9 over the lone-request p50 (issue 15's
 bounds at 50 %: p99 <= 4x, p99.9 <= 10x).
 
@@ -46,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.limit import LimitClient, LimitCluster, Phase, closed_loop, exit_on_sigterm, measure as measure_limit, \
     pct_ms, wait_ready  # noqa: E402
 from bench.procstat import cpu_snapshot, us_per_op  # noqa: E402
-from dynq.bench import Arrivals, Histogram, Pacer, open_loop  # noqa: E402
+from dynq.bench import ARRIVALS, Arrivals, Histogram, Pacer, open_loop  # noqa: E402
 from dynq.localcluster import LocalCluster, free_ports  # noqa: E402
 from dynq_client import AsyncClient, CurveKeys  # noqa: E402
 from dynq_client.errors import DynqError  # noqa: E402
@@ -103,9 +105,9 @@ async def measure_dynq(seeds: list[str], curve: CurveKeys | None, pids: dict[str
 
 async def open_loop_point(seeds: list[str], curve: CurveKeys | None, op: str, rate: float, seconds: float,
                           keys: list[bytes], value: bytes, tag: str,
-                          client_kw: dict[str, Any] | None = None) -> dict[str, Any]:
-    """dynq at ``rate`` ops/s on a Poisson schedule for ``seconds``: latency percentiles
-    measured from each request's intended start."""
+                          client_kw: dict[str, Any] | None = None, arrival: str = "poisson") -> dict[str, Any]:
+    """dynq at ``rate`` ops/s on an ``arrival`` schedule for ``seconds``: latency
+    percentiles measured from each request's intended start."""
     hist = Histogram()
     failed = 0
     async with AsyncClient(seeds, timeout=10.0, curve=curve, **(client_kw or {})) as db:
@@ -124,7 +126,7 @@ async def open_loop_point(seeds: list[str], curve: CurveKeys | None, op: str, ra
                 return None
             return op
 
-        pacer = Pacer(Arrivals(rate, "poisson"), OPEN_LOOP_CAP, seconds)
+        pacer = Pacer(Arrivals(rate, arrival), OPEN_LOOP_CAP, seconds)
         stats = await open_loop(issue, pacer, lambda label, s: hist.record(s), bound_s=seconds + 40.0)
     s = hist.summary()
     return {"target_rate": round(rate, 1), "achieved_rate": round(hist.count / stats.elapsed, 1) if stats.elapsed else 0,
@@ -134,8 +136,9 @@ async def open_loop_point(seeds: list[str], curve: CurveKeys | None, op: str, ra
 
 
 async def limit_open_loop_point(lim: LimitCluster, op: str, rates: list[float], seconds: float,
-                                keys: list[bytes], value: bytes, tag: str, lone: int) -> dict[str, Any]:
-    """The hand-written limit on the same Poisson schedules: what tail its own stack allows
+                                keys: list[bytes], value: bytes, tag: str, lone: int,
+                                arrival: str = "poisson") -> dict[str, Any]:
+    """The hand-written limit on the same kind of schedule: what tail its own stack allows
     on this machine (the yardstick for dynq's open-loop bounds). Returns the limit's lone
     p50 and one point per rate."""
     client = LimitClient(asyncio.get_running_loop(), lim.addresses, lim.client_keys)
@@ -166,7 +169,7 @@ async def limit_open_loop_point(lim: LimitCluster, op: str, rates: list[float], 
                     return None
                 return op
 
-            pacer = Pacer(Arrivals(rate, "poisson"), OPEN_LOOP_CAP, seconds)
+            pacer = Pacer(Arrivals(rate, arrival), OPEN_LOOP_CAP, seconds)
             await open_loop(issue, pacer, lambda label, s: hist.record(s), bound_s=seconds + 40.0)
             x = hist.summary()
             points.append({"target_rate": round(rate, 1), "p50_ms": x["p50_ms"], "p99_ms": x["p99_ms"],
@@ -316,7 +319,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 peak = med["limit curve"][op]["ops_s"]
                 lim = asyncio.run(limit_open_loop_point(limits["curve"], op, [f * peak for f in FRACTIONS],
                                                         args.open_seconds, written, value, f"open-limit-{op}",
-                                                        args.lone))
+                                                        args.lone, args.arrival))
                 for point, frac in zip(lim["points"], FRACTIONS):
                     point["fraction"] = frac
                 out["open_loop"][op]["limit"] = {"peak_ops_s": peak, **lim}
@@ -336,7 +339,7 @@ async def _open_loop_curve(args: argparse.Namespace, seeds: list[str], curve: Cu
                            med: dict[str, Any]) -> dict[str, Any]:
     value = os.urandom(args.value_size)
     keys = [f"r0-dynq-{i}".encode() for i in range(args.keys)]  # written in round 1
-    out: dict[str, Any] = {"arrival": "poisson", "seconds": args.open_seconds, "cap": OPEN_LOOP_CAP}
+    out: dict[str, Any] = {"arrival": args.arrival, "seconds": args.open_seconds, "cap": OPEN_LOOP_CAP}
     async with AsyncClient(seeds, timeout=10.0, curve=curve) as db:  # the lone p50 of these same minutes
         lone_now = {"put": await _closed(db, "put", [f"lone-{i}".encode() for i in range(args.lone)], value, 1),
                     "get": await _closed(db, "get", keys[:args.lone], value, 1)}
@@ -345,7 +348,7 @@ async def _open_loop_curve(args: argparse.Namespace, seeds: list[str], curve: Cu
         points = []
         for frac in FRACTIONS:
             point = await open_loop_point(seeds, curve, op, frac * peak, args.open_seconds, keys, value,
-                                          f"open-{op}-{frac}")
+                                          f"open-{op}-{frac}", arrival=args.arrival)
             point["fraction"] = frac
             point["p99_over_lone_p50"] = round(point["p99_ms"] / lone, 2) if lone else 0.0
             point["p999_over_lone_p50"] = round(point["p999_ms"] / lone, 2) if lone else 0.0
@@ -355,7 +358,7 @@ async def _open_loop_curve(args: argparse.Namespace, seeds: list[str], curve: Cu
         if op == "get" and "server-coordinated" in args.variant:  # the paper's §6.4, same offered loads
             for point, frac in zip(points, FRACTIONS):
                 srv = await open_loop_point(seeds, curve, op, frac * peak, args.open_seconds, keys, value,
-                                            f"open-srv-{frac}", {"coordination": "server"})
+                                            f"open-srv-{frac}", {"coordination": "server"}, args.arrival)
                 point["server_coordinated"] = srv
                 point["client_p99_over_server_p99"] = round(point["p99_ms"] / srv["p99_ms"], 2) if srv["p99_ms"] else 0.0
                 print(f"open loop get (server-coordinated) at {frac:.0%}: p50 {srv['p50_ms']:.2f} p99 "
@@ -443,6 +446,9 @@ def main() -> None:
     parser.add_argument("--lone", type=int, default=500, help="requests of each kind sent one at a time")
     parser.add_argument("--open-seconds", type=float, default=4.0, help="seconds per open-loop point")
     parser.add_argument("--no-open-loop", action="store_true")
+    parser.add_argument("--arrival", choices=ARRIVALS, default="poisson",
+                        help="open-loop schedule: Poisson gaps (independent users), or a fixed interval "
+                             "(wrk2's and YCSB's target rate)")
     parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
                         help="also measure this variant of dynq in the same rounds (repeatable): "
                              + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
