@@ -71,7 +71,7 @@ from .listing import KeyPage, plan_coverage
 from .quorum import QuorumState, ReadQuorum
 from .routing import RoutingTable
 from .security import CurveKeys, KeysOption, find_keys
-from .transport import ReplyCallback, RequestMux
+from .transport import ReplyCallback, RequestMux, SharedTimer
 from .versions import VersionedObject, decode_reply_object, encode_context, encode_object, last_write_wins
 
 log = logging.getLogger(__name__)
@@ -574,7 +574,7 @@ class AsyncClient:
         future: asyncio.Future[VersionedObject | None] = loop.create_future()
         timed_out = False
         decoded: dict[bytes, VersionedObject | None] = {}  # replicas usually agree: decode once
-        hedge: asyncio.TimerHandle | None = None
+        hedge: SharedTimer | None = None
         replaced: dict[str, str] = {}  # replicas that failed and were replaced: why (for the error)
 
         def settle() -> None:
@@ -642,7 +642,7 @@ class AsyncClient:
         for replica in list(replicas):
             ask(replica)
         if spare and not tally.decided:
-            hedge = loop.call_later(self._hedge_delay(), ask_spares)
+            hedge = self._mux.timers.call_later(self._hedge_delay(), ask_spares)
         try:
             return await future
         except QuorumError as exc:

@@ -103,6 +103,8 @@ def sloppy_targets(
     for by the next usable fallback, whose write carries a hint naming that primary.
     """
     targets: list[tuple[str, str | None]] = [(p, None) for p in primaries if usable(p)]
+    if len(targets) == len(primaries):  # every primary usable: the common case, nothing to stand in for
+        return targets
     missing = [p for p in primaries if (p, None) not in targets]
     for fallback in fallbacks:
         if not missing or len(targets) >= n:

@@ -24,7 +24,6 @@ by the helpers below before a handler sees it.
 from __future__ import annotations
 
 import base64
-import functools
 import reprlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,13 +129,25 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-@functools.lru_cache(maxsize=16)
+_BOUNDED: dict[int, tuple[Limits, dict[str, Any]]] = {}
+"""Decoder options per Limits object, by identity: an ``lru_cache`` hashes the whole frozen
+dataclass on every call, which was half the cost of decoding a small frame. The entry
+holds its Limits, so the id cannot be reused while it is cached."""
+
+
 def _bounded(limits: Limits) -> dict[str, Any]:
     """msgpack decoder options that bound every length by ``limits`` (cached: hot path;
     callers only unpack it, never change it)."""
-    return {"raw": False, "strict_map_key": True, "max_bin_len": limits.max_message_bytes,
-            "max_str_len": limits.max_message_bytes, "max_array_len": limits.max_container_len,
-            "max_map_len": limits.max_container_len, "max_ext_len": 0}
+    entry = _BOUNDED.get(id(limits))
+    if entry is not None and entry[0] is limits:
+        return entry[1]
+    options = {"raw": False, "strict_map_key": True, "max_bin_len": limits.max_message_bytes,
+               "max_str_len": limits.max_message_bytes, "max_array_len": limits.max_container_len,
+               "max_map_len": limits.max_container_len, "max_ext_len": 0}
+    if len(_BOUNDED) >= 64:  # transient Limits (a large state's decode bound) must not pile up
+        _BOUNDED.clear()
+    _BOUNDED[id(limits)] = (limits, options)
+    return options
 
 
 def unpackb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:

