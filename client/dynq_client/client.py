@@ -636,7 +636,7 @@ class AsyncClient:
                 else:
                     tally.reply(replica, obj)
             settle()
-            if not tally.pending:
+            if tally.all_answered:
                 self._read_repair(key, tally, plist.primaries, props)
 
         for replica in list(replicas):

@@ -44,6 +44,12 @@ class QuorumTally:
         return self.state is not QuorumState.PENDING
 
     @property
+    def all_answered(self) -> bool:
+        """No replica is still to answer (cheaper than ``not pending``: counts only; a
+        replica is in at most one of succeeded and errors, and only while it is a replica)."""
+        return len(self.succeeded) + len(self.errors) >= len(self.replicas)
+
+    @property
     def pending(self) -> list[str]:
         """Replicas that have not answered yet."""
         done = set(self.succeeded) | self.errors.keys()

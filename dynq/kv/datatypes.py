@@ -361,7 +361,7 @@ class TypedRead:
             elif self.tally.state is QuorumState.FAILED:
                 self.done = True
                 self.responder.fail(self.tally.error("get"))
-        if not self.tally.pending:
+        if self.tally.all_answered:
             self._settle()
 
     def _reply(self) -> None:

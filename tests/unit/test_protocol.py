@@ -481,3 +481,32 @@ def test_protocol_version_is_one() -> None:
     assert PROTOCOL_VERSION == 1
     assert msgpack.unpackb(encode_request(1, "ping", {}))["v"] == 1
     assert msgpack.unpackb(encode_error(1, 1, DynqError("x")))["v"] == 1
+
+
+def test_packb_a_failed_pack_leaves_nothing_for_the_next_and_threads_do_not_share() -> None:
+    """packb reuses one Packer per thread: a pack that fails must not leak its partial
+    bytes into the next, and concurrent threads must each get exactly their own bytes."""
+    import threading
+
+    import msgpack
+
+    with pytest.raises(TypeError):
+        packb({"k": b"partial", "bad": object()})
+    assert packb([1, b"x"]) == msgpack.packb([1, b"x"], use_bin_type=True)
+    big = b"v" * (3 << 20)  # a buffer this large is not kept: the next pack is a fresh Packer
+    assert unpackb(packb(big), Limits(max_message_bytes=8 << 20)) == big
+    wrong: list[int] = []
+
+    def hammer(n: int) -> None:
+        obj = {"thread": n, "payload": bytes([n]) * 500}
+        want = msgpack.packb(obj, use_bin_type=True)
+        for _ in range(2000):  # bounded
+            if packb(obj) != want:
+                wrong.append(n)
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not wrong
