@@ -147,9 +147,9 @@ class TypedStore:
                 set_rows.row_size(e, r) for e, r in storage.dt_rows(key).items())
         else:
             raise WrongDataType("the key does not hold a set")
-        if incoming.touched is None:
-            elems: Iterable[bytes] = storage.dt_rows(key).keys() | incoming.store.keys()
+        if incoming.touched is None:  # a whole state: every element of both sides (one scan of the rows)
             old_rows = storage.dt_rows(key)
+            elems: Iterable[bytes] = old_rows.keys() | incoming.store.keys()
         else:
             elems = incoming.touched | incoming.store.keys()
             old_rows = {e: r for e in elems if (r := storage.dt_row(key, e)) is not None}
