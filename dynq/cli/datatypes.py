@@ -22,6 +22,7 @@ from dynq_client.client import AsyncClient
 from dynq_client.errors import DynqError, WrongDataType
 from dynq_client.protocol import OP_READ_REPAIR
 
+from ..ops.console_views import typed_state_view
 from .common import connect, fail, seed_option, show_value, timeout_option
 
 
@@ -53,26 +54,9 @@ def _lines(value: Any, prefix: str = "") -> list[str]:
 
 
 def describe_state(blob: object) -> dict[str, Any] | None:
-    """A typed state as `dynq inspect` shows it (None: not a typed state): type, context, value."""
-    if not isinstance(blob, bytes) or not crdt.is_state_blob(blob):
-        return None
-    state = crdt.decode_state(blob)
-    value = crdt.value_of(state.kind, state.store)
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, bytes):
-            return show_value(v)[:80]
-        if isinstance(v, set):
-            return sorted(show_value(x)[:80] for x in list(v)[:100])
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    out = {"datatype": state.kind, "context": {"vv": dict(state.ctx.vv), "cloud": sorted(map(list, state.ctx.cloud))},
-           "value": plain(value), "dots": sum(1 for _ in crdt.dots_of(state.kind, state.store))}
-    if state.expires_ms:  # a key of a ttl bucket: when it expires (the value shown is what it holds)
-        out["expires_ms"] = state.expires_ms
-    return out
+    """A typed state as `dynq inspect` shows it (None: not a typed state): the console's
+    view, with the context's dot cloud listed whole."""
+    return typed_state_view(blob, whole_cloud=True)
 
 
 def _common(f: Callable[..., Any]) -> Callable[..., Any]:

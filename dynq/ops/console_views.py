@@ -232,9 +232,10 @@ def alarms_view(members: list[dict[str, Any]], transfers: dict[str, Any], ae: di
     return sorted(out, key=lambda a: order[a["level"]])
 
 
-def typed_state_view(blob: object) -> dict[str, Any] | None:
-    """A data type's state as the inspector shows it, as `dynq inspect` does (None: not
-    a typed state, so the caller decodes it as an object): type, context, value, dots."""
+def typed_state_view(blob: object, *, whole_cloud: bool = False) -> dict[str, Any] | None:
+    """A data type's state as the inspector and `dynq inspect` show it (None: not a typed
+    state, so the caller decodes it as an object): type, context, value, dots. The
+    context's dot cloud is counted, or listed whole with ``whole_cloud`` (the CLI)."""
     if not isinstance(blob, bytes) or not crdt.is_state_blob(blob):
         return None
     state = crdt.decode_state(blob)
@@ -249,7 +250,8 @@ def typed_state_view(blob: object) -> dict[str, Any] | None:
         return v
 
     view = {"datatype": state.kind,
-            "context": {"vv": {str(a): c for a, c in state.ctx.vv.items()}, "cloud": len(state.ctx.cloud)},
+            "context": {"vv": {str(a): c for a, c in state.ctx.vv.items()},
+                        "cloud": sorted(map(list, state.ctx.cloud)) if whole_cloud else len(state.ctx.cloud)},
             "value": plain(crdt.value_of(state.kind, state.store)),
             "dots": sum(1 for _ in crdt.dots_of(state.kind, state.store))}
     if state.expires_ms:  # a key of a ttl bucket: when it expires (as dynq inspect shows it)
