@@ -95,7 +95,34 @@ def configure_socket(sock: zmq.Socket[Any], limits: Limits, hwm: int = 10_000) -
     sock.setsockopt(zmq.RCVHWM, hwm)
 
 
-class _Deadlines:
+class _HeapTimer:
+    """One loop timer, armed at the earliest entry of a heap that the subclass keeps."""
+
+    __slots__ = ("loop", "heap", "timer", "timer_at")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[Any] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = float("inf")
+
+    def _arm(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(when, self._fire)
+        self.timer_at = when
+
+    def _fire(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer, self.timer_at = None, float("inf")
+        self.heap.clear()
+
+
+class _Deadlines(_HeapTimer):
     """The deadlines of in-flight requests, behind one loop timer.
 
     A heap of (deadline, request id), pruned lazily: an answered request's entry stays until
@@ -104,16 +131,14 @@ class _Deadlines:
     of requests in flight. The timer is armed at the earliest entry and re-armed only when
     it fires (or when a request with a nearer deadline arrives)."""
 
-    __slots__ = ("loop", "expire", "live", "heap", "timer", "timer_at")
+    __slots__ = ("expire", "live")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, live: dict[int, Any],
                  expire: Callable[[int], None]) -> None:
-        self.loop = loop
+        super().__init__(loop)
         self.live = live  # request id -> pending: ids missing here are answered
         self.expire = expire  # called with the id of a request whose deadline passed
         self.heap: list[tuple[float, int]] = []
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = float("inf")
 
     def add(self, deadline: float, req_id: int) -> None:
         heap, live = self.heap, self.live
@@ -122,12 +147,6 @@ class _Deadlines:
         heapq.heappush(heap, (deadline, req_id))
         if deadline < self.timer_at:
             self._arm(deadline)
-
-    def _arm(self, when: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(when, self._fire)
-        self.timer_at = when
 
     def _fire(self) -> None:
         self.timer, self.timer_at = None, float("inf")
@@ -142,11 +161,6 @@ class _Deadlines:
             if req_id in live:
                 self.expire(req_id)
 
-    def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer, self.timer_at = None, float("inf")
-        self.heap.clear()
 
 
 class SharedTimer:
@@ -162,18 +176,16 @@ class SharedTimer:
         self.callback = None
 
 
-class SharedTimers:
+class SharedTimers(_HeapTimer):
     """Short timers that are nearly always cancelled (a read's hedge), behind one loop
     timer: a loop ``TimerHandle`` made and cancelled per read was ~4 µs of each. A heap of
     (when, sequence, timer), pruned lazily like :class:`_Deadlines`."""
 
-    __slots__ = ("loop", "heap", "timer", "timer_at", "_seq")
+    __slots__ = ("_seq",)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        super().__init__(loop)
         self.heap: list[tuple[float, int, SharedTimer]] = []
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = float("inf")
         self._seq = itertools.count()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> SharedTimer:
@@ -186,12 +198,6 @@ class SharedTimers:
         if when < self.timer_at:
             self._arm(when)
         return handle
-
-    def _arm(self, when: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(when, self._fire)
-        self.timer_at = when
 
     def _fire(self) -> None:
         self.timer, self.timer_at = None, float("inf")
@@ -210,11 +216,6 @@ class SharedTimers:
                 except Exception:  # one failing callback must not strand the timers after it
                     log.exception("timer callback failed")
 
-    def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer, self.timer_at = None, float("inf")
-        self.heap.clear()
 
 
 class _Pending:
