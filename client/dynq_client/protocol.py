@@ -127,6 +127,7 @@ def reply_error(reply: Reply | None, error: DynqError | None) -> DynqError | Non
 
 
 _packers = threading.local()
+_PACKER_KEEP_BYTES = 1 << 20  # a Packer whose buffer grew past this is dropped after its pack
 
 
 def packb(obj: Any) -> bytes:
@@ -141,9 +142,6 @@ def packb(obj: Any) -> bytes:
     if len(packed) > _PACKER_KEEP_BYTES:  # its buffer grew to this size: do not keep it
         del _packers.packer
     return packed
-
-
-_PACKER_KEEP_BYTES = 1 << 20
 
 
 _BOUNDED: dict[int, tuple[Limits, dict[str, Any]]] = {}
